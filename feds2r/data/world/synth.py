@@ -1,0 +1,185 @@
+"""Public entry points of the built-in world: render one scene, write a domain, write them all."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from feds2r.data.labels import IGNORE_INDEX
+from feds2r.data.world.appearance import compose
+from feds2r.data.world.domains import ACDC_CONDITIONS, DOMAINS, Domain, get_domain
+from feds2r.data.world.render import Camera, Canvas, Layout, Painter, SceneSpec
+from feds2r.data.world.scene import Scene, _choice, required_labels
+from feds2r.data.world.styles import NUM_SCENE_LABELS, Style, get_style
+from feds2r.data.world.writers import encode, entry, write_atomic
+
+DEFAULT_SIZE = (256, 512)
+WORLD_VERSION = 1
+_SCENE_TO_TRAIN = np.full(NUM_SCENE_LABELS, IGNORE_INDEX, np.uint8)
+_SCENE_TO_TRAIN[:19] = np.arange(19)
+_SCENE_TO_TRAIN[20] = 0  # painted lane markings are road in the 19-class protocol
+
+
+def _rng(seed: int, *parts: object) -> np.random.Generator:
+    key = [seed] + [zlib.crc32(str(p).encode()) for p in parts]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def sample_spec(layout: Layout, rng: np.random.Generator, condition: str | None = None) -> SceneSpec:
+    """Draw a scene spec (layout kind, weather, time) from a domain's distributions."""
+    weather, time_ = _choice(rng, layout.weathers), _choice(rng, layout.times)
+    if condition == "night":
+        weather, time_ = ("clear" if rng.random() < 0.7 else "overcast"), "night"
+    elif condition in ("fog", "rain", "snow"):
+        weather, time_ = condition, "day"
+    return SceneSpec(weather=weather, time=time_, layout=_choice(rng, layout.layouts))
+
+
+def _draw(spec: SceneSpec, style: Style, layout: Layout, size: tuple[int, int],
+          rng: np.random.Generator, jpeg: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    cam = Camera(
+        size,
+        height=spec.camera_height or float(rng.uniform(*layout.camera_height)),
+        hfov=spec.hfov or float(rng.uniform(*layout.hfov)),
+        horizon=spec.horizon or float(rng.uniform(*layout.horizon)),
+        curve=float(rng.uniform(-layout.curve, layout.curve)),
+    )
+    canvas = Canvas(size)
+    painter = Painter(cam, canvas, style, rng, spec)
+    painter.sky(0.6 if spec.weather in ("overcast", "rain", "snow", "fog") else 0.0)
+    Scene(painter, layout, spec).draw(required_labels(spec))
+    return compose(canvas, spec, style, rng, jpeg=jpeg), canvas.lbl
+
+
+def render_scene(
+    spec: SceneSpec,
+    style: str | Style = "generated",
+    *,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    layout: Layout | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one scene from a spec in a style.
+
+    Returns ``(image, label)``: ``(H, W, 3)`` uint8 RGB and ``(H, W)`` uint8 train ids (255 =
+    ignore). ``layout`` is a :class:`Layout` or a domain name whose layout to use (default: the
+    Cityscapes-like one); classes named in ``spec.classes`` are placed near the camera.
+    """
+    if isinstance(style, str):
+        style = get_style(style)
+    if layout is None or isinstance(layout, str):
+        layout = get_domain(layout or "cityscapes-like").layout
+    rng = _rng(seed, "scene", style.name, spec)
+    image, scene_lbl = _draw(spec, style, layout, size, rng, jpeg=True)
+    return image, _SCENE_TO_TRAIN[scene_lbl]
+
+
+def synth_domain(
+    domain: str | Domain,
+    out: str | Path,
+    *,
+    split: str,
+    num: int,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Write ``num`` samples of one split of a domain under ``out`` in the domain's format.
+
+    Deterministic: the same domain, split, index, size and seed always give the same bytes.
+    Returns a summary (domain, format, spec string, split, count, seconds).
+    """
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    root = Path(out)
+    start = time.perf_counter()
+    names = []
+    bar = tqdm(range(num), desc=f"{dom.name}/{split}", unit="img", disable=not progress)
+    for index in bar:
+        condition = ACDC_CONDITIONS[index % 4] if dom.format == "acdc" else None
+        sub_index = index // 4 if condition else index
+        rng = _rng(seed, dom.name, split, index, size)
+        spec = sample_spec(dom.layout, rng, condition)
+        image, scene_lbl = _draw(spec, dom.style, dom.layout, size, rng, jpeg=False)
+        if dom.format not in ("bdd", "mapillary") and dom.style.jpeg_quality:
+            image = _recompress(image, dom.style.jpeg_quality)
+        where = entry(dom.format, dom.name, split, sub_index, condition)
+        image_bytes, label_bytes = encode(dom.format, image, scene_lbl, dom.style.jpeg_quality)
+        write_atomic(root / where.image, image_bytes)
+        write_atomic(root / where.label, label_bytes)
+        if where.list_name:
+            names.append(where.list_name)
+    if names:
+        write_atomic(root / f"{split}.txt", ("\n".join(names) + "\n").encode())
+    seconds = time.perf_counter() - start
+    summary = {
+        "domain": dom.name,
+        "kind": dom.kind,
+        "format": dom.format,
+        "spec": f"{dom.format}:{root}?split={split}",
+        "split": split,
+        "count": num,
+        "size": list(size),
+        "seed": seed,
+        "seconds": round(seconds, 3),
+    }
+    _update_manifest(root, dom, summary)
+    return summary
+
+
+def _recompress(image: np.ndarray, quality: int) -> np.ndarray:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def _update_manifest(root: Path, dom: Domain, summary: dict) -> None:
+    path = root / "feds2r_world.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.update({"world_version": WORLD_VERSION, "domain": dom.name, "format": dom.format,
+                     "kind": dom.kind, "layout": asdict(dom.layout)})  # fmt: skip
+    manifest.setdefault("splits", {})[summary["split"]] = {
+        k: summary[k] for k in ("count", "size", "seed")
+    }
+    write_atomic(path, json.dumps(manifest, indent=2).encode())
+
+
+def synth_all(
+    out: str | Path,
+    *,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    scale: float = 1.0,
+    domains: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Write the whole built-in benchmark: every domain and its default splits under ``out``.
+
+    ``scale`` multiplies every split's default size (e.g. 0.1 for a tiny world in tests).
+    """
+    root = Path(out)
+    summaries = []
+    for name in domains or tuple(DOMAINS):
+        dom = get_domain(name)
+        for split, count in dom.splits.items():
+            num = max(int(round(count * scale)), 4 if dom.format == "acdc" else 1)
+            summaries.append(
+                synth_domain(dom, root / name, split=split, num=num, size=size, seed=seed,
+                             progress=progress)  # fmt: skip
+            )
+    index = {
+        s["domain"]: {"format": s["format"], "kind": s["kind"], "root": str(root / s["domain"])}
+        for s in summaries
+    }
+    for s in summaries:
+        index[s["domain"]].setdefault("splits", {})[s["split"]] = s["count"]
+    write_atomic(root / "world.json", json.dumps(
+        {"world_version": WORLD_VERSION, "size": list(size), "seed": seed, "domains": index},
+        indent=2).encode())  # fmt: skip
+    return summaries
