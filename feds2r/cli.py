@@ -1,4 +1,4 @@
-"""The ``feds2r`` command line. Each subcommand parses its arguments and calls a library function."""
+"""The ``feds2r`` command line: each subcommand parses its arguments and calls the library."""
 
 from __future__ import annotations
 
@@ -38,10 +38,23 @@ def cmd_data_formats(args: argparse.Namespace) -> int:
     from feds2r.data.formats import FORMATS
 
     if args.json:
-        print(json.dumps({n: {"kind": f.kind, "title": f.title, "splits": list(f.splits),
-                              "default_split": f.default_split, "layout": f.layout,
-                              "options": {k: list(v) for k, v in f.options.items()},
-                              "source": f.source} for n, f in FORMATS.items()}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    n: {
+                        "kind": f.kind,
+                        "title": f.title,
+                        "splits": list(f.splits),
+                        "default_split": f.default_split,
+                        "layout": f.layout,
+                        "options": {k: list(v) for k, v in f.options.items()},
+                        "source": f.source,
+                    }
+                    for n, f in FORMATS.items()
+                },
+                indent=2,
+            )
+        )
         return 0
     for name, fmt in FORMATS.items():
         print(f"{name:<11} {fmt.title}  [{fmt.kind}]")
@@ -50,8 +63,10 @@ def cmd_data_formats(args: argparse.Namespace) -> int:
         if fmt.source:
             print(f"{'':<11} source: {fmt.source}")
         print()
-    print("A dataset is named FORMAT:PATH, with options after '?', e.g.\n"
-          "  cityscapes:/data/cityscapes?split=val   acdc:/data/acdc?split=val&condition=fog")  # fmt: skip
+    print(
+        "A dataset is named FORMAT:PATH, with options after '?', e.g.\n"
+        "  cityscapes:/data/cityscapes?split=val   acdc:/data/acdc?split=val&condition=fog"
+    )
     return 0
 
 
@@ -62,8 +77,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from feds2r.data.check import check_dataset
 
     options = {"condition": args.condition} if args.condition else {}
-    report = check_dataset(args.spec, args.split, labels=not args.no_labels,
-                           progress=not args.quiet, **options)  # fmt: skip
+    report = check_dataset(
+        args.spec, args.split, labels=not args.no_labels, progress=not args.quiet, **options
+    )
     if args.json:
         _write_json(report.to_dict(), args.json)
     if args.json != "-":
@@ -87,19 +103,31 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     if args.all == bool(args.domain):
         raise Feds2rError("data synth: give either --all or --domain NAME (see --help)")
     if args.all:
-        summaries = synth_all(args.out, size=args.size, seed=args.seed, scale=args.scale,
-                              progress=not args.quiet)  # fmt: skip
+        summaries = synth_all(
+            args.out, size=args.size, seed=args.seed, scale=args.scale, progress=not args.quiet
+        )
     else:
         if args.domain not in DOMAINS:
             raise Feds2rError(f"unknown domain {args.domain!r}; valid: {', '.join(DOMAINS)}")
         dom = DOMAINS[args.domain]
         num = args.num if args.num is not None else dom.splits.get(args.split, 100)
-        summaries = [synth_domain(dom, Path(args.out), split=args.split, num=num, size=args.size,
-                                  seed=args.seed, progress=not args.quiet)]  # fmt: skip
+        summaries = [
+            synth_domain(
+                dom,
+                Path(args.out),
+                split=args.split,
+                num=num,
+                size=args.size,
+                seed=args.seed,
+                progress=not args.quiet,
+            )
+        ]
     total = sum(s["count"] for s in summaries)
     seconds = sum(s["seconds"] for s in summaries)
-    print(f"\nwrote {total} image/label pairs in {seconds:.1f} s "
-          f"({total / max(seconds, 1e-9):.0f} pairs/s) at {args.size[0]}x{args.size[1]}:")  # fmt: skip
+    print(
+        f"\nwrote {total} image/label pairs in {seconds:.1f} s "
+        f"({total / max(seconds, 1e-9):.0f} pairs/s) at {args.size[0]}x{args.size[1]}:"
+    )
     print(f"  {'domain':<16} {'kind':<9} {'split':<6} {'count':>6}  spec")
     for s in summaries:
         print(f"  {s['domain']:<16} {s['kind']:<9} {s['split']:<6} {s['count']:>6}  {s['spec']}")
@@ -128,20 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"feds2r {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    data = sub.add_parser("data", help="datasets: formats, checks, the built-in world",
-                          description="Work with datasets.", formatter_class=fmt)  # fmt: skip
+    data = sub.add_parser(
+        "data",
+        help="datasets: formats, checks, the built-in world",
+        description="Work with datasets.",
+        formatter_class=fmt,
+    )
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
     p = data_sub.add_parser(
-        "formats", help="list the dataset formats and their on-disk layouts", formatter_class=fmt,
+        "formats",
+        help="list the dataset formats and their on-disk layouts",
+        formatter_class=fmt,
         description="List every dataset format feds2r reads, with its expected layout.",
         epilog="examples:\n  feds2r data formats\n  feds2r data formats --json",
-    )  # fmt: skip
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_data_formats)
 
     p = data_sub.add_parser(
-        "check", help="validate a dataset tree and report what is wrong", formatter_class=fmt,
+        "check",
+        help="validate a dataset tree and report what is wrong",
+        formatter_class=fmt,
         description="Pair every image with its label, read every file, and report counts, image "
         "sizes and the class pixel histogram. Names each defect: missing folders, unpaired files, "
         "unreadable or truncated images, label values outside the format's id table, image/label "
@@ -153,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
               feds2r data check acdc:/data/acdc --split val --condition night
               feds2r data check cityscapes:/data/cityscapes --no-labels   # server images only
             """),
-    )  # fmt: skip
+    )
     p.add_argument("spec", help="dataset spec FORMAT:PATH (see `feds2r data formats`)")
     p.add_argument("--split", help="split to check (default: the spec's or the format's)")
     p.add_argument("--condition", help="ACDC condition: fog, night, rain, snow or all")
@@ -163,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_check)
 
     p = data_sub.add_parser(
-        "synth", help="write the built-in procedural world in the real datasets' formats",
+        "synth",
+        help="write the built-in procedural world in the real datasets' formats",
         formatter_class=fmt,
         description="Render procedural street scenes and write them in the real datasets' "
         "on-disk formats: 3 synthetic client domains (gta5-like, synthia-like, synscapes-like) and "
@@ -176,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
               feds2r data synth --domain gta5-like --split train --num 500 --out data/gta5-like
               feds2r data synth --list                              # domains and default splits
             """),
-    )  # fmt: skip
+    )
     p.add_argument("--all", action="store_true", help="write every domain with default splits")
     p.add_argument("--domain", help="write one domain (see --list)")
     p.add_argument("--split", default="train", help="split for --domain (default: train)")

@@ -17,7 +17,9 @@ from feds2r.data.world import DOMAINS, synth_domain
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num", type=int, default=1000, help="pairs per repeat")
     parser.add_argument("--size", default="256x512")
     parser.add_argument("--repeats", type=int, default=3)
@@ -30,15 +32,18 @@ def main() -> None:
             start = time.perf_counter()
             total = 0
             for name in DOMAINS:
-                synth_domain(name, f"{tmp}/{name}", split="val", num=per, size=size, seed=r,
-                             progress=False)  # fmt: skip
+                synth_domain(
+                    name, f"{tmp}/{name}", split="val", num=per, size=size, seed=r, progress=False
+                )
                 total += per
             seconds = time.perf_counter() - start
         times.append(seconds * args.num / total)
         print(f"repeat {r}: {total} pairs in {seconds:.2f} s = {total / seconds:.1f} pairs/s")
     med = statistics.median(times)
-    print(f"median time for {args.num} pairs at {args.size}: {med:.1f} s "
-          f"({args.num / med:.1f} pairs/s, target <= 30 s)")  # fmt: skip
+    print(
+        f"median time for {args.num} pairs at {args.size}: {med:.1f} s "
+        f"({args.num / med:.1f} pairs/s, target <= 30 s)"
+    )
 
 
 if __name__ == "__main__":

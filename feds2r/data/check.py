@@ -44,12 +44,13 @@ class CheckReport:
             "num_read": self.num_read,
             "image_sizes": dict(self.image_sizes.most_common()),
             "class_pixels": {
-                name: int(n) for name, n in zip(CLASS_NAMES, self.class_pixels[:NUM_CLASSES])
+                name: int(n)
+                for name, n in zip(CLASS_NAMES, self.class_pixels[:NUM_CLASSES], strict=True)
             }
             | {"ignore": int(self.class_pixels[NUM_CLASSES])},
             "class_fraction": {
                 name: (float(n) / total if total else 0.0)
-                for name, n in zip(CLASS_NAMES, self.class_pixels[:NUM_CLASSES])
+                for name, n in zip(CLASS_NAMES, self.class_pixels[:NUM_CLASSES], strict=True)
             },
             "defects": [d.__dict__ for d in self.defects],
             "defect_counts": dict(Counter(d.kind for d in self.defects)),
@@ -67,7 +68,7 @@ class CheckReport:
         total = int(self.class_pixels.sum())
         if self.labelled and total:
             lines.append("classes   (share of all label pixels)")
-            for name, n in zip((*CLASS_NAMES, "ignore"), self.class_pixels):
+            for name, n in zip((*CLASS_NAMES, "ignore"), self.class_pixels, strict=True):
                 lines.append(f"  {name:<14} {100.0 * n / total:6.2f} %  {int(n):>12,d} px")
         if self.defects:
             counts = Counter(d.kind for d in self.defects)

@@ -86,7 +86,9 @@ def read_label(path: Path, encoding: str) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
         arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if arr is None:
-            raise DataError(f"unreadable label {path}. {fix}", kind="unreadable_label", path=str(path))
+            raise DataError(
+                f"unreadable label {path}. {fix}", kind="unreadable_label", path=str(path)
+            )
         return arr[:, :, -1] if arr.ndim == 3 else arr
     try:
         with Image.open(path) as img:

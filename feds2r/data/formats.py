@@ -69,7 +69,8 @@ class Format:
     def list(self, root: Path, split: str, options: dict[str, str], with_labels: bool) -> Listing:
         if split not in self.splits:
             raise DataError(
-                f"format {self.name!r} has no split {split!r}; valid splits: {', '.join(self.splits)}",
+                f"format {self.name!r} has no split {split!r}; "
+                f"valid splits: {', '.join(self.splits)}",
                 kind="bad_spec",
             )
         for key, value in options.items():
@@ -452,7 +453,7 @@ ALIASES = {"gtav": "gta5", "gta": "gta5", "bdd100k": "bdd", "vistas": "mapillary
 
 
 def get_format(name: str) -> Format:
-    """The format called ``name`` (case-insensitive; a few aliases); lists valid names if unknown."""
+    """The format called ``name`` (case-insensitive, with aliases); lists valid names if unknown."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in FORMATS:
         raise DataError(

@@ -79,7 +79,7 @@ def class_index(name: str) -> int:
 
 
 def lookup_table(mapping: dict[int, int], size: int = 256) -> np.ndarray:
-    """A ``(size,)`` uint8 array mapping native ids to train ids, 255 where ``mapping`` is silent."""
+    """A ``(size,)`` uint8 table from native ids to train ids; 255 where ``mapping`` is silent."""
     lut = np.full(size, IGNORE_INDEX, dtype=np.uint8)
     for native, train in mapping.items():
         lut[native] = train

@@ -15,8 +15,9 @@ def _lowfreq(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def compose(cv: Canvas, spec: SceneSpec, style: Style, rng: np.random.Generator,
-            jpeg: bool = True) -> np.ndarray:  # fmt: skip
+def compose(
+    cv: Canvas, spec: SceneSpec, style: Style, rng: np.random.Generator, jpeg: bool = True
+) -> np.ndarray:
     """Return the finished ``(H, W, 3)`` uint8 RGB image of a drawn canvas."""
     img, lbl, size = cv.img, cv.lbl, cv.lbl.shape
     h, w = size
@@ -52,7 +53,7 @@ def compose(cv: Canvas, spec: SceneSpec, style: Style, rng: np.random.Generator,
         x0 = rng.uniform(0, w, n)
         y0 = rng.uniform(0, h, n)
         ln = rng.uniform(6, 18, n) * scale
-        for xa, ya, la in zip(x0, y0, ln):
+        for xa, ya, la in zip(x0, y0, ln, strict=True):
             cv2.line(streaks, (int(xa), int(ya)), (int(xa + 0.25 * la), int(ya + la)), 0.35, 1)
         img += streaks[..., None]
     elif spec.weather == "snow":
@@ -71,8 +72,13 @@ def compose(cv: Canvas, spec: SceneSpec, style: Style, rng: np.random.Generator,
         glow = np.zeros((h // 4 + 1, w // 4 + 1, 3), np.float32)
         gain = 1.0 if spec.time == "night" else 0.4
         for u, v, r, color in cv.lights:
-            cv2.circle(glow, (int(u / 4), int(v / 4)), max(int(r / 4), 1),
-                       tuple(float(c) * gain for c in color), -1)  # fmt: skip
+            cv2.circle(
+                glow,
+                (int(u / 4), int(v / 4)),
+                max(int(r / 4), 1),
+                tuple(float(c) * gain for c in color),
+                -1,
+            )
         glow = cv2.GaussianBlur(glow, (0, 0), 2.0)
         img += cv2.resize(glow, (w, h), interpolation=cv2.INTER_LINEAR)
 
@@ -104,6 +110,8 @@ def compose(cv: Canvas, spec: SceneSpec, style: Style, rng: np.random.Generator,
         levels = np.round(levels * style.posterize) / style.posterize
     out = cv2.LUT(out, np.clip(levels * 255 + 0.5, 0, 255).astype(np.uint8))
     if jpeg and style.jpeg_quality:
-        ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, style.jpeg_quality])
+        ok, buf = cv2.imencode(
+            ".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, style.jpeg_quality]
+        )
         out = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
     return np.ascontiguousarray(out)

@@ -20,8 +20,27 @@ import numpy as np
 from feds2r.data.labels import class_index
 from feds2r.data.world.styles import EGO, MARKING, NUM_SCENE_LABELS, VOID, Style
 
-(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY, PERSON,
- RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)  # fmt: skip
+(
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    LIGHT,
+    SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    RIDER,
+    CAR,
+    TRUCK,
+    BUS,
+    TRAIN,
+    MOTORCYCLE,
+    BICYCLE,
+) = range(19)
 
 WEATHERS = ("clear", "overcast", "fog", "rain", "snow")
 TIMES = ("day", "dusk", "night")
@@ -69,9 +88,15 @@ class Layout:
     sidewalk: tuple[float, float] = (2.0, 4.5)
     curve: float = 0.002  # max |c| of the road bend
     sides: dict[str, float] = field(
-        default_factory=lambda: {"building": 0.6, "vegetation": 0.2, "wall": 0.05,
-                                 "fence": 0.05, "terrain": 0.05, "open": 0.05}
-    )  # fmt: skip
+        default_factory=lambda: {
+            "building": 0.6,
+            "vegetation": 0.2,
+            "wall": 0.05,
+            "fence": 0.05,
+            "terrain": 0.05,
+            "open": 0.05,
+        }
+    )
     building_height: tuple[float, float] = (8.0, 25.0)
     rates: dict[str, float] = field(default_factory=dict)
     absent: tuple[str, ...] = ()  # classes this domain never shows (e.g. SYNTHIA: truck)
@@ -86,8 +111,13 @@ class Layout:
 _MATERIALS: dict[str, list[tuple[float, float, float]]] = {
     "road": [(0.36, 0.36, 0.38), (0.42, 0.41, 0.40), (0.30, 0.30, 0.32)],
     "sidewalk": [(0.60, 0.57, 0.55), (0.55, 0.52, 0.50), (0.66, 0.60, 0.56)],
-    "building": [(0.70, 0.64, 0.55), (0.48, 0.48, 0.50), (0.58, 0.36, 0.28), (0.80, 0.78, 0.74),
-                 (0.55, 0.50, 0.42)],
+    "building": [
+        (0.70, 0.64, 0.55),
+        (0.48, 0.48, 0.50),
+        (0.58, 0.36, 0.28),
+        (0.80, 0.78, 0.74),
+        (0.55, 0.50, 0.42),
+    ],
     "wall": [(0.62, 0.60, 0.56), (0.52, 0.48, 0.44)],
     "fence": [(0.42, 0.40, 0.36), (0.55, 0.55, 0.55), (0.35, 0.28, 0.20)],
     "pole": [(0.45, 0.45, 0.47), (0.30, 0.32, 0.30)],
@@ -95,33 +125,63 @@ _MATERIALS: dict[str, list[tuple[float, float, float]]] = {
     "sign": [(0.80, 0.15, 0.15), (0.15, 0.30, 0.70), (0.90, 0.78, 0.15), (0.90, 0.90, 0.90)],
     "vegetation": [(0.26, 0.42, 0.16), (0.20, 0.34, 0.14), (0.34, 0.45, 0.20)],
     "terrain": [(0.45, 0.55, 0.27), (0.55, 0.50, 0.35), (0.50, 0.58, 0.32)],
-    "clothes": [(0.15, 0.15, 0.18), (0.30, 0.25, 0.45), (0.55, 0.20, 0.20), (0.70, 0.70, 0.68),
-                (0.20, 0.30, 0.45), (0.45, 0.40, 0.30)],
+    "clothes": [
+        (0.15, 0.15, 0.18),
+        (0.30, 0.25, 0.45),
+        (0.55, 0.20, 0.20),
+        (0.70, 0.70, 0.68),
+        (0.20, 0.30, 0.45),
+        (0.45, 0.40, 0.30),
+    ],
     "skin": [(0.85, 0.68, 0.55), (0.60, 0.45, 0.35), (0.40, 0.28, 0.22)],
-    "car": [(0.75, 0.75, 0.77), (0.10, 0.10, 0.12), (0.90, 0.90, 0.90), (0.60, 0.10, 0.10),
-            (0.15, 0.25, 0.50), (0.45, 0.45, 0.48)],
+    "car": [
+        (0.75, 0.75, 0.77),
+        (0.10, 0.10, 0.12),
+        (0.90, 0.90, 0.90),
+        (0.60, 0.10, 0.10),
+        (0.15, 0.25, 0.50),
+        (0.45, 0.45, 0.48),
+    ],
     "truck": [(0.85, 0.85, 0.85), (0.70, 0.20, 0.15), (0.20, 0.35, 0.55), (0.50, 0.50, 0.45)],
     "bus": [(0.90, 0.80, 0.20), (0.75, 0.15, 0.15), (0.20, 0.40, 0.70), (0.88, 0.88, 0.88)],
     "train": [(0.20, 0.35, 0.70), (0.85, 0.85, 0.85), (0.70, 0.15, 0.15)],
     "twowheeler": [(0.10, 0.10, 0.10), (0.60, 0.10, 0.10), (0.15, 0.30, 0.60), (0.70, 0.70, 0.70)],
     "glass": [(0.12, 0.15, 0.18)],
     "ego": [(0.08, 0.08, 0.10), (0.30, 0.30, 0.32)],
-}  # fmt: skip
+}
 
 _TEXTURE = np.zeros(NUM_SCENE_LABELS, dtype=np.float32)
-for _label, _amp in {ROAD: 0.10, SIDEWALK: 0.12, BUILDING: 0.10, WALL: 0.15, FENCE: 0.25,
-                     POLE: 0.05, VEGETATION: 0.35, TERRAIN: 0.30, SKY: 0.02, PERSON: 0.08,
-                     RIDER: 0.08, CAR: 0.04, TRUCK: 0.06, BUS: 0.05, TRAIN: 0.05,
-                     MOTORCYCLE: 0.05, BICYCLE: 0.05, EGO: 0.03, MARKING: 0.08,
-                     VOID: 0.2}.items():  # fmt: skip
+for _label, _amp in {
+    ROAD: 0.10,
+    SIDEWALK: 0.12,
+    BUILDING: 0.10,
+    WALL: 0.15,
+    FENCE: 0.25,
+    POLE: 0.05,
+    VEGETATION: 0.35,
+    TERRAIN: 0.30,
+    SKY: 0.02,
+    PERSON: 0.08,
+    RIDER: 0.08,
+    CAR: 0.04,
+    TRUCK: 0.06,
+    BUS: 0.05,
+    TRAIN: 0.05,
+    MOTORCYCLE: 0.05,
+    BICYCLE: 0.05,
+    EGO: 0.03,
+    MARKING: 0.08,
+    VOID: 0.2,
+}.items():
     _TEXTURE[_label] = _amp
 
 
 class Camera:
     """Pinhole camera over a flat road; see the module docstring for the projection."""
 
-    def __init__(self, size: tuple[int, int], height: float, hfov: float, horizon: float,
-                 curve: float) -> None:  # fmt: skip
+    def __init__(
+        self, size: tuple[int, int], height: float, hfov: float, horizon: float, curve: float
+    ) -> None:
         self.h_img, self.w_img = size
         self.height = height
         self.f = self.w_img / 2 / math.tan(math.radians(hfov) / 2)
@@ -183,8 +243,9 @@ class Canvas:
 class Painter:
     """Draws world objects through a camera onto a canvas with a style's palette."""
 
-    def __init__(self, cam: Camera, canvas: Canvas, style: Style, rng: np.random.Generator,
-                 spec: SceneSpec) -> None:  # fmt: skip
+    def __init__(
+        self, cam: Camera, canvas: Canvas, style: Style, rng: np.random.Generator, spec: SceneSpec
+    ) -> None:
         self.cam, self.cv, self.style, self.rng, self.spec = cam, canvas, style, rng, spec
 
     # -- colours ---------------------------------------------------------------------------
@@ -214,8 +275,18 @@ class Painter:
         right = self.cam.project(x1, zeros, z)
         self.cv.poly(np.concatenate([left, right[::-1]]), label, color, float(z.mean()))
 
-    def box(self, xc: float, z0: float, w: float, h: float, length: float, label: int,
-            color, y0: float = 0.0, details: bool = True) -> tuple[float, float]:  # fmt: skip
+    def box(
+        self,
+        xc: float,
+        z0: float,
+        w: float,
+        h: float,
+        length: float,
+        label: int,
+        color,
+        y0: float = 0.0,
+        details: bool = True,
+    ) -> tuple[float, float]:
         """A lit box standing on the road; returns the rear face's pixel (u, v) at its top."""
         xl, xr, z1 = xc - w / 2, xc + w / 2, z0 + length
         shade = self.side_shade()

@@ -37,7 +37,7 @@ from feds2r.data.world.render import (
     Painter,
     SceneSpec,
     _poisson,
-)  # fmt: skip
+)
 from feds2r.data.world.styles import EGO, MARKING, VOID
 
 Z_FAR = 180.0
@@ -98,14 +98,29 @@ class Scene:
         p.ground_strip(-far, far, z, verge_label, p.color(verge_mat, 0.9))
         # sidewalks, with a kerb-side grass strip now and then
         if self.walk_l:
-            p.ground_strip(self.xl - self.walk_l - np.zeros_like(z), self.edge(self.xl, z, 0), z,
-                           SIDEWALK, p.color("sidewalk"))  # fmt: skip
+            p.ground_strip(
+                self.xl - self.walk_l - np.zeros_like(z),
+                self.edge(self.xl, z, 0),
+                z,
+                SIDEWALK,
+                p.color("sidewalk"),
+            )
         if self.walk_r:
-            p.ground_strip(self.edge(self.xr, z, 2), self.xr + self.walk_r + np.zeros_like(z), z,
-                           SIDEWALK, p.color("sidewalk"))  # fmt: skip
+            p.ground_strip(
+                self.edge(self.xr, z, 2),
+                self.xr + self.walk_r + np.zeros_like(z),
+                z,
+                SIDEWALK,
+                p.color("sidewalk"),
+            )
         if self.allowed(TERRAIN) and self.walk_r > 2.5 and rng.random() < 0.3:
-            p.ground_strip(np.full_like(z, self.xr + 0.3), np.full_like(z, self.xr + 1.3), z,
-                           TERRAIN, p.color("terrain"))  # fmt: skip
+            p.ground_strip(
+                np.full_like(z, self.xr + 0.3),
+                np.full_like(z, self.xr + 1.3),
+                z,
+                TERRAIN,
+                p.color("terrain"),
+            )
         road_color = p.color("road")
         p.ground_strip(self.edge(self.xl, z, 0), self.edge(self.xr, z, 2), z, ROAD, road_color)
         if self.spec.layout != "unstructured":
@@ -143,7 +158,11 @@ class Scene:
         elif self.spec.layout == "suburban":
             sides = {**sides, "vegetation": sides.get("vegetation", 0) + 0.3}
         elif self.spec.layout == "unstructured":
-            sides = {**sides, "open": sides.get("open", 0) + 0.2, "terrain": sides.get("terrain", 0) + 0.2}
+            sides = {
+                **sides,
+                "open": sides.get("open", 0) + 0.2,
+                "terrain": sides.get("terrain", 0) + 0.2,
+            }
         if not self.allowed(TERRAIN):
             sides.pop("terrain", None)
         for sign, front in ((-1, self.xl - self.walk_l), (1, self.xr + self.walk_r)):
@@ -155,7 +174,7 @@ class Scene:
                 z += length
 
     def frontage(self, kind: str, sign: int, front: float, z0: float, z1: float) -> None:
-        p, rng = self.p, self.rng
+        rng = self.rng
         if kind == "building":
             setback = float(rng.uniform(0, 2.0))
             h = float(rng.uniform(*self.layout.building_height))
@@ -175,7 +194,9 @@ class Scene:
             self.trees(front + sign * float(rng.uniform(0.5, 3)), z0, z1)
             if rng.random() < 0.4:
                 h = float(rng.uniform(0.8, 2.0))
-                self.add(z1, lambda: self.barrier(front + sign * 0.3, z0, z1, h, VEGETATION, "hedge"))
+                self.add(
+                    z1, lambda: self.barrier(front + sign * 0.3, z0, z1, h, VEGETATION, "hedge")
+                )
         elif kind == "terrain" and rng.random() < 0.4:
             self.trees(front + sign * float(rng.uniform(4, 15)), z0, z1, density=0.3)
 
@@ -205,8 +226,8 @@ class Scene:
         quads = list(uv)
         if night:
             on = self.rng.random(len(quads)) < 0.3
-            p.cv.polys([q for q, o in zip(quads, on) if o], None, lit, 0)
-            p.cv.polys([q for q, o in zip(quads, on) if not o], None, glass, 0)
+            p.cv.polys([q for q, o in zip(quads, on, strict=True) if o], None, lit, 0)
+            p.cv.polys([q for q, o in zip(quads, on, strict=True) if not o], None, glass, 0)
         else:
             p.cv.polys(quads, None, glass, 0)
 
@@ -218,8 +239,12 @@ class Scene:
         p.quad(face, label, tuple(c * p.side_shade() for c in color), (z0 + z1) / 2)
         if kind == "fence":  # posts, image only
             zs = np.arange(z0, z1, 2.0)
-            posts = [p.cam.project(np.full(4, x), np.array([0, 0, h, h]),
-                                   np.array([zz, zz + 0.15, zz + 0.15, zz])) for zz in zs]  # fmt: skip
+            posts = [
+                p.cam.project(
+                    np.full(4, x), np.array([0, 0, h, h]), np.array([zz, zz + 0.15, zz + 0.15, zz])
+                )
+                for zz in zs
+            ]
             p.cv.polys(posts, None, tuple(c * 0.6 for c in color), 0)
 
     def trees(self, x: float, z0: float, z1: float, density: float = 1.0) -> None:
@@ -235,7 +260,9 @@ class Scene:
         p, rng, cam = self.p, self.rng, self.p.cam
         h = float(rng.uniform(4, 9))
         r = float(rng.uniform(1.5, 3.2))
-        trunk = np.array([[x - 0.15, 0, z], [x + 0.15, 0, z], [x + 0.15, h - r, z], [x - 0.15, h - r, z]])
+        trunk = np.array(
+            [[x - 0.15, 0, z], [x + 0.15, 0, z], [x + 0.15, h - r, z], [x - 0.15, h - r, z]]
+        )
         p.quad(trunk, VEGETATION, p.color("fence", 0.7), z)
         green = p.color("vegetation")
         for _ in range(3):
@@ -243,22 +270,49 @@ class Scene:
             cy = h - r + float(rng.normal(0, r * 0.25))
             uv = cam.project(np.array(cx), np.array(cy), np.array(z))
             s = cam.scale(z)
-            p.cv.ellipse(uv, (r * s * rng.uniform(0.6, 1.0), r * s * rng.uniform(0.5, 0.9)),
-                         VEGETATION, tuple(c * rng.uniform(0.8, 1.1) for c in green), z)  # fmt: skip
+            p.cv.ellipse(
+                uv,
+                (r * s * rng.uniform(0.6, 1.0), r * s * rng.uniform(0.5, 0.9)),
+                VEGETATION,
+                tuple(c * rng.uniform(0.8, 1.1) for c in green),
+                z,
+            )
 
     # -- traffic ---------------------------------------------------------------------------------
     def plan_traffic(self, must: set[int]) -> None:
         rng, rates = self.rng, self.layout.rates
-        n = {name: _poisson(rng, rates.get(name, 0.0)) for name in (
-            "car", "parked_car", "truck", "bus", "train", "person", "rider_bicycle",
-            "rider_motorcycle", "bicycle", "motorcycle", "pole", "traffic_light", "traffic_sign")}  # fmt: skip
+        n = {
+            name: _poisson(rng, rates.get(name, 0.0))
+            for name in (
+                "car",
+                "parked_car",
+                "truck",
+                "bus",
+                "train",
+                "person",
+                "rider_bicycle",
+                "rider_motorcycle",
+                "bicycle",
+                "motorcycle",
+                "pole",
+                "traffic_light",
+                "traffic_sign",
+            )
+        }
         if self.spec.layout == "highway":
             n["person"] = n["parked_car"] = n["bicycle"] = 0
             n["rider_bicycle"] = 0
         near = {}
-        for label, key in ((CAR, "car"), (TRUCK, "truck"), (BUS, "bus"), (TRAIN, "train"),
-                           (PERSON, "person"), (POLE, "pole"), (LIGHT, "traffic_light"),
-                           (SIGN, "traffic_sign")):  # fmt: skip
+        for label, key in (
+            (CAR, "car"),
+            (TRUCK, "truck"),
+            (BUS, "bus"),
+            (TRAIN, "train"),
+            (PERSON, "person"),
+            (POLE, "pole"),
+            (LIGHT, "traffic_light"),
+            (SIGN, "traffic_sign"),
+        ):
             if label in must and n[key] == 0:
                 n[key], near[key] = 1, True
         if RIDER in must and n["rider_bicycle"] + n["rider_motorcycle"] == 0:
@@ -282,7 +336,9 @@ class Scene:
         occupied: list[tuple[float, float, float]] = []  # (x, z0, z1) of vehicles in lanes
 
         def free(x: float, z0: float, z1: float) -> bool:
-            return all(abs(x - ox) > 1.5 or z1 < oz0 - 1 or z0 > oz1 + 1 for ox, oz0, oz1 in occupied)
+            return all(
+                abs(x - ox) > 1.5 or z1 < oz0 - 1 or z0 > oz1 + 1 for ox, oz0, oz1 in occupied
+            )
 
         def place(key: str, length: float, lanes: list[int]) -> tuple[float, float] | None:
             for _ in range(6):
@@ -296,13 +352,19 @@ class Scene:
             return None
 
         all_lanes = list(range(self.lanes))
-        for key, length, draw in (("train", 28.0, self.train), ("bus", 12.0, self.bus),
-                                  ("truck", 9.0, self.truck), ("car", 4.4, self.car)):  # fmt: skip
+        for key, length, draw in (
+            ("train", 28.0, self.train),
+            ("bus", 12.0, self.bus),
+            ("truck", 9.0, self.truck),
+            ("car", 4.4, self.car),
+        ):
             lanes = [self.lanes // 2] if key == "train" else all_lanes
             for _ in range(n[key]):
                 spot = place(key, length, lanes)
                 if spot:
-                    oncoming = spot[0] < self.xl + self.lanes * self.lane_w / 2 - 0.01 and self.lanes > 1
+                    oncoming = (
+                        spot[0] < self.xl + self.lanes * self.lane_w / 2 - 0.01 and self.lanes > 1
+                    )
                     oncoming = oncoming and spot[0] < 0 and key != "train"
                     self.add(spot[1], lambda s=spot, d=draw, o=oncoming: d(s[0], s[1], o))
         for _ in range(n["parked_car"]):
@@ -314,16 +376,22 @@ class Scene:
                 self.add(z, lambda x=x, z=z: self.car(x, z, False))
         for key in ("rider_bicycle", "rider_motorcycle"):
             for _ in range(n[key]):
-                x = self.xr - float(rng.uniform(0.6, 1.6)) if rng.random() < 0.6 else \
-                    lane_x(int(rng.choice(all_lanes)))  # fmt: skip
+                x = (
+                    self.xr - float(rng.uniform(0.6, 1.6))
+                    if rng.random() < 0.6
+                    else lane_x(int(rng.choice(all_lanes)))
+                )
                 z = depth(key, 4, 50)
                 view = "rear" if rng.random() < 0.6 else "side"
                 kind = key.split("_")[1]
                 self.add(z, lambda x=x, z=z, k=kind, v=view: self.twowheeler(x, z, k, v, True))
         for key in ("bicycle", "motorcycle"):
             for _ in range(n[key]):
-                x = self.sidewalk_x(0.3, 0.9) if key == "bicycle" else \
-                    (self.xr - 0.6 if rng.random() < 0.7 else self.xl + 0.6)  # fmt: skip
+                x = (
+                    self.sidewalk_x(0.3, 0.9)
+                    if key == "bicycle"
+                    else (self.xr - 0.6 if rng.random() < 0.7 else self.xl + 0.6)
+                )
                 z = depth(key, 4, 40)
                 self.add(z, lambda x=x, z=z, k=key: self.twowheeler(x, z, k, "side", False))
         for _ in range(n["person"]):
@@ -356,8 +424,14 @@ class Scene:
         p = self.p
         dark = (0.05, 0.05, 0.05)
         for sx in (-1, 1):
-            q = np.array([[x + sx * w / 2 - 0.25 * sx, 0, z + 0.3], [x + sx * w / 2, 0, z + 0.3],
-                          [x + sx * w / 2, 2 * r, z + 0.3], [x + sx * w / 2 - 0.25 * sx, 2 * r, z + 0.3]])  # fmt: skip
+            q = np.array(
+                [
+                    [x + sx * w / 2 - 0.25 * sx, 0, z + 0.3],
+                    [x + sx * w / 2, 0, z + 0.3],
+                    [x + sx * w / 2, 2 * r, z + 0.3],
+                    [x + sx * w / 2 - 0.25 * sx, 2 * r, z + 0.3],
+                ]
+            )
             p.quad(q, label, dark, z)
 
     def lights(self, x: float, z: float, w: float, y: float, oncoming: bool, label: int) -> None:
@@ -366,8 +440,13 @@ class Scene:
         quads = []
         for sx in (-1, 1):
             x0 = x + sx * (w / 2 - 0.15)
-            quads.append(cam.project(np.array([x0 - 0.12, x0 + 0.12, x0 + 0.12, x0 - 0.12]),
-                                     np.array([y, y, y + 0.15, y + 0.15]), np.full(4, z)))  # fmt: skip
+            quads.append(
+                cam.project(
+                    np.array([x0 - 0.12, x0 + 0.12, x0 + 0.12, x0 - 0.12]),
+                    np.array([y, y, y + 0.15, y + 0.15]),
+                    np.full(4, z),
+                )
+            )
             uv = cam.project(np.array(x0), np.array(y), np.array(z))
             p.cv.lights.append((float(uv[0]), float(uv[1]), min(0.15 * cam.scale(z), 12.0), color))
         p.cv.polys(quads, None, color, 0)
@@ -409,17 +488,40 @@ class Scene:
         p.box(x, z, w, h, length, TRAIN, p.color("train"), y0=0.4)
         self.windows_band(x, z, w, length, 1.4, 2.8)
         # a pantograph pole above a tram is labelled pole in Cityscapes-style data
-        mast = np.array([[x - 0.05, h, z + 5], [x + 0.05, h, z + 5], [x + 0.05, h + 1.2, z + 5], [x - 0.05, h + 1.2, z + 5]])
+        mast = np.array(
+            [
+                [x - 0.05, h, z + 5],
+                [x + 0.05, h, z + 5],
+                [x + 0.05, h + 1.2, z + 5],
+                [x - 0.05, h + 1.2, z + 5],
+            ]
+        )
         p.quad(mast, POLE, p.color("pole"), z + 5)
 
-    def windows_band(self, x: float, z: float, w: float, length: float, y0: float, y1: float) -> None:
+    def windows_band(
+        self, x: float, z: float, w: float, length: float, y0: float, y1: float
+    ) -> None:
         p = self.p
         glass = p.color("glass")
-        rear = np.array([[x - w / 2 + 0.2, y0, z], [x + w / 2 - 0.2, y0, z], [x + w / 2 - 0.2, y1, z], [x - w / 2 + 0.2, y1, z]])
+        rear = np.array(
+            [
+                [x - w / 2 + 0.2, y0, z],
+                [x + w / 2 - 0.2, y0, z],
+                [x + w / 2 - 0.2, y1, z],
+                [x - w / 2 + 0.2, y1, z],
+            ]
+        )
         uv = [p.cam.project(rear[:, 0], rear[:, 1], rear[:, 2])]
         side_x = x - w / 2 if x - w / 2 > 0 else (x + w / 2 if x + w / 2 < 0 else None)
         if side_x is not None:
-            band = np.array([[side_x, y0, z + 0.5], [side_x, y0, z + length - 0.5], [side_x, y1, z + length - 0.5], [side_x, y1, z + 0.5]])
+            band = np.array(
+                [
+                    [side_x, y0, z + 0.5],
+                    [side_x, y0, z + length - 0.5],
+                    [side_x, y1, z + length - 0.5],
+                    [side_x, y1, z + 0.5],
+                ]
+            )
             uv.append(p.cam.project(band[:, 0], band[:, 1], band[:, 2]))
         p.cv.polys(uv, None, glass, 0)
 
@@ -430,14 +532,30 @@ class Scene:
         hip = y0 + (0.0 if seated else h * 0.47)
         if not seated:
             for dx in (-0.12, 0.08):
-                q = np.array([[x + dx, y0, z], [x + dx + 0.14, y0, z], [x + dx + 0.14, hip, z], [x + dx, hip, z]])
+                q = np.array(
+                    [
+                        [x + dx, y0, z],
+                        [x + dx + 0.14, y0, z],
+                        [x + dx + 0.14, hip, z],
+                        [x + dx, hip, z],
+                    ]
+                )
                 p.quad(q, label, legs, z)
         else:
             for dx in (-0.25, 0.1):
-                q = np.array([[x + dx, y0 - 0.45, z], [x + dx + 0.15, y0 - 0.45, z], [x + dx + 0.15, y0 + 0.05, z], [x + dx, y0 + 0.05, z]])
+                q = np.array(
+                    [
+                        [x + dx, y0 - 0.45, z],
+                        [x + dx + 0.15, y0 - 0.45, z],
+                        [x + dx + 0.15, y0 + 0.05, z],
+                        [x + dx, y0 + 0.05, z],
+                    ]
+                )
                 p.quad(q, label, legs, z)
         top = hip + h * 0.33
-        torso = np.array([[x - 0.2, hip, z], [x + 0.2, hip, z], [x + 0.23, top, z], [x - 0.23, top, z]])
+        torso = np.array(
+            [[x - 0.2, hip, z], [x + 0.2, hip, z], [x + 0.23, top, z], [x - 0.23, top, z]]
+        )
         p.quad(torso, label, clothes, z)
         head = cam.project(np.array(x), np.array(top + 0.12), np.array(z))
         s = cam.scale(z)
@@ -451,37 +569,69 @@ class Scene:
         r = 0.34 if kind == "bicycle" else 0.3
         s = cam.scale(z)
         if view == "rear":
-            wheel = np.array([[x - 0.05, 0, z], [x + 0.05, 0, z], [x + 0.05, 2 * r, z], [x - 0.05, 2 * r, z]])
+            wheel = np.array(
+                [[x - 0.05, 0, z], [x + 0.05, 0, z], [x + 0.05, 2 * r, z], [x - 0.05, 2 * r, z]]
+            )
             p.quad(wheel, label, dark, z)
             if kind == "motorcycle":
-                body = np.array([[x - 0.3, 0.35, z], [x + 0.3, 0.35, z], [x + 0.25, 0.95, z], [x - 0.25, 0.95, z]])
+                body = np.array(
+                    [
+                        [x - 0.3, 0.35, z],
+                        [x + 0.3, 0.35, z],
+                        [x + 0.25, 0.95, z],
+                        [x - 0.25, 0.95, z],
+                    ]
+                )
                 p.quad(body, label, color, z)
-            bar = np.array([[x - 0.32, 1.0, z + 1.0], [x + 0.32, 1.0, z + 1.0], [x + 0.32, 1.06, z + 1.0], [x - 0.32, 1.06, z + 1.0]])
+            bar = np.array(
+                [
+                    [x - 0.32, 1.0, z + 1.0],
+                    [x + 0.32, 1.0, z + 1.0],
+                    [x + 0.32, 1.06, z + 1.0],
+                    [x - 0.32, 1.06, z + 1.0],
+                ]
+            )
             p.quad(bar, label, dark, z)
         else:
             half = 0.55 if kind == "bicycle" else 0.7
-            centers = cam.project(np.array([x - half, x + half]), np.array([r, r]), np.array([z, z]))
+            centers = cam.project(
+                np.array([x - half, x + half]), np.array([r, r]), np.array([z, z])
+            )
             thick = max(int(round(0.07 * s)), 1)
             for c in centers:
                 cc = (int(round(c[0] * 4)), int(round(c[1] * 4)))
                 rr = max(int(round(r * s * 4)), 1)
                 if kind == "bicycle":
-                    for layer, val in ((p.cv.img, tuple(float(v) for v in dark)), (p.cv.lbl, label), (p.cv.depth, z)):
+                    for layer, val in (
+                        (p.cv.img, tuple(float(v) for v in dark)),
+                        (p.cv.lbl, label),
+                        (p.cv.depth, z),
+                    ):
                         cv2.circle(layer, cc, rr, val, thick, cv2.LINE_8, 2)
                 else:
                     p.cv.ellipse(c, (r * s, r * s), label, dark, z)
             if kind == "bicycle":
-                pts = cam.project(np.array([x - half, x, x + half, x - 0.15, x + 0.45]),
-                                  np.array([r, r, r, 0.95, 1.0]), np.full(5, z))  # fmt: skip
+                pts = cam.project(
+                    np.array([x - half, x, x + half, x - 0.15, x + 0.45]),
+                    np.array([r, r, r, 0.95, 1.0]),
+                    np.full(5, z),
+                )
                 t = max(int(round(0.05 * s)), 1)
                 for a, b in ((0, 1), (1, 3), (3, 0), (1, 4), (4, 2), (3, 4)):
                     pa = (int(round(pts[a][0] * 4)), int(round(pts[a][1] * 4)))
                     pb = (int(round(pts[b][0] * 4)), int(round(pts[b][1] * 4)))
-                    for layer, val in ((p.cv.img, tuple(float(v) for v in color)), (p.cv.lbl, label), (p.cv.depth, z)):
+                    for layer, val in (
+                        (p.cv.img, tuple(float(v) for v in color)),
+                        (p.cv.lbl, label),
+                        (p.cv.depth, z),
+                    ):
                         cv2.line(layer, pa, pb, val, t, cv2.LINE_8, 2)
             else:
-                body = cam.project(np.array([x - 0.6, x + 0.7, x + 0.5, x - 0.3]),
-                                   np.array([0.35, 0.4, 1.0, 0.9]), np.full(4, z))  # fmt: skip
+                body = cam.project(
+                    np.array([x - 0.6, x + 0.7, x + 0.5, x - 0.3]),
+                    np.array([0.35, 0.4, 1.0, 0.9]),
+                    np.full(4, z),
+                )
                 p.cv.poly(body, label, color, z)
         if ridden:
             self.person(x, z - 0.01, RIDER, y0=0.95 if kind == "bicycle" else 0.8, seated=True)
@@ -503,17 +653,33 @@ class Scene:
         elif key == "traffic_light":
             if rng.random() < 0.4:  # on a mast arm over the road
                 x1 = x - side * float(rng.uniform(2, 5))
-                arm = np.array([[min(x, x1), h - 0.15, z], [max(x, x1), h - 0.15, z], [max(x, x1), h, z], [min(x, x1), h, z]])
+                arm = np.array(
+                    [
+                        [min(x, x1), h - 0.15, z],
+                        [max(x, x1), h - 0.15, z],
+                        [max(x, x1), h, z],
+                        [min(x, x1), h, z],
+                    ]
+                )
                 p.quad(arm, POLE, pole_color, z)
                 self.traffic_light(x1, z, h - 0.15)
             else:
                 self.traffic_light(x, z, h)
         elif rng.random() < 0.6:  # a street lamp's arm
             x1 = x - side * 1.5
-            arm = np.array([[min(x, x1), h - 0.1, z], [max(x, x1), h - 0.1, z], [max(x, x1), h, z], [min(x, x1), h, z]])
+            arm = np.array(
+                [
+                    [min(x, x1), h - 0.1, z],
+                    [max(x, x1), h - 0.1, z],
+                    [max(x, x1), h, z],
+                    [min(x, x1), h, z],
+                ]
+            )
             p.quad(arm, POLE, pole_color, z)
             uv = p.cam.project(np.array(x1), np.array(h - 0.2), np.array(z))
-            p.cv.lights.append((float(uv[0]), float(uv[1]), min(0.6 * p.cam.scale(z), 16.0), (1.0, 0.85, 0.55)))
+            p.cv.lights.append(
+                (float(uv[0]), float(uv[1]), min(0.6 * p.cam.scale(z), 16.0), (1.0, 0.85, 0.55))
+            )
         if rng.random() < 0.25 and key != "traffic_sign":  # an extra sign on the same pole
             self.sign(x, z, min(h, 2.8))
 
@@ -527,16 +693,35 @@ class Scene:
             uv = cam.project(np.array(x), np.array(cy), np.array(z))
             p.cv.ellipse(uv, (size / 2 * cam.scale(z), size / 2 * cam.scale(z)), SIGN, color, z)
         elif shape == 1:
-            tri = np.array([[x - size / 2, cy + size / 2, z], [x + size / 2, cy + size / 2, z], [x, cy - size / 2, z]])
+            tri = np.array(
+                [
+                    [x - size / 2, cy + size / 2, z],
+                    [x + size / 2, cy + size / 2, z],
+                    [x, cy - size / 2, z],
+                ]
+            )
             p.cv.poly(cam.project(tri[:, 0], tri[:, 1], tri[:, 2]), SIGN, color, z)
         else:
-            rect = np.array([[x - size / 2, cy - size / 2.5, z], [x + size / 2, cy - size / 2.5, z],
-                             [x + size / 2, cy + size / 2.5, z], [x - size / 2, cy + size / 2.5, z]])  # fmt: skip
+            rect = np.array(
+                [
+                    [x - size / 2, cy - size / 2.5, z],
+                    [x + size / 2, cy - size / 2.5, z],
+                    [x + size / 2, cy + size / 2.5, z],
+                    [x - size / 2, cy + size / 2.5, z],
+                ]
+            )
             p.quad(rect, SIGN, color, z)
 
     def traffic_light(self, x: float, z: float, top: float) -> None:
         p, rng, cam = self.p, self.rng, self.p.cam
-        box = np.array([[x - 0.17, top - 0.95, z], [x + 0.17, top - 0.95, z], [x + 0.17, top, z], [x - 0.17, top, z]])
+        box = np.array(
+            [
+                [x - 0.17, top - 0.95, z],
+                [x + 0.17, top - 0.95, z],
+                [x + 0.17, top, z],
+                [x - 0.17, top, z],
+            ]
+        )
         p.quad(box, LIGHT, p.color("light"), z)
         on = int(rng.integers(3))
         s = cam.scale(z)
@@ -564,7 +749,9 @@ class Scene:
                 h = float(rng.uniform(5, 18))
                 uv = cam.project(np.array(x + w / 2), np.array(0.0), np.array(z))
                 s = cam.scale(z)
-                p.cv.ellipse(uv, (w / 2 * s * 1.2, h * s), VEGETATION, p.color("vegetation", 0.85), z)
+                p.cv.ellipse(
+                    uv, (w / 2 * s * 1.2, h * s), VEGETATION, p.color("vegetation", 0.85), z
+                )
             x += w
 
     def ego_hood(self) -> None:
@@ -576,7 +763,9 @@ class Scene:
         top = h_img * (1 - frac)
         xs = np.linspace(-0.05, 1.05, 24) * w_img
         ys = top + (h_img * frac * 0.6) * ((xs / w_img - 0.5) * 2) ** 2
-        pts = np.concatenate([np.stack([xs, ys], 1), [[w_img * 1.05, h_img + 2], [-0.05 * w_img, h_img + 2]]])
+        pts = np.concatenate(
+            [np.stack([xs, ys], 1), [[w_img * 1.05, h_img + 2], [-0.05 * w_img, h_img + 2]]]
+        )
         p.cv.poly(pts, EGO, p.color("ego"), 0.5)
 
     def draw(self, must: set[int]) -> None:

@@ -31,7 +31,9 @@ def _rng(seed: int, *parts: object) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
-def sample_spec(layout: Layout, rng: np.random.Generator, condition: str | None = None) -> SceneSpec:
+def sample_spec(
+    layout: Layout, rng: np.random.Generator, condition: str | None = None
+) -> SceneSpec:
     """Draw a scene spec (layout kind, weather, time) from a domain's distributions."""
     weather, time_ = _choice(rng, layout.weathers), _choice(rng, layout.times)
     if condition == "night":
@@ -41,8 +43,14 @@ def sample_spec(layout: Layout, rng: np.random.Generator, condition: str | None 
     return SceneSpec(weather=weather, time=time_, layout=_choice(rng, layout.layouts))
 
 
-def _draw(spec: SceneSpec, style: Style, layout: Layout, size: tuple[int, int],
-          rng: np.random.Generator, jpeg: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _draw(
+    spec: SceneSpec,
+    style: Style,
+    layout: Layout,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    jpeg: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     cam = Camera(
         size,
         height=spec.camera_height or float(rng.uniform(*layout.camera_height)),
@@ -142,8 +150,15 @@ def _recompress(image: np.ndarray, quality: int) -> np.ndarray:
 def _update_manifest(root: Path, dom: Domain, summary: dict) -> None:
     path = root / "feds2r_world.json"
     manifest = json.loads(path.read_text()) if path.is_file() else {}
-    manifest.update({"world_version": WORLD_VERSION, "domain": dom.name, "format": dom.format,
-                     "kind": dom.kind, "layout": asdict(dom.layout)})  # fmt: skip
+    manifest.update(
+        {
+            "world_version": WORLD_VERSION,
+            "domain": dom.name,
+            "format": dom.format,
+            "kind": dom.kind,
+            "layout": asdict(dom.layout),
+        }
+    )
     manifest.setdefault("splits", {})[summary["split"]] = {
         k: summary[k] for k in ("count", "size", "seed")
     }
@@ -170,8 +185,9 @@ def synth_all(
         for split, count in dom.splits.items():
             num = max(int(round(count * scale)), 4 if dom.format == "acdc" else 1)
             summaries.append(
-                synth_domain(dom, root / name, split=split, num=num, size=size, seed=seed,
-                             progress=progress)  # fmt: skip
+                synth_domain(
+                    dom, root / name, split=split, num=num, size=size, seed=seed, progress=progress
+                )
             )
     index = {
         s["domain"]: {"format": s["format"], "kind": s["kind"], "root": str(root / s["domain"])}
@@ -179,7 +195,11 @@ def synth_all(
     }
     for s in summaries:
         index[s["domain"]].setdefault("splits", {})[s["split"]] = s["count"]
-    write_atomic(root / "world.json", json.dumps(
-        {"world_version": WORLD_VERSION, "size": list(size), "seed": seed, "domains": index},
-        indent=2).encode())  # fmt: skip
+    write_atomic(
+        root / "world.json",
+        json.dumps(
+            {"world_version": WORLD_VERSION, "size": list(size), "seed": seed, "domains": index},
+            indent=2,
+        ).encode(),
+    )
     return summaries

@@ -87,12 +87,29 @@ def _key(*parts: object, n: int = 16) -> str:
 
 _OFFSET = {"train": 0, "val": 50000, "test": 70000}
 _CS_CITIES = {
-    "train": ("aachen", "bochum", "bremen", "cologne", "darmstadt", "dusseldorf", "erfurt",
-              "hamburg", "hanover", "jena", "krefeld", "monchengladbach", "strasbourg",
-              "stuttgart", "tubingen", "ulm", "weimar", "zurich"),
+    "train": (
+        "aachen",
+        "bochum",
+        "bremen",
+        "cologne",
+        "darmstadt",
+        "dusseldorf",
+        "erfurt",
+        "hamburg",
+        "hanover",
+        "jena",
+        "krefeld",
+        "monchengladbach",
+        "strasbourg",
+        "stuttgart",
+        "tubingen",
+        "ulm",
+        "weimar",
+        "zurich",
+    ),
     "val": ("frankfurt", "lindau", "munster"),
     "test": ("berlin", "bielefeld", "bonn", "leverkusen", "mainz", "munich"),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -149,7 +166,9 @@ def entry(fmt: str, domain: str, split: str, index: int, condition: str | None) 
     raise ValueError(f"the built-in world cannot write format {fmt!r}")
 
 
-def encode(fmt: str, rgb: np.ndarray, scene_lbl: np.ndarray, jpeg_quality: int) -> tuple[bytes, bytes]:
+def encode(
+    fmt: str, rgb: np.ndarray, scene_lbl: np.ndarray, jpeg_quality: int
+) -> tuple[bytes, bytes]:
     """Encode an RGB image and a scene label map as the format's image and label files."""
     if fmt in ("bdd", "mapillary"):
         image = _jpg(rgb, jpeg_quality or 90)
