@@ -327,10 +327,11 @@ class Scene:
                 if key == "car":
                     n["parked_car"] = 0
 
-        def depth(key: str, lo: float = 4.0, hi: float = 70.0) -> float:
+        def depth(key: str, lo: float = 5.0, hi: float = 80.0) -> float:
+            # objects spread evenly along the street; demanded ones stand close to the camera
             if near.get(key):
                 return float(rng.uniform(7, 20))
-            return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            return float(rng.uniform(lo, hi))
 
         lane_x = lambda i: self.xl + (i + 0.5) * self.lane_w  # noqa: E731
         occupied: list[tuple[float, float, float]] = []  # (x, z0, z1) of vehicles in lanes
