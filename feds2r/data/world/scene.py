@@ -83,6 +83,11 @@ class Scene:
     def add(self, depth: float, fn) -> None:
         self.items.append((depth, fn))
 
+    @staticmethod
+    def order(key: str, depth: float, demanded: dict[str, bool]) -> float:
+        """Draw key: demanded objects come last, like the subject of a generated image."""
+        return -1.0 if demanded.get(key) else depth
+
     def allowed(self, label: int) -> bool:
         from feds2r.data.labels import CLASS_NAMES
 
@@ -313,24 +318,30 @@ class Scene:
             (LIGHT, "traffic_light"),
             (SIGN, "traffic_sign"),
         ):
-            if label in must and n[key] == 0:
-                n[key], near[key] = 1, True
-        if RIDER in must and n["rider_bicycle"] + n["rider_motorcycle"] == 0:
-            n["rider_bicycle" if rng.random() < 0.6 else "rider_motorcycle"] = 1
+            if label in must:
+                n[key], near[key] = max(n[key], 1), True
+        if RIDER in must:
+            if n["rider_bicycle"] + n["rider_motorcycle"] == 0:
+                n["rider_bicycle" if rng.random() < 0.6 else "rider_motorcycle"] = 1
             near["rider_bicycle"] = near["rider_motorcycle"] = True
         for label, key in ((BICYCLE, "bicycle"), (MOTORCYCLE, "motorcycle")):
-            if label in must and n[key] + n["rider_" + key] == 0:
-                n[key], near[key] = 1, True
+            if label in must:
+                n[key], near[key] = max(n[key], 1), True
         for label, key in ((TRUCK, "truck"), (TRAIN, "train"), (BUS, "bus"), (CAR, "car")):
             if not self.allowed(label):
                 n[key] = 0
                 if key == "car":
                     n["parked_car"] = 0
 
-        def depth(key: str, lo: float = 5.0, hi: float = 80.0) -> float:
-            # objects spread evenly along the street; demanded ones stand close to the camera
+        def depth(key: str, x: float, lo: float = 5.0, hi: float = 80.0) -> float:
+            # objects spread evenly along the street; demanded ones stand close to the camera,
+            # but far enough that lateral position x is inside the middle 80 % of the frame
             if near.get(key):
-                return float(rng.uniform(7, 20))
+                cam = self.p.cam
+                in_view = abs(x) * cam.f / (0.4 * cam.w_img)
+                if key in ("pole", "traffic_light", "traffic_sign"):  # tall: keep the top in view
+                    in_view = max(in_view, cam.f * (5.5 - cam.height) / (0.8 * cam.vh))
+                return max(float(rng.uniform(7, 20)), in_view)
             return float(rng.uniform(lo, hi))
 
         lane_x = lambda i: self.xl + (i + 0.5) * self.lane_w  # noqa: E731
@@ -344,7 +355,7 @@ class Scene:
         def place(key: str, length: float, lanes: list[int]) -> tuple[float, float] | None:
             for _ in range(6):
                 x = lane_x(int(rng.choice(lanes))) + float(rng.normal(0, 0.2))
-                z = depth(key)
+                z = depth(key, x)
                 if abs(x) < self.lane_w / 2 + 0.5:  # the lane ahead: keep a driving gap
                     z = max(z, 9.0 + length * 0.3)
                 if free(x, z, z + length):
@@ -367,11 +378,14 @@ class Scene:
                         spot[0] < self.xl + self.lanes * self.lane_w / 2 - 0.01 and self.lanes > 1
                     )
                     oncoming = oncoming and spot[0] < 0 and key != "train"
-                    self.add(spot[1], lambda s=spot, d=draw, o=oncoming: d(s[0], s[1], o))
+                    self.add(
+                        self.order(key, spot[1], near),
+                        lambda s=spot, d=draw, o=oncoming: d(s[0], s[1], o),
+                    )
         for _ in range(n["parked_car"]):
             side = -1 if rng.random() < 0.4 else 1
             x = (self.xl + 1.1) if side < 0 else (self.xr - 1.1)
-            z = depth("parked_car")
+            z = depth("parked_car", x)
             if free(x, z, z + 4.4):
                 occupied.append((x, z, z + 4.4))
                 self.add(z, lambda x=x, z=z: self.car(x, z, False))
@@ -382,10 +396,13 @@ class Scene:
                     if rng.random() < 0.6
                     else lane_x(int(rng.choice(all_lanes)))
                 )
-                z = depth(key, 4, 50)
+                z = depth(key, x, 4, 50)
                 view = "rear" if rng.random() < 0.6 else "side"
                 kind = key.split("_")[1]
-                self.add(z, lambda x=x, z=z, k=kind, v=view: self.twowheeler(x, z, k, v, True))
+                self.add(
+                    self.order(key, z, near),
+                    lambda x=x, z=z, k=kind, v=view: self.twowheeler(x, z, k, v, True),
+                )
         for key in ("bicycle", "motorcycle"):
             for _ in range(n[key]):
                 x = (
@@ -393,19 +410,24 @@ class Scene:
                     if key == "bicycle"
                     else (self.xr - 0.6 if rng.random() < 0.7 else self.xl + 0.6)
                 )
-                z = depth(key, 4, 40)
-                self.add(z, lambda x=x, z=z, k=key: self.twowheeler(x, z, k, "side", False))
+                z = depth(key, x, 4, 40)
+                self.add(
+                    self.order(key, z, near),
+                    lambda x=x, z=z, k=key: self.twowheeler(x, z, k, "side", False),
+                )
         for _ in range(n["person"]):
             crossing = rng.random() < 0.15
             x = float(rng.uniform(self.xl, self.xr)) if crossing else self.sidewalk_x(0.1, 0.95)
-            z = depth("person", 4, 50)
-            self.add(z, lambda x=x, z=z: self.person(x, z, PERSON))
+            z = depth("person", x, 4, 50)
+            self.add(self.order("person", z, near), lambda x=x, z=z: self.person(x, z, PERSON))
         for key in ("pole", "traffic_light", "traffic_sign"):
             for _ in range(n[key]):
                 side = 1 if rng.random() < 0.65 else -1
                 x = (self.xr + 0.5) if side > 0 else (self.xl - 0.5)
-                z = depth(key, 5, 80)
-                self.add(z, lambda x=x, z=z, k=key, s=side: self.pole(x, z, k, s))
+                z = depth(key, x, 5, 80)
+                self.add(
+                    self.order(key, z, near), lambda x=x, z=z, k=key, s=side: self.pole(x, z, k, s)
+                )
 
     def sidewalk_x(self, lo: float, hi: float) -> float:
         rng = self.rng

@@ -77,13 +77,14 @@ def render_scene(
 
     Returns ``(image, label)``: ``(H, W, 3)`` uint8 RGB and ``(H, W)`` uint8 train ids (255 =
     ignore). ``layout`` is a :class:`Layout` or a domain name whose layout to use (default: the
-    Cityscapes-like one); classes named in ``spec.classes`` are placed near the camera.
+    Cityscapes-like one); classes named in ``spec.classes`` are placed near the camera and
+    drawn in front. The same spec and seed give the same scene (and label) in every style.
     """
     if isinstance(style, str):
         style = get_style(style)
     if layout is None or isinstance(layout, str):
         layout = get_domain(layout or "cityscapes-like").layout
-    rng = _rng(seed, "scene", style.name, spec)
+    rng = _rng(seed, "scene", spec)  # not the style: one scene, restyled
     image, scene_lbl = _draw(spec, style, layout, size, rng, jpeg=True)
     return image, _SCENE_TO_TRAIN[scene_lbl]
 

@@ -1,0 +1,120 @@
+"""The built-in world: determinism, the synth -> reader round trip, scene specs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feds2r.data import check_dataset, open_dataset
+from feds2r.data.labels import CLASS_NAMES, RARE_CLASSES, class_index
+from feds2r.data.world import DOMAINS, STYLES, SceneSpec, render_scene, synth_all, synth_domain
+
+SIZE = (64, 128)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_same_seed_same_bytes(domain, tmp_path):
+    for run in ("a", "b"):
+        synth_domain(domain, tmp_path / run, split="val", num=4, size=SIZE, seed=3,
+                     progress=False)  # fmt: skip
+    a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert len(a) >= 9 and a == b
+    synth_domain(domain, tmp_path / "c", split="val", num=4, size=SIZE, seed=4, progress=False)
+    images = [k for k in a if "label" not in k.lower() and "gt" not in k.lower()]
+    assert any(a[k] != digest(tmp_path / "c").get(k) for k in images)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("world")
+    return root, synth_all(root, size=SIZE, seed=0, scale=0.02, progress=False)
+
+
+def test_synth_all_writes_every_domain_in_its_format(tiny_world):
+    root, summaries = tiny_world
+    assert {s["domain"] for s in summaries} == set(DOMAINS)
+    assert (root / "world.json").is_file()
+    for s in summaries:
+        ds = open_dataset(s["spec"])
+        assert len(ds) == s["count"], s
+        item = ds[0]
+        assert item["image"].shape == (3, *SIZE)
+        labels = set(np.unique(item["label"].numpy()).tolist())
+        assert labels <= set(range(19)) | {255}
+        report = check_dataset(s["spec"], progress=False)
+        assert report.ok, report.to_text()
+
+
+def test_world_uses_native_layouts(tiny_world):
+    root, _ = tiny_world
+    assert any((root / "gta5-like/images").glob("*.png"))
+    assert any((root / "synthia-like/GT/LABELS").glob("*.png"))
+    assert any((root / "cityscapes-like/gtFine/val").rglob("*_gtFine_labelIds.png"))
+    assert any((root / "bdd-like/images/10k/val").glob("*.jpg"))
+    assert any((root / "mapillary-like/validation/v1.2/labels").glob("*.png"))
+    assert any((root / "idd-like/gtFine/val").rglob("*_gtFine_labelcsTrainIds.png"))
+    for cond in ("fog", "night", "rain", "snow"):
+        assert any((root / f"acdc-like/gt/{cond}/val").rglob("*_gt_labelTrainIds.png"))
+
+
+def test_synthia_like_lacks_truck_train_terrain(tmp_path):
+    synth_domain("synthia-like", tmp_path, split="train", num=30, size=SIZE, progress=False)
+    ds = open_dataset(f"synthia:{tmp_path}?split=train")
+    seen = set()
+    for i in range(len(ds)):
+        seen |= set(np.unique(ds[i]["label"].numpy()).tolist())
+    for name in ("truck", "train", "terrain"):
+        assert class_index(name) not in seen
+    assert {class_index("road"), class_index("person"), class_index("car")} <= seen
+
+
+@pytest.mark.parametrize("name", RARE_CLASSES)
+def test_scene_spec_classes_are_visible(name):
+    image, label = render_scene(SceneSpec(classes=(name,), weather="rain"), "generated",
+                                size=SIZE, seed=1)  # fmt: skip
+    assert image.shape == (*SIZE, 3) and image.dtype == np.uint8
+    assert (label == class_index(name)).sum() >= 10
+
+
+def test_render_scene_is_deterministic_and_style_dependent():
+    spec = SceneSpec(classes=("bus",), time="dusk")
+    a, la = render_scene(spec, "generated", size=SIZE, seed=5)
+    b, lb = render_scene(spec, "generated", size=SIZE, seed=5)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    c, lc = render_scene(spec, "cityscapes-like", size=SIZE, seed=5)
+    assert np.array_equal(la, lc)  # same scene, drawn in another style
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 5
+
+
+def test_generated_style_is_none_of_the_domains():
+    assert "generated" in STYLES and "generated" not in DOMAINS
+    gen = STYLES["generated"]
+    assert all(STYLES[d] != gen for d in DOMAINS)
+
+
+def test_scene_spec_validates():
+    with pytest.raises(KeyError, match="valid classes"):
+        SceneSpec(classes=("tractor",))
+    with pytest.raises(ValueError, match="weather"):
+        SceneSpec(weather="hail")
+
+
+def test_rare_classes_are_rare_in_cityscapes_like(tmp_path):
+    synth_domain("cityscapes-like", tmp_path, split="val", num=40, size=SIZE, progress=False)
+    report = check_dataset(f"cityscapes:{tmp_path}?split=val", progress=False).to_dict()
+    frac = report["class_fraction"]
+    assert frac["road"] > 0.15 and frac["building"] > 0.1
+    for name in RARE_CLASSES:
+        assert frac[name] < 0.02, name
+    assert set(frac) == set(CLASS_NAMES)
