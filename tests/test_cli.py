@@ -67,7 +67,8 @@ def test_synth_one_domain_and_list(tmp_path, capsys):
     code, out, _ = run(capsys, "data", "synth", "--list")
     assert code == 0 and "synthia-like" in out and "acdc-like" in out
     code, out, _ = run(capsys, "data", "synth", "--domain", "idd-like", "--split", "val", "--num",
-                       "2", "--size", "64x128", "--out", str(tmp_path / "idd"), "--quiet")  # fmt: skip
+                       "2", "--size", "64x128", "--out", str(tmp_path / "idd"),
+                       "--quiet")  # fmt: skip
     assert code == 0 and "idd:" in out
     assert len(list((tmp_path / "idd/leftImg8bit/val").rglob("*.png"))) == 2
 

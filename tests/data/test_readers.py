@@ -20,7 +20,8 @@ CITYSCAPES_IDS = {7: "road", 8: "sidewalk", 11: "building", 12: "wall", 13: "fen
                   31: "train", 32: "motorcycle", 33: "bicycle"}  # fmt: skip
 SYNTHIA_IDS = {1: "sky", 2: "building", 3: "road", 4: "sidewalk", 5: "fence", 6: "vegetation",
                7: "pole", 8: "car", 9: "traffic sign", 10: "person", 11: "bicycle",
-               12: "motorcycle", 15: "traffic light", 17: "rider", 19: "bus", 21: "wall"}  # fmt: skip
+               12: "motorcycle", 15: "traffic light", 17: "rider", 19: "bus",
+               21: "wall"}  # fmt: skip
 MAPILLARY_IDS = {13: "road", 24: "road", 41: "road", 2: "sidewalk", 15: "sidewalk",
                  17: "building", 6: "wall", 3: "fence", 45: "pole", 47: "pole",
                  48: "traffic light", 50: "traffic sign", 30: "vegetation", 29: "terrain",
