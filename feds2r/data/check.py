@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -101,8 +102,6 @@ def check_dataset(
     report = CheckReport(str(parsed), fmt.name, chosen, labelled)
     try:
         # on_error="skip" lists unpaired files as defects instead of stopping at the first.
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = open_dataset(parsed, chosen, labels=labelled, on_error="skip", **options)

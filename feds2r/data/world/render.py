@@ -239,6 +239,22 @@ class Canvas:
             cv2.ellipse(self.lbl, c, a, 0, 0, 360, int(label), -1, cv2.LINE_8, 2)
             cv2.ellipse(self.depth, c, a, 0, 0, 360, float(depth), -1, cv2.LINE_8, 2)
 
+    def ring(self, center, radius: float, thickness: int, label: int, color, depth: float) -> None:
+        """A circle outline (a bicycle wheel) of ``radius`` pixels."""
+        c = (int(round(center[0] * 4)), int(round(center[1] * 4)))
+        r = max(int(round(radius * 4)), 1)
+        cv2.circle(self.img, c, r, tuple(float(x) for x in color), thickness, cv2.LINE_8, 2)
+        cv2.circle(self.lbl, c, r, int(label), thickness, cv2.LINE_8, 2)
+        cv2.circle(self.depth, c, r, float(depth), thickness, cv2.LINE_8, 2)
+
+    def segment(self, a, b, thickness: int, label: int, color, depth: float) -> None:
+        """A thick line (a bicycle frame tube) between pixel positions ``a`` and ``b``."""
+        pa = (int(round(a[0] * 4)), int(round(a[1] * 4)))
+        pb = (int(round(b[0] * 4)), int(round(b[1] * 4)))
+        cv2.line(self.img, pa, pb, tuple(float(x) for x in color), thickness, cv2.LINE_8, 2)
+        cv2.line(self.lbl, pa, pb, int(label), thickness, cv2.LINE_8, 2)
+        cv2.line(self.depth, pa, pb, float(depth), thickness, cv2.LINE_8, 2)
+
 
 class Painter:
     """Draws world objects through a camera onto a canvas with a style's palette."""
@@ -267,6 +283,15 @@ class Painter:
         """``corners`` (4, 3) world points -> one polygon."""
         uv = self.cam.project(corners[:, 0], corners[:, 1], corners[:, 2])
         self.cv.poly(uv, label, color, depth)
+
+    def rect(self, x0: float, x1: float, y0: float, y1: float, z: float, label, color) -> None:
+        """An upright rectangle facing the camera at depth ``z`` (x0..x1 wide, y0..y1 high)."""
+        corners = np.array([[x0, y0, z], [x1, y0, z], [x1, y1, z], [x0, y1, z]])
+        self.quad(corners, label, color, z)
+
+    def point(self, x: float, y: float, z: float) -> np.ndarray:
+        """Pixel position ``(2,)`` of one world point."""
+        return self.cam.project(np.array(x), np.array(y), np.array(z))
 
     def ground_strip(self, x0: np.ndarray, x1: np.ndarray, z: np.ndarray, label, color) -> None:
         """A flat strip between lateral edges ``x0(z)`` and ``x1(z)`` sampled at depths ``z``."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
-from feds2r.data.labels import class_index
+from feds2r.data.labels import CLASS_NAMES, class_index
 from feds2r.data.world.render import (
     BICYCLE,
     BUILDING,
@@ -89,8 +88,6 @@ class Scene:
         return -1.0 if demanded.get(key) else depth
 
     def allowed(self, label: int) -> bool:
-        from feds2r.data.labels import CLASS_NAMES
-
         return CLASS_NAMES[label] not in self.layout.absent
 
     # -- ground ------------------------------------------------------------------------------
@@ -265,15 +262,12 @@ class Scene:
         p, rng, cam = self.p, self.rng, self.p.cam
         h = float(rng.uniform(4, 9))
         r = float(rng.uniform(1.5, 3.2))
-        trunk = np.array(
-            [[x - 0.15, 0, z], [x + 0.15, 0, z], [x + 0.15, h - r, z], [x - 0.15, h - r, z]]
-        )
-        p.quad(trunk, VEGETATION, p.color("fence", 0.7), z)
+        p.rect(x - 0.15, x + 0.15, 0, h - r, z, VEGETATION, p.color("fence", 0.7))
         green = p.color("vegetation")
         for _ in range(3):
             cx = x + float(rng.normal(0, r * 0.3))
             cy = h - r + float(rng.normal(0, r * 0.25))
-            uv = cam.project(np.array(cx), np.array(cy), np.array(z))
+            uv = p.point(cx, cy, z)
             s = cam.scale(z)
             p.cv.ellipse(
                 uv,
@@ -447,15 +441,17 @@ class Scene:
         p = self.p
         dark = (0.05, 0.05, 0.05)
         for sx in (-1, 1):
-            q = np.array(
+            outer = x + sx * w / 2
+            inner = outer - 0.25 * sx
+            corners = np.array(
                 [
-                    [x + sx * w / 2 - 0.25 * sx, 0, z + 0.3],
-                    [x + sx * w / 2, 0, z + 0.3],
-                    [x + sx * w / 2, 2 * r, z + 0.3],
-                    [x + sx * w / 2 - 0.25 * sx, 2 * r, z + 0.3],
+                    [inner, 0, z + 0.3],
+                    [outer, 0, z + 0.3],
+                    [outer, 2 * r, z + 0.3],
+                    [inner, 2 * r, z + 0.3],
                 ]
             )
-            p.quad(q, label, dark, z)
+            p.quad(corners, label, dark, z)
 
     def lights(self, x: float, z: float, w: float, y: float, oncoming: bool, label: int) -> None:
         p, cam = self.p, self.p.cam
@@ -470,7 +466,7 @@ class Scene:
                     np.full(4, z),
                 )
             )
-            uv = cam.project(np.array(x0), np.array(y), np.array(z))
+            uv = p.point(x0, y, z)
             p.cv.lights.append((float(uv[0]), float(uv[1]), min(0.15 * cam.scale(z), 12.0), color))
         p.cv.polys(quads, None, color, 0)
 
@@ -511,30 +507,14 @@ class Scene:
         p.box(x, z, w, h, length, TRAIN, p.color("train"), y0=0.4)
         self.windows_band(x, z, w, length, 1.4, 2.8)
         # a pantograph pole above a tram is labelled pole in Cityscapes-style data
-        mast = np.array(
-            [
-                [x - 0.05, h, z + 5],
-                [x + 0.05, h, z + 5],
-                [x + 0.05, h + 1.2, z + 5],
-                [x - 0.05, h + 1.2, z + 5],
-            ]
-        )
-        p.quad(mast, POLE, p.color("pole"), z + 5)
+        p.rect(x - 0.05, x + 0.05, h, h + 1.2, z + 5, POLE, p.color("pole"))
 
     def windows_band(
         self, x: float, z: float, w: float, length: float, y0: float, y1: float
     ) -> None:
         p = self.p
         glass = p.color("glass")
-        rear = np.array(
-            [
-                [x - w / 2 + 0.2, y0, z],
-                [x + w / 2 - 0.2, y0, z],
-                [x + w / 2 - 0.2, y1, z],
-                [x - w / 2 + 0.2, y1, z],
-            ]
-        )
-        uv = [p.cam.project(rear[:, 0], rear[:, 1], rear[:, 2])]
+        p.rect(x - w / 2 + 0.2, x + w / 2 - 0.2, y0, y1, z, None, glass)
         side_x = x - w / 2 if x - w / 2 > 0 else (x + w / 2 if x + w / 2 < 0 else None)
         if side_x is not None:
             band = np.array(
@@ -545,8 +525,7 @@ class Scene:
                     [side_x, y1, z + 0.5],
                 ]
             )
-            uv.append(p.cam.project(band[:, 0], band[:, 1], band[:, 2]))
-        p.cv.polys(uv, None, glass, 0)
+            p.quad(band, None, glass, z)
 
     def person(self, x: float, z: float, label: int, y0: float = 0.0, seated: bool = False) -> None:
         p, rng, cam = self.p, self.rng, self.p.cam
@@ -555,32 +534,16 @@ class Scene:
         hip = y0 + (0.0 if seated else h * 0.47)
         if not seated:
             for dx in (-0.12, 0.08):
-                q = np.array(
-                    [
-                        [x + dx, y0, z],
-                        [x + dx + 0.14, y0, z],
-                        [x + dx + 0.14, hip, z],
-                        [x + dx, hip, z],
-                    ]
-                )
-                p.quad(q, label, legs, z)
-        else:
+                p.rect(x + dx, x + dx + 0.14, y0, hip, z, label, legs)
+        else:  # legs hanging beside the saddle
             for dx in (-0.25, 0.1):
-                q = np.array(
-                    [
-                        [x + dx, y0 - 0.45, z],
-                        [x + dx + 0.15, y0 - 0.45, z],
-                        [x + dx + 0.15, y0 + 0.05, z],
-                        [x + dx, y0 + 0.05, z],
-                    ]
-                )
-                p.quad(q, label, legs, z)
+                p.rect(x + dx, x + dx + 0.15, y0 - 0.45, y0 + 0.05, z, label, legs)
         top = hip + h * 0.33
         torso = np.array(
             [[x - 0.2, hip, z], [x + 0.2, hip, z], [x + 0.23, top, z], [x - 0.23, top, z]]
         )
         p.quad(torso, label, clothes, z)
-        head = cam.project(np.array(x), np.array(top + 0.12), np.array(z))
+        head = p.point(x, top + 0.12, z)
         s = cam.scale(z)
         p.cv.ellipse(head, (0.1 * s, 0.13 * s), label, p.color("skin"), z)
 
@@ -592,10 +555,7 @@ class Scene:
         r = 0.34 if kind == "bicycle" else 0.3
         s = cam.scale(z)
         if view == "rear":
-            wheel = np.array(
-                [[x - 0.05, 0, z], [x + 0.05, 0, z], [x + 0.05, 2 * r, z], [x - 0.05, 2 * r, z]]
-            )
-            p.quad(wheel, label, dark, z)
+            p.rect(x - 0.05, x + 0.05, 0, 2 * r, z, label, dark)
             if kind == "motorcycle":
                 body = np.array(
                     [
@@ -606,15 +566,7 @@ class Scene:
                     ]
                 )
                 p.quad(body, label, color, z)
-            bar = np.array(
-                [
-                    [x - 0.32, 1.0, z + 1.0],
-                    [x + 0.32, 1.0, z + 1.0],
-                    [x + 0.32, 1.06, z + 1.0],
-                    [x - 0.32, 1.06, z + 1.0],
-                ]
-            )
-            p.quad(bar, label, dark, z)
+            p.rect(x - 0.32, x + 0.32, 1.0, 1.06, z + 1.0, label, dark)  # handlebar
         else:
             half = 0.55 if kind == "bicycle" else 0.7
             centers = cam.project(
@@ -622,15 +574,8 @@ class Scene:
             )
             thick = max(int(round(0.07 * s)), 1)
             for c in centers:
-                cc = (int(round(c[0] * 4)), int(round(c[1] * 4)))
-                rr = max(int(round(r * s * 4)), 1)
                 if kind == "bicycle":
-                    for layer, val in (
-                        (p.cv.img, tuple(float(v) for v in dark)),
-                        (p.cv.lbl, label),
-                        (p.cv.depth, z),
-                    ):
-                        cv2.circle(layer, cc, rr, val, thick, cv2.LINE_8, 2)
+                    p.cv.ring(c, r * s, thick, label, dark, z)
                 else:
                     p.cv.ellipse(c, (r * s, r * s), label, dark, z)
             if kind == "bicycle":
@@ -641,14 +586,7 @@ class Scene:
                 )
                 t = max(int(round(0.05 * s)), 1)
                 for a, b in ((0, 1), (1, 3), (3, 0), (1, 4), (4, 2), (3, 4)):
-                    pa = (int(round(pts[a][0] * 4)), int(round(pts[a][1] * 4)))
-                    pb = (int(round(pts[b][0] * 4)), int(round(pts[b][1] * 4)))
-                    for layer, val in (
-                        (p.cv.img, tuple(float(v) for v in color)),
-                        (p.cv.lbl, label),
-                        (p.cv.depth, z),
-                    ):
-                        cv2.line(layer, pa, pb, val, t, cv2.LINE_8, 2)
+                    p.cv.segment(pts[a], pts[b], t, label, color, z)
             else:
                 body = cam.project(
                     np.array([x - 0.6, x + 0.7, x + 0.5, x - 0.3]),
@@ -669,37 +607,20 @@ class Scene:
         else:
             h = float(rng.uniform(5, 9))
         w = 0.12 if key == "traffic_sign" else 0.2
-        q = np.array([[x - w / 2, 0, z], [x + w / 2, 0, z], [x + w / 2, h, z], [x - w / 2, h, z]])
-        p.quad(q, POLE, pole_color, z)
+        p.rect(x - w / 2, x + w / 2, 0, h, z, POLE, pole_color)
         if key == "traffic_sign":
             self.sign(x, z, h)
         elif key == "traffic_light":
             if rng.random() < 0.4:  # on a mast arm over the road
                 x1 = x - side * float(rng.uniform(2, 5))
-                arm = np.array(
-                    [
-                        [min(x, x1), h - 0.15, z],
-                        [max(x, x1), h - 0.15, z],
-                        [max(x, x1), h, z],
-                        [min(x, x1), h, z],
-                    ]
-                )
-                p.quad(arm, POLE, pole_color, z)
+                p.rect(min(x, x1), max(x, x1), h - 0.15, h, z, POLE, pole_color)
                 self.traffic_light(x1, z, h - 0.15)
             else:
                 self.traffic_light(x, z, h)
         elif rng.random() < 0.6:  # a street lamp's arm
             x1 = x - side * 1.5
-            arm = np.array(
-                [
-                    [min(x, x1), h - 0.1, z],
-                    [max(x, x1), h - 0.1, z],
-                    [max(x, x1), h, z],
-                    [min(x, x1), h, z],
-                ]
-            )
-            p.quad(arm, POLE, pole_color, z)
-            uv = p.cam.project(np.array(x1), np.array(h - 0.2), np.array(z))
+            p.rect(min(x, x1), max(x, x1), h - 0.1, h, z, POLE, pole_color)
+            uv = p.point(x1, h - 0.2, z)
             p.cv.lights.append(
                 (float(uv[0]), float(uv[1]), min(0.6 * p.cam.scale(z), 16.0), (1.0, 0.85, 0.55))
             )
@@ -713,7 +634,7 @@ class Scene:
         shape = int(rng.integers(3))
         cy = top - size / 2
         if shape == 0:
-            uv = cam.project(np.array(x), np.array(cy), np.array(z))
+            uv = p.point(x, cy, z)
             p.cv.ellipse(uv, (size / 2 * cam.scale(z), size / 2 * cam.scale(z)), SIGN, color, z)
         elif shape == 1:
             tri = np.array(
@@ -725,32 +646,16 @@ class Scene:
             )
             p.cv.poly(cam.project(tri[:, 0], tri[:, 1], tri[:, 2]), SIGN, color, z)
         else:
-            rect = np.array(
-                [
-                    [x - size / 2, cy - size / 2.5, z],
-                    [x + size / 2, cy - size / 2.5, z],
-                    [x + size / 2, cy + size / 2.5, z],
-                    [x - size / 2, cy + size / 2.5, z],
-                ]
-            )
-            p.quad(rect, SIGN, color, z)
+            p.rect(x - size / 2, x + size / 2, cy - size / 2.5, cy + size / 2.5, z, SIGN, color)
 
     def traffic_light(self, x: float, z: float, top: float) -> None:
         p, rng, cam = self.p, self.rng, self.p.cam
-        box = np.array(
-            [
-                [x - 0.17, top - 0.95, z],
-                [x + 0.17, top - 0.95, z],
-                [x + 0.17, top, z],
-                [x - 0.17, top, z],
-            ]
-        )
-        p.quad(box, LIGHT, p.color("light"), z)
+        p.rect(x - 0.17, x + 0.17, top - 0.95, top, z, LIGHT, p.color("light"))
         on = int(rng.integers(3))
         s = cam.scale(z)
         lamp_colors = ((0.95, 0.1, 0.05), (0.95, 0.7, 0.05), (0.1, 0.9, 0.3))
         for i in range(3):
-            uv = cam.project(np.array(x), np.array(top - 0.17 - 0.3 * i), np.array(z))
+            uv = p.point(x, top - 0.17 - 0.3 * i, z)
             color = lamp_colors[i] if i == on else (0.12, 0.12, 0.1)
             p.cv.ellipse(uv, (0.1 * s, 0.1 * s), None, color, z)
             if i == on:
@@ -766,11 +671,10 @@ class Scene:
             w = float(rng.uniform(8, 40))
             if urban and rng.random() < 0.6:
                 h = float(rng.uniform(10, 45))
-                q = np.array([[x, 0, z], [x + w, 0, z], [x + w, h, z], [x, h, z]])
-                p.quad(q, BUILDING, tuple(c * 0.9 for c in p.color("building")), z)
+                p.rect(x, x + w, 0, h, z, BUILDING, tuple(c * 0.9 for c in p.color("building")))
             else:
                 h = float(rng.uniform(5, 18))
-                uv = cam.project(np.array(x + w / 2), np.array(0.0), np.array(z))
+                uv = p.point(x + w / 2, 0.0, z)
                 s = cam.scale(z)
                 p.cv.ellipse(
                     uv, (w / 2 * s * 1.2, h * s), VEGETATION, p.color("vegetation", 0.85), z
