@@ -419,7 +419,8 @@ FORMATS: dict[str, Format] = {
         valid_ids=_TRAIN_VALID,
         lut=_TRAIN_LUT,
         lister=_cityscapes_like_lister("idd", "_gtFine_labelcsTrainIds.png", (".png", ".jpg")),
-        source="Varma et al., WACV 2019; public-code idd/preperation/createLabels.py",
+        source="Varma et al., WACV 2019; IDD/AutoNUE helpers/anue_labels.py (csTrainId) and "
+        "preperation/createLabels.py",
     ),
     "acdc": Format(
         name="acdc",
@@ -434,7 +435,8 @@ FORMATS: dict[str, Format] = {
         lut=_TRAIN_LUT,
         lister=_acdc_lister,
         options={"condition": (*ACDC_CONDITIONS, "all")},
-        source="Sakaridis et al., ICCV 2021; ACDC download layout",
+        source="Sakaridis et al., ICCV 2021; ACDC download layout, as read by public DG code "
+        "(e.g. w1oves/Rein configs/_base_/datasets/*-acdc_*.py)",
     ),
     "folder": Format(
         name="folder",
