@@ -1,0 +1,163 @@
+"""Checkpoints: ``safetensors`` weights plus a JSON sidecar; never a pickle.
+
+A checkpoint is a folder holding ``model.safetensors`` and ``model.json`` (or the two files side by
+side, ``NAME.safetensors`` + ``NAME.json``). Loading reads the sidecar, checks that it names a known
+preset and feds2r's 19-class label space, checks every tensor's name and shape against the model
+the preset builds, and only then reads the tensors. Files that are pickles (``torch.save``,
+``.pt``/``.pth``/``.ckpt``/``.bin``) are refused before anything is read from them: unpickling can
+run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from feds2r.data.labels import CLASS_NAMES
+from feds2r.errors import Feds2rError
+from feds2r.models import PRESETS, SegModel, create_model
+
+FORMAT = "feds2r-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS, SIDECAR = "model.safetensors", "model.json"
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
+
+
+class CheckpointError(Feds2rError):
+    """A checkpoint is missing, corrupt, a pickle, or does not fit feds2r's models or labels."""
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise if ``path`` is (or looks like) a pickle or a ``torch.save`` zip archive."""
+    head = b""
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(4)
+    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK\x03\x04":
+        raise CheckpointError(
+            f"refusing to load {path}: it is a pickle (torch.save) file, and unpickling runs "
+            "whatever code the file contains. feds2r loads only .safetensors weights with a JSON "
+            "sidecar; ask the sender for a feds2r checkpoint (feds2r client train writes one)"
+        )
+
+
+def _resolve(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.is_dir():
+        weights, sidecar = path / WEIGHTS, path / SIDECAR
+    else:
+        weights, sidecar = path, path.with_suffix(".json")
+    refuse_pickle(weights)
+    if not weights.is_file():
+        hint = " (a folder with model.safetensors and model.json)" if path.is_dir() else ""
+        raise CheckpointError(f"no checkpoint weights at {weights}{hint}")
+    if weights.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint weights must be a .safetensors file, got {weights}")
+    if not sidecar.is_file():
+        raise CheckpointError(
+            f"checkpoint {weights} has no sidecar {sidecar}: the JSON that names its preset and "
+            "classes; without it the weights cannot be checked"
+        )
+    return weights, sidecar
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of a checkpoint, checked for format, preset and label space."""
+    _, sidecar = _resolve(path)
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{sidecar} is not a feds2r checkpoint sidecar (no format={FORMAT})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{sidecar} was written by a newer feds2r (checkpoint format "
+            f"{meta['format_version']}); upgrade feds2r to load it"
+        )
+    if meta.get("preset") not in PRESETS:
+        raise CheckpointError(
+            f"{sidecar}: unknown preset {meta.get('preset')!r}; valid presets: {', '.join(PRESETS)}"
+        )
+    if list(meta.get("class_names", [])) != list(CLASS_NAMES):
+        raise CheckpointError(
+            f"{sidecar}: the checkpoint's classes {meta.get('class_names')} are not feds2r's 19 "
+            "Cityscapes train classes in order; mismatched class sets cannot be combined"
+        )
+    return meta
+
+
+def _atomic_dir_write(out_dir: Path, files: dict[str, callable]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, write in files.items():
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, out_dir / name)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def save_checkpoint(
+    model: SegModel, out_dir: str | Path, *, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``out_dir`` (each atomically)."""
+    from feds2r import __version__
+
+    out_dir = Path(out_dir)
+    sidecar = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "feds2r_version": __version__,
+        "preset": model.preset.name,
+        "family": model.preset.family,
+        "num_classes": model.num_classes,
+        "class_names": list(CLASS_NAMES),
+        **(meta or {}),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_dir_write(
+        out_dir,
+        {
+            WEIGHTS: lambda p: save_file(state, p, metadata={"format": FORMAT}),
+            SIDECAR: lambda p: Path(p).write_text(json.dumps(sidecar, indent=2) + "\n"),
+        },
+    )
+    return out_dir
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SegModel, dict]:
+    """Load a checkpoint after checking it; returns ``(model in eval mode, sidecar)``."""
+    weights, _ = _resolve(path)
+    meta = read_sidecar(path)
+    model = create_model(meta["preset"], num_classes=len(CLASS_NAMES))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for damaged headers
+        raise CheckpointError(f"checkpoint {weights} is corrupt or truncated: {exc}") from None
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"checkpoint {weights} does not fit preset {meta['preset']!r}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected and {len(wrong)} wrongly shaped tensors "
+            f"(e.g. {(missing + unexpected + wrong)[:3]}); was it written for another preset?"
+        )
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {weights} is corrupt or truncated: {exc}") from None
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), meta

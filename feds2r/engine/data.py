@@ -1,0 +1,124 @@
+"""Training batches: resize once (cached in memory), then random scale, crop, flip, colour, blur.
+
+All randomness comes from one ``torch.Generator`` passed in, so a run can save and restore it and
+resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from feds2r.data.labels import IGNORE_INDEX
+
+
+def resize_pair(image: Tensor, label: Tensor | None, height: int) -> tuple[Tensor, Tensor | None]:
+    """Resize (3, H, W) uint8 and (H, W) labels so that H = ``height``, keeping the aspect ratio."""
+    h, w = image.shape[-2:]
+    if h == height:
+        return image, label
+    width = max(int(round(w * height / h)), 1)
+    img = F.interpolate(image[None].float(), size=(height, width), mode="bilinear",
+                        align_corners=False, antialias=True)  # fmt: skip
+    img = img[0].round().clamp(0, 255).to(torch.uint8)
+    if label is not None:
+        label = F.interpolate(label[None, None].float(), size=(height, width), mode="nearest")
+        label = label[0, 0].to(label.dtype if label.dtype != torch.float32 else torch.int64)
+    return img, label
+
+
+class ResizedCache:
+    """A dataset's samples resized to one height and kept in memory (uint8 images, uint8 labels)."""
+
+    def __init__(self, dataset: Dataset, height: int, *, with_labels: bool = True,
+                 progress: bool = True, desc: str = "loading") -> None:  # fmt: skip
+        self.images: list[Tensor] = []
+        self.labels: list[Tensor | None] = []
+        for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
+            item = dataset[i]
+            label = item.get("label") if with_labels else None
+            image, label = resize_pair(item["image"], label, height)
+            self.images.append(image)
+            self.labels.append(None if label is None else label.to(torch.uint8))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
+    radius = max(int(math.ceil(2 * sigma)), 1)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(img.dtype)
+    c = img.shape[0]
+    out = F.conv2d(
+        F.pad(img[None], (radius, radius, 0, 0), mode="reflect"),
+        k.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+        groups=c,
+    )
+    out = F.conv2d(
+        F.pad(out, (0, 0, radius, radius), mode="reflect"),
+        k.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+        groups=c,
+    )
+    return out[0]
+
+
+def augment(image: Tensor, label: Tensor | None, *, crop: tuple[int, int],
+            scale: tuple[float, float], flip: bool, jitter: float, blur_prob: float,
+            g: torch.Generator) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """One training view: image (3, H, W) uint8 -> float (3, ch, cw) in [0, 1]; label -> int64.
+
+    Random scale in ``scale``, random crop to ``crop`` (padding with 0 / 255 when smaller),
+    horizontal flip, brightness/contrast/saturation jitter of strength ``jitter``, Gaussian blur.
+    """
+    u = lambda: float(torch.rand((), generator=g))  # noqa: E731
+    s = scale[0] + (scale[1] - scale[0]) * u()
+    h, w = image.shape[-2:]
+    nh, nw = max(int(h * s), 8), max(int(w * s), 8)
+    img = F.interpolate(image[None].float() / 255.0, size=(nh, nw), mode="bilinear",
+                        align_corners=False)[0]  # fmt: skip
+    lbl = None
+    if label is not None:
+        lbl = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+    ch, cw = crop
+    ph, pw = max(ch - nh, 0), max(cw - nw, 0)
+    if ph or pw:
+        img = F.pad(img, (0, pw, 0, ph), value=0.0)
+        if lbl is not None:
+            lbl = F.pad(lbl, (0, pw, 0, ph), value=IGNORE_INDEX)
+    top = int(u() * (img.shape[1] - ch + 1))
+    left = int(u() * (img.shape[2] - cw + 1))
+    img = img[:, top : top + ch, left : left + cw]
+    if lbl is not None:
+        lbl = lbl[top : top + ch, left : left + cw]
+    if flip and u() < 0.5:
+        img = img.flip(-1)
+        lbl = lbl.flip(-1) if lbl is not None else None
+    if jitter > 0:
+        b = 1 + jitter * (2 * u() - 1)
+        c = 1 + jitter * (2 * u() - 1)
+        sat = 1 + jitter * (2 * u() - 1)
+        img = img * b
+        mean = img.mean()
+        img = (img - mean) * c + mean
+        gray = img.mean(0, keepdim=True)
+        img = (img - gray) * sat + gray
+    if blur_prob > 0 and u() < blur_prob:
+        img = _gaussian_blur(img, 0.3 + 1.2 * u())
+    return img.clamp(0, 1), lbl
+
+
+def make_batch(cache: ResizedCache, indices: list[int], g: torch.Generator,
+               **aug) -> dict[str, Tensor]:  # fmt: skip
+    """Stack augmented views of ``indices`` into ``image`` (B, 3, h, w) and ``label`` (B, h, w)."""
+    views = [augment(cache.images[i], cache.labels[i], g=g, **aug) for i in indices]
+    batch = {"image": torch.stack([v[0] for v in views])}
+    if views[0][1] is not None:
+        batch["label"] = torch.stack([v[1] for v in views])
+    return batch

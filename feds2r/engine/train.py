@@ -1,0 +1,290 @@
+"""The one training loop, shared by client training and server distillation.
+
+The loss is passed in: ``loss_fn(model, batch) -> dict`` of named loss tensors with ``"loss"`` the
+one to minimise. AdamW, linear warm-up then polynomial decay, gradient clipping, bf16 autocast on
+CUDA. Every ``checkpoint_every`` steps the whole run state (model, optimizer, step, every random
+generator) is written atomically to ``OUT/state/``; starting the same run again continues exactly
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from feds2r.engine.checkpoint import save_checkpoint
+from feds2r.engine.data import ResizedCache, make_batch
+from feds2r.errors import Feds2rError
+from feds2r.models import SegModel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe. The defaults are the CPU recipe for the built-in world."""
+
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 8
+    height: int = 128
+    """Images (and labels) are resized to this height, aspect kept, before augmentation."""
+    crop: tuple[int, int] = (128, 256)
+    """Training crop (H, W); smaller views are padded (labels with 255)."""
+    scale: tuple[float, float] = (0.75, 1.5)
+    """Random rescaling range before the crop."""
+    lr: float = 6e-4
+    backbone_lr_mult: float = 1.0
+    """Backbone learning rate = lr x this (0.1 is usual with pretrained backbones)."""
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    poly_power: float = 0.9
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = off)."""
+    flip: bool = True
+    jitter: float = 0.25
+    """Strength of brightness, contrast and saturation jitter."""
+    blur_prob: float = 0.2
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 10
+    device: str = "auto"
+    """"auto" (CUDA if available), "cpu" or "cuda[:N]"."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.lr <= 0 or not 0 <= self.warmup_steps < self.steps + 1:
+            raise ValueError("lr must be > 0 and 0 <= warmup_steps <= steps")
+        if len(self.crop) != 2 or min(self.crop) < 16 or self.height < 16:
+            raise ValueError("crop must be (H, W) and sizes >= 16")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError("scale must be (low, high) with 0 < low <= high")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("checkpoint_every and log_every must be >= 1")
+
+    # fields that may change between a run and its resumption
+    RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "device")
+
+
+LossFn = Callable[[SegModel, dict[str, Tensor]], dict[str, Tensor]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Feds2rError(f"device {name!r} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to 1, then polynomial decay to 0 at ``config.steps``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(config.steps - config.warmup_steps, 1)
+    return (1 - (step - config.warmup_steps) / span) ** config.poly_power
+
+
+def build_optimizer(model: SegModel, config: TrainConfig) -> torch.optim.AdamW:
+    backbone = {id(p) for p in model.backbone().parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in backbone and p.requires_grad],
+         "lr": config.lr * config.backbone_lr_mult},
+        {"params": [p for p in model.parameters() if id(p) not in backbone and p.requires_grad],
+         "lr": config.lr},
+    ]  # fmt: skip
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def _save_state(out: Path, model: SegModel, opt: torch.optim.Optimizer, step: int,
+                g: torch.Generator, config: TrainConfig, done: bool) -> None:  # fmt: skip
+    """Write model, optimizer and generators to OUT/state atomically (temp folder + rename)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = opt.state_dict()
+    scalars = {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    tensors["rng.data"] = g.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    info = {"step": step, "done": done, "config": dataclasses.asdict(config),
+            "param_groups": sd["param_groups"], "opt_scalars": scalars}  # fmt: skip
+    tmp = out / "state.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(info))
+    old = out / "state.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if (out / "state").exists():
+        os.replace(out / "state", old)
+    os.replace(tmp, out / "state")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(out: Path, model: SegModel, opt: torch.optim.Optimizer, g: torch.Generator,
+                config: TrainConfig) -> tuple[int, bool]:  # fmt: skip
+    info = json.loads((out / "state" / "state.json").read_text())
+    saved = info["config"]
+    now = dataclasses.asdict(config)
+    changed = [k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and
+               json.dumps(saved.get(k)) != json.dumps(now[k])]  # fmt: skip
+    if changed:
+        raise Feds2rError(
+            f"{out} holds a run started with a different config ({', '.join(changed)} differ); "
+            "resume it with the same config, or use another output folder"
+        )
+    tensors = load_file(str(out / "state" / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in info["opt_scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    g.set_state(tensors["rng.data"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return int(info["step"]), bool(info["done"])
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written by a run that died after its last checkpoint)."""
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    model: SegModel,
+    loss_fn: LossFn,
+    data: ResizedCache,
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``data`` with ``loss_fn``; write the checkpoint, log and plot to ``out``.
+
+    Resumes from ``out/state`` if a run with the same config stopped there. ``on_step(step)`` is
+    called after each step (tests use it to stop a run). Returns a summary.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    model.to(device).train()
+    opt = build_optimizer(model, config)
+    g = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    step, done = 0, False
+    log_path = out / "train_log.jsonl"
+    if (out / "state" / "state.json").is_file():
+        step, done = _load_state(out, model, opt, g, config)
+        _trim_log(log_path, step)
+    elif log_path.exists():
+        log_path.unlink()
+    aug = {"crop": config.crop, "scale": config.scale, "flip": config.flip,
+           "jitter": config.jitter, "blur_prob": config.blur_prob}  # fmt: skip
+    use_amp = config.amp and device.type == "cuda"
+    bar = tqdm(total=config.steps, initial=step, desc="training", unit="step",
+               disable=not progress or done)  # fmt: skip
+    start, seen, last = time.perf_counter(), 0, {}
+    while step < config.steps and not done:
+        idx = torch.randint(len(data), (config.batch_size,), generator=g).tolist()
+        batch = {k: v.to(device) for k, v in make_batch(data, idx, g, **aug).items()}
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(step, config)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            parts = loss_fn(model, batch)
+        loss = parts["loss"]
+        if not torch.isfinite(loss):
+            raise Feds2rError(f"loss became {float(loss)} at step {step}; lower the lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        step += 1
+        seen += config.batch_size
+        last = {k: float(v.detach()) for k, v in parts.items()}
+        if step % config.log_every == 0 or step == config.steps:
+            speed = seen / max(time.perf_counter() - start, 1e-9)
+            record = {"step": step, "lr": opt.param_groups[-1]["lr"], **last, "img_per_s": speed}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in last.items()}
+                            | {"img/s": f"{speed:.1f}"})  # fmt: skip
+        bar.update(1)
+        if step % config.checkpoint_every == 0 and step < config.steps:
+            _save_state(out, model, opt, step, g, config, done=False)
+        if on_step is not None:
+            on_step(step)
+    bar.close()
+    seconds = time.perf_counter() - start
+    if not done:
+        _save_state(out, model, opt, step, g, config, done=True)
+    model.eval()
+    save_checkpoint(model, out, meta={**(meta or {}), "steps": step,
+                                      "train_config": dataclasses.asdict(config)})  # fmt: skip
+    plot_losses(log_path, out / "loss_curve.png")
+    return {"steps": step, "seconds": round(seconds, 2), "final": last, "out": str(out)}
+
+
+def plot_losses(log_path: Path, dest: Path) -> None:
+    """Plot every loss part of a ``train_log.jsonl`` against the step."""
+    if not log_path.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k.startswith("loss")]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = dest.with_name(f".{dest.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, dest)

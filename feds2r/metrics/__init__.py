@@ -1,0 +1,5 @@
+"""Evaluation metrics."""
+
+from feds2r.metrics.miou import ConfusionMatrix
+
+__all__ = ["ConfusionMatrix"]
