@@ -134,6 +134,145 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- models
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from feds2r.models import PRESETS
+
+    for name, preset in PRESETS.items():
+        print(f"{name:<14} {preset.family:<11} {preset.scale:<5}  {preset.description}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- client train
+
+
+def _train_config(args: argparse.Namespace):
+    from feds2r.config import from_dict, load_toml
+    from feds2r.engine.train import TrainConfig
+
+    data = load_toml(args.config, section="train") if args.config else {}
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "height": args.height,
+        "crop": args.crop,
+        "device": args.device,
+    }
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(TrainConfig, data, source=str(args.config or "arguments"))
+
+
+def cmd_client_train(args: argparse.Namespace) -> int:
+    from feds2r.client import train_client
+    from feds2r.config import load_toml
+
+    preset = args.preset
+    if preset is None and args.config:
+        preset = load_toml(args.config).get("preset")
+    config = _train_config(args)
+    summary = train_client(
+        args.data,
+        preset or "m2f-cpu",
+        args.out,
+        config,
+        backbone_weights=args.backbone_weights,
+        init=args.init,
+        progress=not args.quiet,
+    )
+    print(
+        f"trained {summary['preset']} on {summary['data']} for {summary['steps']} steps "
+        f"in {summary['seconds']:.0f} s; checkpoint: {args.out}"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval, predict
+
+
+def _load_model(path: str, device: str):
+    from feds2r.engine.checkpoint import load_checkpoint
+    from feds2r.engine.train import resolve_device
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(path, dev)
+    return model, meta, dev
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from feds2r.data import open_dataset
+    from feds2r.data.labels import CLASS_NAMES
+    from feds2r.engine.evaluate import evaluate
+
+    model, meta, dev = _load_model(args.model, args.device)
+    sliding = args.crop if args.sliding else None
+    rows = []
+    for spec in args.data:
+        ds = open_dataset(spec, labels=True, on_error="skip" if args.skip_bad else "raise")
+        result = evaluate(
+            model,
+            ds,
+            height=args.height,
+            sliding=sliding,
+            batch_size=args.batch_size,
+            device=dev,
+            progress=not args.quiet,
+        )
+        rows.append({"spec": str(ds.spec), **result})
+    mean = sum(r["miou"] for r in rows) / len(rows)
+    report = {
+        "model": str(args.model),
+        "preset": meta["preset"],
+        "height": args.height,
+        "sliding": list(sliding) if sliding else None,
+        "datasets": rows,
+        "mean_miou": mean,
+    }
+    if args.json:
+        _write_json(report, args.json)
+    if args.json == "-":
+        return 0
+    width = max(len(r["spec"]) for r in rows)
+    short = [n[:5] for n in CLASS_NAMES]
+    head = f"{'dataset':<{width}}  {'mIoU':>6}  {'acc':>6}"
+    if args.per_class:
+        head += "  " + " ".join(f"{n:>5}" for n in short)
+    print(head)
+    for r in rows:
+        line = f"{r['spec']:<{width}}  {r['miou']:6.2f}  {r['pixel_acc']:6.2f}"
+        if args.per_class:
+            line += "  " + " ".join(
+                f"{v:5.1f}" if v is not None else "    -" for v in r["per_class"].values()
+            )
+        print(line)
+    if len(rows) > 1:
+        print(f"{'mean':<{width}}  {mean:6.2f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from feds2r.data import open_dataset
+    from feds2r.engine.evaluate import write_predictions
+
+    model, _, dev = _load_model(args.model, args.device)
+    ds = open_dataset(args.data, labels=False, on_error="skip" if args.skip_bad else "raise")
+    n = write_predictions(
+        model,
+        ds,
+        args.out,
+        height=args.height,
+        sliding=args.crop if args.sliding else None,
+        device=dev,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
+    print(f"wrote {n} predictions (train-id PNGs) and overlays to {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -149,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
               feds2r data synth --all --out data/world      # build the built-in benchmark
               feds2r data formats                           # dataset formats and layouts
               feds2r data check cityscapes:data/world/cityscapes-like?split=val
+              feds2r client train --data gta5:data/world/gta5-like?split=train --out runs/gta5
+              feds2r eval --model runs/gta5 --data cityscapes:data/world/cityscapes-like?split=val
             """),
     )
     from feds2r import __version__
@@ -225,6 +366,111 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the domains and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser(
+        "models",
+        help="list the model presets",
+        formatter_class=fmt,
+        description="List every model preset: Mask2Former (mask classification) and SegFormer "
+        "(per-pixel), CPU-sized and paper-scale. All are built from configs; nothing is "
+        "downloaded.",
+        epilog="examples:\n  feds2r models",
+    )
+    p.set_defaults(func=cmd_models)
+
+    client = sub.add_parser(
+        "client",
+        help="client side: train on a private dataset",
+        description="Client-side commands.",
+        formatter_class=fmt,
+    )
+    client_sub = client.add_subparsers(dest="client_command", metavar="SUBCOMMAND")
+    p = client_sub.add_parser(
+        "train",
+        help="train a segmentation model on a labelled dataset",
+        formatter_class=fmt,
+        description="Supervised training of one client model. Writes OUT/model.safetensors + "
+        "OUT/model.json (the checkpoint), OUT/config.toml (the resolved config), "
+        "OUT/train_log.jsonl and OUT/loss_curve.png. Run the same command again to resume a "
+        "stopped run. Settings come from --config (a TOML file with a [train] table and an "
+        "optional top-level preset) and are overridden by the flags.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r client train --data gta5:data/world/gta5-like?split=train --out runs/gta5
+              feds2r client train --data synthia:/data/synthia --preset segformer-cpu --steps 300 \\
+                  --out runs/synthia
+              feds2r client train --data gta5:/data/gta5 --preset m2f-swin-t --height 512 \\
+                  --crop 512x1024 --backbone-weights swin_tiny.safetensors --out runs/gta5-swin
+              feds2r client train --data gta5:/data/gta5 --config recipe.toml --out runs/gta5
+            """),
+    )
+    p.add_argument("--data", required=True, help="labelled dataset spec FORMAT:PATH")
+    p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
+    p.add_argument("--preset", help="model preset (default m2f-cpu; see `feds2r models`)")
+    p.add_argument("--config", help="TOML file with a [train] table")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--height", type=int, help="resize images to this height (aspect kept)")
+    p.add_argument("--crop", type=_size, help="training crop HxW")
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--backbone-weights", help="local .safetensors backbone weights")
+    p.add_argument("--init", help="checkpoint to start from (the server's initial model)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_client_train)
+
+    def add_inference_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="checkpoint folder or .safetensors file")
+        p.add_argument("--height", type=int, default=128, help="inference height (default 128)")
+        p.add_argument("--sliding", action="store_true", help="sliding-window inference")
+        p.add_argument("--crop", type=_size, default=(128, 256), help="sliding window HxW")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        p.add_argument("--skip-bad", action="store_true", help="skip unreadable samples")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "eval",
+        help="mIoU of a checkpoint on labelled datasets",
+        formatter_class=fmt,
+        description="Evaluate a checkpoint: mIoU (confusion matrix over the whole set, mean over "
+        "the classes present in its ground truth), pixel accuracy and per-class IoU, in percent. "
+        "Prints a table, one row per dataset; --json writes the schema in docs/evaluation.md.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r eval --model runs/gta5 --data cityscapes:data/world/cityscapes-like?split=val
+              feds2r eval --model runs/gta5 --data bdd:/data/bdd?split=val \\
+                  --data acdc:/data/acdc?split=val --per-class --json eval.json
+              feds2r eval --model runs/gta5-swin --data cityscapes:/data/cs?split=val \\
+                  --height 512 --sliding --crop 512x1024
+            """),
+    )
+    add_inference_args(p)
+    p.add_argument("--data", required=True, action="append", help="labelled spec (repeatable)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--per-class", action="store_true", help="print per-class IoU columns")
+    p.add_argument("--json", metavar="PATH", help="write results as JSON ('-': stdout)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "predict",
+        help="write predicted label maps and colour overlays",
+        formatter_class=fmt,
+        description="Predict every image of a dataset: OUT/NAME.png holds train ids (0-18), "
+        "OUT/overlay/NAME.png the prediction in Cityscapes colours over the image.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r predict --model runs/gta5 \\
+                  --data cityscapes:data/world/cityscapes-like?split=val \\
+                  --out preds/cs
+              feds2r predict --model runs/gta5 --data folder:my_images --out preds/mine --limit 20
+            """),
+    )
+    add_inference_args(p)
+    p.add_argument("--data", required=True, help="dataset spec (labels not needed)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=int, help="predict at most this many images")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -234,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         # a group without a subcommand: show its help
-        if args.command == "data":
-            parser.parse_args(["data", "--help"])
+        if args.command in ("data", "client"):
+            parser.parse_args([args.command, "--help"])
         parser.print_help()
         return 2
     try:

@@ -155,6 +155,18 @@ class SegmentationDataset(Dataset):
         labels = "labelled" if self.with_labels else "images only"
         return f"SegmentationDataset({self.spec}, {len(self)} samples, {labels})"
 
+    def fingerprint(self) -> str:
+        """A short hash of what this dataset holds: spec, names and file sizes (no pixels read)."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.spec.format}|{self.spec.split}|{self.spec.options}".encode())
+        for sample in self.samples:
+            h.update(sample.name.encode())
+            h.update(str(sample.image.stat().st_size).encode())
+            if self.with_labels and sample.label is not None:
+                h.update(str(sample.label.stat().st_size).encode())
+        return h.hexdigest()[:16]
+
     def read(self, index: int) -> dict:
         """Read sample ``index`` as numpy arrays; raises :class:`DataError` if it is bad."""
         sample = self.samples[index]

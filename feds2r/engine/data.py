@@ -17,26 +17,40 @@ from tqdm import tqdm
 from feds2r.data.labels import IGNORE_INDEX
 
 
-def resize_pair(image: Tensor, label: Tensor | None, height: int) -> tuple[Tensor, Tensor | None]:
-    """Resize (3, H, W) uint8 and (H, W) labels so that H = ``height``, keeping the aspect ratio."""
-    h, w = image.shape[-2:]
+def resize_images(images: Tensor, height: int) -> Tensor:
+    """Resize uint8 images (..., 3, H, W) so that H = ``height``, keeping the aspect ratio."""
+    h, w = images.shape[-2:]
     if h == height:
-        return image, label
+        return images
     width = max(int(round(w * height / h)), 1)
-    img = F.interpolate(image[None].float(), size=(height, width), mode="bilinear",
-                        align_corners=False, antialias=True)  # fmt: skip
-    img = img[0].round().clamp(0, 255).to(torch.uint8)
-    if label is not None:
-        label = F.interpolate(label[None, None].float(), size=(height, width), mode="nearest")
-        label = label[0, 0].to(label.dtype if label.dtype != torch.float32 else torch.int64)
-    return img, label
+    batch = images.reshape(-1, *images.shape[-3:]).float()
+    out = F.interpolate(
+        batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.round().clamp(0, 255).to(torch.uint8).reshape(*images.shape[:-2], height, width)
+
+
+def resize_pair(image: Tensor, label: Tensor | None, height: int) -> tuple[Tensor, Tensor | None]:
+    """Resize an image (3, H, W) and its label (H, W, nearest) to height ``height``."""
+    image_out = resize_images(image, height)
+    if label is not None and label.shape[-2:] != image_out.shape[-2:]:
+        size = tuple(image_out.shape[-2:])
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    return image_out, label
 
 
 class ResizedCache:
     """A dataset's samples resized to one height and kept in memory (uint8 images, uint8 labels)."""
 
-    def __init__(self, dataset: Dataset, height: int, *, with_labels: bool = True,
-                 progress: bool = True, desc: str = "loading") -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: Dataset,
+        height: int,
+        *,
+        with_labels: bool = True,
+        progress: bool = True,
+        desc: str = "loading",
+    ) -> None:
         self.images: list[Tensor] = []
         self.labels: list[Tensor | None] = []
         for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
@@ -69,9 +83,17 @@ def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     return out[0]
 
 
-def augment(image: Tensor, label: Tensor | None, *, crop: tuple[int, int],
-            scale: tuple[float, float], flip: bool, jitter: float, blur_prob: float,
-            g: torch.Generator) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+def augment(
+    image: Tensor,
+    label: Tensor | None,
+    *,
+    crop: tuple[int, int],
+    scale: tuple[float, float],
+    flip: bool,
+    jitter: float,
+    blur_prob: float,
+    g: torch.Generator,
+) -> tuple[Tensor, Tensor | None]:
     """One training view: image (3, H, W) uint8 -> float (3, ch, cw) in [0, 1]; label -> int64.
 
     Random scale in ``scale``, random crop to ``crop`` (padding with 0 / 255 when smaller),
@@ -81,8 +103,9 @@ def augment(image: Tensor, label: Tensor | None, *, crop: tuple[int, int],
     s = scale[0] + (scale[1] - scale[0]) * u()
     h, w = image.shape[-2:]
     nh, nw = max(int(h * s), 8), max(int(w * s), 8)
-    img = F.interpolate(image[None].float() / 255.0, size=(nh, nw), mode="bilinear",
-                        align_corners=False)[0]  # fmt: skip
+    img = F.interpolate(
+        image[None].float() / 255.0, size=(nh, nw), mode="bilinear", align_corners=False
+    )[0]
     lbl = None
     if label is not None:
         lbl = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
@@ -114,8 +137,9 @@ def augment(image: Tensor, label: Tensor | None, *, crop: tuple[int, int],
     return img.clamp(0, 1), lbl
 
 
-def make_batch(cache: ResizedCache, indices: list[int], g: torch.Generator,
-               **aug) -> dict[str, Tensor]:  # fmt: skip
+def make_batch(
+    cache: ResizedCache, indices: list[int], g: torch.Generator, **aug
+) -> dict[str, Tensor]:
     """Stack augmented views of ``indices`` into ``image`` (B, 3, h, w) and ``label`` (B, h, w)."""
     views = [augment(cache.images[i], cache.labels[i], g=g, **aug) for i in indices]
     batch = {"image": torch.stack([v[0] for v in views])}

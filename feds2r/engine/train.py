@@ -101,11 +101,15 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 def build_optimizer(model: SegModel, config: TrainConfig) -> torch.optim.AdamW:
     backbone = {id(p) for p in model.backbone().parameters()}
     groups = [
-        {"params": [p for p in model.parameters() if id(p) in backbone and p.requires_grad],
-         "lr": config.lr * config.backbone_lr_mult},
-        {"params": [p for p in model.parameters() if id(p) not in backbone and p.requires_grad],
-         "lr": config.lr},
-    ]  # fmt: skip
+        {
+            "params": [p for p in model.parameters() if id(p) in backbone and p.requires_grad],
+            "lr": config.lr * config.backbone_lr_mult,
+        },
+        {
+            "params": [p for p in model.parameters() if id(p) not in backbone and p.requires_grad],
+            "lr": config.lr,
+        },
+    ]
     for g in groups:
         g["initial_lr"] = g["lr"]
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -114,8 +118,15 @@ def build_optimizer(model: SegModel, config: TrainConfig) -> torch.optim.AdamW:
 # ----------------------------------------------------------------------------- run state
 
 
-def _save_state(out: Path, model: SegModel, opt: torch.optim.Optimizer, step: int,
-                g: torch.Generator, config: TrainConfig, done: bool) -> None:  # fmt: skip
+def _save_state(
+    out: Path,
+    model: SegModel,
+    opt: torch.optim.Optimizer,
+    step: int,
+    g: torch.Generator,
+    config: TrainConfig,
+    done: bool,
+) -> None:
     """Write model, optimizer and generators to OUT/state atomically (temp folder + rename)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd = opt.state_dict()
@@ -130,8 +141,13 @@ def _save_state(out: Path, model: SegModel, opt: torch.optim.Optimizer, step: in
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    info = {"step": step, "done": done, "config": dataclasses.asdict(config),
-            "param_groups": sd["param_groups"], "opt_scalars": scalars}  # fmt: skip
+    info = {
+        "step": step,
+        "done": done,
+        "config": dataclasses.asdict(config),
+        "param_groups": sd["param_groups"],
+        "opt_scalars": scalars,
+    }
     tmp = out / "state.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -145,13 +161,17 @@ def _save_state(out: Path, model: SegModel, opt: torch.optim.Optimizer, step: in
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_state(out: Path, model: SegModel, opt: torch.optim.Optimizer, g: torch.Generator,
-                config: TrainConfig) -> tuple[int, bool]:  # fmt: skip
+def _load_state(
+    out: Path, model: SegModel, opt: torch.optim.Optimizer, g: torch.Generator, config: TrainConfig
+) -> tuple[int, bool]:
     info = json.loads((out / "state" / "state.json").read_text())
     saved = info["config"]
     now = dataclasses.asdict(config)
-    changed = [k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and
-               json.dumps(saved.get(k)) != json.dumps(now[k])]  # fmt: skip
+    changed = [
+        k
+        for k in now
+        if k not in TrainConfig.RESUMABLE_CHANGES and json.dumps(saved.get(k)) != json.dumps(now[k])
+    ]
     if changed:
         raise Feds2rError(
             f"{out} holds a run started with a different config ({', '.join(changed)} differ); "
@@ -215,11 +235,17 @@ def train(
         _trim_log(log_path, step)
     elif log_path.exists():
         log_path.unlink()
-    aug = {"crop": config.crop, "scale": config.scale, "flip": config.flip,
-           "jitter": config.jitter, "blur_prob": config.blur_prob}  # fmt: skip
+    aug = {
+        "crop": config.crop,
+        "scale": config.scale,
+        "flip": config.flip,
+        "jitter": config.jitter,
+        "blur_prob": config.blur_prob,
+    }
     use_amp = config.amp and device.type == "cuda"
-    bar = tqdm(total=config.steps, initial=step, desc="training", unit="step",
-               disable=not progress or done)  # fmt: skip
+    bar = tqdm(
+        total=config.steps, initial=step, desc="training", unit="step", disable=not progress or done
+    )
     start, seen, last = time.perf_counter(), 0, {}
     while step < config.steps and not done:
         idx = torch.randint(len(data), (config.batch_size,), generator=g).tolist()
@@ -244,8 +270,10 @@ def train(
             record = {"step": step, "lr": opt.param_groups[-1]["lr"], **last, "img_per_s": speed}
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in last.items()}
-                            | {"img/s": f"{speed:.1f}"})  # fmt: skip
+            bar.set_postfix(
+                {k.removeprefix("loss_"): f"{v:.3f}" for k, v in last.items()}
+                | {"img/s": f"{speed:.1f}"}
+            )
         bar.update(1)
         if step % config.checkpoint_every == 0 and step < config.steps:
             _save_state(out, model, opt, step, g, config, done=False)
@@ -256,8 +284,9 @@ def train(
     if not done:
         _save_state(out, model, opt, step, g, config, done=True)
     model.eval()
-    save_checkpoint(model, out, meta={**(meta or {}), "steps": step,
-                                      "train_config": dataclasses.asdict(config)})  # fmt: skip
+    save_checkpoint(
+        model, out, meta={**(meta or {}), "steps": step, "train_config": dataclasses.asdict(config)}
+    )
     plot_losses(log_path, out / "loss_curve.png")
     return {"steps": step, "seconds": round(seconds, 2), "final": last, "out": str(out)}
 

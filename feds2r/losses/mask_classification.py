@@ -41,8 +41,9 @@ def point_sample(maps: Tensor, coords: Tensor) -> Tensor:
     return out[:, 0, :, 0]
 
 
-def importance_points(logits: Tensor, num_points: int, oversample: int = 3,
-                      importance: float = 0.75) -> Tensor:  # fmt: skip
+def importance_points(
+    logits: Tensor, num_points: int, oversample: int = 3, importance: float = 0.75
+) -> Tensor:
     """Points (N, P, 2) concentrated where the mask logits (N, h, w) are most uncertain."""
     n = logits.shape[0]
     cand = torch.rand(n, num_points * oversample, 2, device=logits.device)
@@ -66,8 +67,13 @@ def bce_loss(pred_logits: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def hungarian_match(class_logits: Tensor, mask_logits: Tensor, target_classes: Tensor,
-                    target_masks: Tensor, num_points: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+def hungarian_match(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    target_classes: Tensor,
+    target_masks: Tensor,
+    num_points: int,
+) -> tuple[Tensor, Tensor]:
     """Match Q predictions of one image to its T targets; returns (query idx, target idx).
 
     ``class_logits`` (Q, K+1), ``mask_logits`` (Q, h, w), ``target_masks`` (T, H, W) in [0, 1].
@@ -87,9 +93,9 @@ def hungarian_match(class_logits: Tensor, mask_logits: Tensor, target_classes: T
     return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 
 
-def set_prediction_loss(class_logits: Tensor, mask_logits: Tensor,
-                        targets: list[tuple[Tensor, Tensor]],
-                        num_points: int) -> dict[str, Tensor]:  # fmt: skip
+def set_prediction_loss(
+    class_logits: Tensor, mask_logits: Tensor, targets: list[tuple[Tensor, Tensor]], num_points: int
+) -> dict[str, Tensor]:
     """Loss of one decoder layer: ``class_logits`` (B, Q, K+1), ``mask_logits`` (B, Q, h, w).
 
     Returns unweighted ``ce``, ``bce`` and ``dice`` (mask losses averaged over all target masks
@@ -117,12 +123,20 @@ def set_prediction_loss(class_logits: Tensor, mask_logits: Tensor,
         coords = importance_points(pred, num_points)
         tgt_pts = point_sample(tgt, coords)
     pred_pts = point_sample(pred, coords)
-    return {"ce": ce, "bce": bce_loss(pred_pts, tgt_pts).mean(),
-            "dice": dice_loss(pred_pts, tgt_pts).mean()}  # fmt: skip
+    return {
+        "ce": ce,
+        "bce": bce_loss(pred_pts, tgt_pts).mean(),
+        "dice": dice_loss(pred_pts, tgt_pts).mean(),
+    }
 
 
-def mask2former_loss(class_logits: Tensor, mask_logits: Tensor, aux: list[tuple[Tensor, Tensor]],
-                     labels: Tensor, num_points: int = 2048) -> dict[str, Tensor]:  # fmt: skip
+def mask2former_loss(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    aux: list[tuple[Tensor, Tensor]],
+    labels: Tensor,
+    num_points: int = 2048,
+) -> dict[str, Tensor]:
     """Full supervised loss: weighted set-prediction loss of the last and every auxiliary layer.
 
     ``labels`` (B, H, W) train ids with 255 ignore. Returns ``loss`` and its parts.

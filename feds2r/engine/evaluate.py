@@ -1,0 +1,145 @@
+"""Evaluation on labelled datasets and prediction writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from feds2r.data.dataset import SegmentationDataset
+from feds2r.data.labels import CLASS_NAMES, colorize
+from feds2r.engine.data import resize_images
+from feds2r.metrics import ConfusionMatrix
+from feds2r.models import SegModel
+
+
+@torch.no_grad()
+def predict_probs(
+    model: SegModel | Any,
+    image: Tensor,
+    *,
+    height: int,
+    out_size: tuple[int, int],
+    sliding: tuple[int, int] | None = None,
+) -> Tensor:
+    """Class probabilities (B, K, *out_size) for uint8 images (B, 3, H, W).
+
+    The images are resized to ``height`` (aspect kept) for inference; with ``sliding=(h, w)``
+    overlapping windows of that size (stride 2/3 of it) are averaged. ``model`` may be any
+    callable with a ``predict(images, size)`` method (an ensemble, for instance).
+    """
+    b = image.shape[0]
+    image = resize_images(image, height)
+    H, W = image.shape[-2:]
+    if sliding is None or (sliding[0] >= H and sliding[1] >= W):
+        probs = model.predict(image, (H, W))
+    else:
+        wh, ww = min(sliding[0], H), min(sliding[1], W)
+        sh, sw = max(wh * 2 // 3, 1), max(ww * 2 // 3, 1)
+        probs, count = None, torch.zeros(1, 1, H, W, device=image.device)
+        tops = sorted({*range(0, H - wh + 1, sh), H - wh})
+        lefts = sorted({*range(0, W - ww + 1, sw), W - ww})
+        for top in tops:
+            for left in lefts:
+                p = model.predict(image[..., top : top + wh, left : left + ww], (wh, ww))
+                if probs is None:
+                    probs = torch.zeros(b, p.shape[1], H, W, device=image.device)
+                probs[..., top : top + wh, left : left + ww] += p
+                count[..., top : top + wh, left : left + ww] += 1
+        probs = probs / count
+    if tuple(probs.shape[-2:]) != tuple(out_size):
+        probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
+    return probs
+
+
+def _batches(dataset: SegmentationDataset, batch_size: int):
+    """Consecutive items grouped while their image sizes agree."""
+    group: list[dict] = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if group and (len(group) == batch_size or group[0]["image"].shape != item["image"].shape):
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
+@torch.no_grad()
+def evaluate(
+    model: SegModel | Any,
+    dataset: SegmentationDataset,
+    *,
+    height: int = 128,
+    sliding: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mIoU, pixel accuracy and per-class IoU (percent) of ``model`` on a labelled dataset.
+
+    Predictions are made at ``height`` and resized to each label's size; the confusion matrix is
+    accumulated over the whole set (see :mod:`feds2r.metrics.miou`).
+    """
+    if not dataset.with_labels:
+        raise ValueError("evaluation needs a labelled dataset")
+    cm = ConfusionMatrix()
+    bar = tqdm(
+        total=len(dataset), desc=f"eval {dataset.spec.format}", unit="img", disable=not progress
+    )
+    for group in _batches(dataset, batch_size):
+        images = torch.stack([it["image"] for it in group]).to(device)
+        labels = torch.stack([it["label"] for it in group])
+        probs = predict_probs(
+            model, images, height=height, out_size=tuple(labels.shape[-2:]), sliding=sliding
+        )
+        cm.update(probs.argmax(1).cpu(), labels)
+        bar.update(len(group))
+    bar.close()
+    summary = cm.summary()
+    summary["num_images"] = len(dataset)
+    summary["per_class"] = dict(zip(CLASS_NAMES, summary["per_class"], strict=True))
+    return summary
+
+
+@torch.no_grad()
+def write_predictions(
+    model: SegModel | Any,
+    dataset: SegmentationDataset,
+    out: str | Path,
+    *,
+    height: int = 128,
+    sliding: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Write ``OUT/NAME.png`` (train ids) and ``OUT/overlay/NAME.png`` (colour over the image)."""
+    import cv2
+
+    from feds2r.data.world.writers import write_atomic
+
+    out = Path(out)
+    n = min(len(dataset), limit or len(dataset))
+    for i in tqdm(range(n), desc="predict", unit="img", disable=not progress):
+        item = dataset[i]
+        image = item["image"][None].to(device)
+        probs = predict_probs(
+            model, image, height=height, out_size=tuple(image.shape[-2:]), sliding=sliding
+        )
+        pred = probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        ok, ids = cv2.imencode(".png", pred)
+        write_atomic(out / f"{item['name']}.png", ids.tobytes())
+        rgb = item["image"].permute(1, 2, 0).numpy()
+        blend = (0.45 * rgb + 0.55 * colorize(pred)).astype(np.uint8)
+        ok, over = cv2.imencode(".png", blend[..., ::-1])
+        write_atomic(out / "overlay" / f"{item['name']}.png", over.tobytes())
+    return n
+
+
+__all__ = ["evaluate", "predict_probs", "write_predictions"]
