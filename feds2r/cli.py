@@ -161,6 +161,7 @@ def _train_config(args: argparse.Namespace):
         "height": args.height,
         "crop": args.crop,
         "device": args.device,
+        "warmup_steps": args.warmup_steps,
     }
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(TrainConfig, data, source=str(args.config or "arguments"))
@@ -411,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--height", type=int, help="resize images to this height (aspect kept)")
     p.add_argument("--crop", type=_size, help="training crop HxW")

@@ -34,7 +34,7 @@ from feds2r.models import SegModel
 class TrainConfig:
     """A training recipe. The defaults are the CPU recipe for the built-in world."""
 
-    steps: int = 1500
+    steps: int = 1000
     """Optimizer steps."""
     batch_size: int = 8
     height: int = 128
@@ -66,8 +66,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
-        if self.lr <= 0 or not 0 <= self.warmup_steps < self.steps + 1:
-            raise ValueError("lr must be > 0 and 0 <= warmup_steps <= steps")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be between 0 and steps ({self.steps}); "
+                "set warmup_steps (--warmup-steps) too"
+            )
         if len(self.crop) != 2 or min(self.crop) < 16 or self.height < 16:
             raise ValueError("crop must be (H, W) and sizes >= 16")
         if not 0 < self.scale[0] <= self.scale[1]:

@@ -5,8 +5,10 @@ predictions (one class distribution over K classes + "no object", one mask per q
 one-to-one to the ground-truth masks (one per class present in the image) by the Hungarian
 algorithm on a cost of class probability, mask BCE and mask Dice; matched queries learn their
 target's class and mask, unmatched ones learn "no object" (weight 0.1). Mask losses are computed
-on K sampled points (12,544 in the paper at 512x1024; scaled down here): importance sampling with
-oversampling ratio 3 and importance ratio 0.75 for the loss, uniform points for matching. Weights:
+on K sampled points: 12,544 in the paper for 128x256 mask logits (512x1024 crops), i.e. 38 % of
+the mask pixels; the same fraction of the mask size is used here (784 points for 32x64 masks).
+Importance sampling with oversampling ratio 3 and importance ratio 0.75 for the loss, uniform
+points for matching. Weights:
 class 2, BCE 5, Dice 5, as in the paper. Every intermediate decoder layer is supervised the same
 way (deep supervision).
 """
@@ -21,6 +23,7 @@ from torch import Tensor
 from feds2r.data.labels import IGNORE_INDEX
 
 CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT = 2.0, 5.0, 5.0, 0.1
+POINT_FRACTION = 12544 / (128 * 256)  # the paper's sampled share of mask-logit pixels
 
 
 def semantic_targets(labels: Tensor, num_classes: int) -> list[tuple[Tensor, Tensor]]:
@@ -135,12 +138,16 @@ def mask2former_loss(
     mask_logits: Tensor,
     aux: list[tuple[Tensor, Tensor]],
     labels: Tensor,
-    num_points: int = 2048,
+    num_points: int | None = None,
 ) -> dict[str, Tensor]:
     """Full supervised loss: weighted set-prediction loss of the last and every auxiliary layer.
 
-    ``labels`` (B, H, W) train ids with 255 ignore. Returns ``loss`` and its parts.
+    ``labels`` (B, H, W) train ids with 255 ignore; ``num_points`` defaults to the paper's share
+    of the mask-logit pixels. Returns ``loss`` and its parts.
     """
+    if num_points is None:
+        h, w = mask_logits.shape[-2:]
+        num_points = min(max(int(POINT_FRACTION * h * w), 256), 12544)
     targets = semantic_targets(labels, class_logits.shape[-1] - 1)
     parts = {"loss_ce": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
     for cls, masks in [(class_logits, mask_logits), *aux]:
