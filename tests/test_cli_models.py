@@ -200,3 +200,20 @@ def test_bad_train_config_key(world, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "unknown key(s) stepz" in err and "valid keys" in err
+
+
+def test_eval_of_unlabelled_data_is_explained(world, ckpt, capsys):
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(ckpt),
+            "--data",
+            f"folder:{world}/cs/leftImg8bit",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "has no labels to evaluate against" in err

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from feds2r.data.dataset import SegmentationDataset
 from feds2r.data.labels import CLASS_NAMES, colorize
 from feds2r.engine.data import resize_images
+from feds2r.errors import Feds2rError
 from feds2r.metrics import ConfusionMatrix
 from feds2r.models import SegModel
 
@@ -87,7 +88,10 @@ def evaluate(
     accumulated over the whole set (see :mod:`feds2r.metrics.miou`).
     """
     if not dataset.with_labels:
-        raise ValueError("evaluation needs a labelled dataset")
+        raise Feds2rError(
+            f"{dataset.spec} has no labels to evaluate against; give a labelled dataset "
+            "(feds2r predict writes predictions for unlabelled images)"
+        )
     cm = ConfusionMatrix()
     bar = tqdm(
         total=len(dataset), desc=f"eval {dataset.spec.format}", unit="img", disable=not progress

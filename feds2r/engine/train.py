@@ -257,13 +257,20 @@ def train(
         batch = {k: v.to(device) for k, v in make_batch(data, idx, g, **aug).items()}
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(step, config)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            parts = loss_fn(model, batch)
-        loss = parts["loss"]
-        if not torch.isfinite(loss):
-            raise Feds2rError(f"loss became {float(loss)} at step {step}; lower the lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                parts = loss_fn(model, batch)
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                raise Feds2rError(f"loss became {float(loss)} at step {step}; lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        except torch.OutOfMemoryError:
+            raise Feds2rError(
+                f"out of {device.type} memory at step {step} with batch {config.batch_size} and "
+                f"crop {config.crop[0]}x{config.crop[1]}; lower --batch-size or --crop and "
+                "start a new run (another --out)"
+            ) from None
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
