@@ -274,6 +274,94 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- server
+
+
+def cmd_server_inconsistency(args: argparse.Namespace) -> int:
+    from feds2r.data import open_dataset
+    from feds2r.server import UnstableRule, measure_inconsistency, plot_inconsistency
+
+    if len(args.clients) < 2:
+        raise Feds2rError("server inconsistency: give at least two --clients checkpoints")
+    models = [_load_model(path, args.device) for path in args.clients]
+    dev = models[0][2]
+    ds = open_dataset(args.data, labels=False, on_error="skip" if args.skip_bad else "raise")
+    rule = UnstableRule(args.std_factor, args.min_unstable, args.max_unstable)
+    result = measure_inconsistency(
+        [m for m, _, _ in models],
+        ds,
+        rule=rule,
+        height=args.height,
+        device=dev,
+        progress=not args.quiet,
+        names=[str(p) for p in args.clients],
+    )
+    out = Path(args.out)
+    report = {
+        **result.to_dict(),
+        "data": str(ds.spec),
+        "rule": {
+            "std_factor": args.std_factor,
+            "min_unstable": args.min_unstable,
+            "max_unstable": args.max_unstable,
+        },
+    }
+    _write_json(report, str(out / "inconsistency.json"))
+    plot_inconsistency(result, out / "inconsistency.png")
+    for name, score in sorted(result.scores.items(), key=lambda kv: -(kv[1] or -1)):
+        mark = "  unstable" if name in result.unstable else ""
+        shown = f"{score:.3f}" if score is not None else "  n/a"
+        print(f"{name:<14} {shown}{mark}")
+    print(f"threshold {result.threshold:.3f}; unstable: {', '.join(result.unstable) or 'none'}")
+    print(f"wrote {out / 'inconsistency.json'} and {out / 'inconsistency.png'}")
+    return 0
+
+
+def cmd_server_augment(args: argparse.Namespace) -> int:
+    from feds2r.server.generators import augment, make_generator
+    from feds2r.server.prompts import builtin_prompts, llm_prompts, prompt_counts
+
+    source = Path(args.inconsistency)
+    if source.is_dir():
+        source = source / "inconsistency.json"
+    try:
+        info = json.loads(source.read_text())
+        scores, unstable = info["scores"], info["unstable_classes"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise Feds2rError(
+            f"cannot read an inconsistency report from {source}: {exc}; run "
+            "`feds2r server inconsistency` first"
+        ) from None
+    counts = prompt_counts(scores, unstable, args.num)
+    if args.prompts == "llm":
+        if not (args.llm_url and args.llm_model):
+            raise Feds2rError("--prompts llm needs --llm-url and --llm-model")
+        import os
+
+        key = os.environ.get(args.llm_key_env) if args.llm_key_env else None
+        prompts = llm_prompts(counts, url=args.llm_url, model=args.llm_model, api_key=key)
+    else:
+        prompts = builtin_prompts(counts, seed=args.seed)
+    kwargs = {}
+    if args.generator == "diffusers":
+        kwargs = {
+            "model_dir": args.model_dir,
+            "device": args.device,
+            "steps": args.steps,
+            "guidance": args.guidance,
+        }
+    generator = make_generator(args.generator, **kwargs)
+    summary = augment(
+        prompts, generator, args.out, size=args.size, seed=args.seed, progress=not args.quiet
+    )
+    per = ", ".join(f"{c} {n}" for c, n in summary["per_class"].items())
+    print(
+        f"generated {summary['num_images']} images ({per}) with {generator.name}; "
+        f"load them as {summary['spec']}"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -473,6 +561,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, help="predict at most this many images")
     p.set_defaults(func=cmd_predict)
+
+    server = sub.add_parser(
+        "server",
+        help="server side: inconsistency, augmentation",
+        description="Server-side commands of FedS2R.",
+        formatter_class=fmt,
+    )
+    server_sub = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
+    p = server_sub.add_parser(
+        "inconsistency",
+        help="score per class how much the client models disagree",
+        formatter_class=fmt,
+        description="Run every client model on the server's unlabelled images and score, per "
+        "class, 1 - mean pairwise IoU of their predicted masks (accumulated over the set). "
+        "Classes scoring at least mean + STD_FACTOR x std are unstable (between MIN and MAX of "
+        "them). Writes OUT/inconsistency.json and OUT/inconsistency.png (a bar chart).",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r server inconsistency --clients runs/gta5 runs/synthia runs/synscapes \\
+                  --data cityscapes:data/world/cityscapes-like?split=train --out runs/server
+            """),
+    )
+    p.add_argument("--clients", nargs="+", required=True, help="client checkpoints (2 or more)")
+    p.add_argument("--data", required=True, help="the server's images (labels are not used)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--height", type=int, default=128, help="inference height (default 128)")
+    p.add_argument("--std-factor", type=float, default=0.5)
+    p.add_argument("--min-unstable", type=int, default=3)
+    p.add_argument("--max-unstable", type=int, default=6)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_server_inconsistency)
+
+    p = server_sub.add_parser(
+        "augment",
+        help="generate images of the unstable classes",
+        formatter_class=fmt,
+        description="Write prompts about the unstable classes (more for more inconsistent "
+        "ones) and generate one image per prompt. Writes OUT/images/*.png (an unlabelled "
+        "dataset: folder:OUT/images), OUT/prompts.jsonl and OUT/generated.json.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r server augment --inconsistency runs/server --num 200 --out runs/generated
+              feds2r server augment --inconsistency runs/server --num 200 --out runs/gen-sd \\
+                  --generator diffusers --model-dir /models/sd-turbo --steps 2 --guidance 0
+              feds2r server augment --inconsistency runs/server --num 50 --out runs/gen-llm \\
+                  --prompts llm --llm-url http://127.0.0.1:8000/v1 --llm-model llama-3-8b
+            """),
+    )
+    p.add_argument(
+        "--inconsistency", required=True, help="inconsistency.json, or the folder holding it"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num", type=int, default=200, help="number of images (default 200)")
+    p.add_argument("--prompts", choices=("builtin", "llm"), default="builtin")
+    p.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--llm-model", help="model name for the chat endpoint")
+    p.add_argument("--llm-key-env", help="environment variable holding an API key")
+    p.add_argument("--generator", choices=("builtin", "diffusers"), default="builtin")
+    p.add_argument("--model-dir", help="local diffusers pipeline folder (--generator diffusers)")
+    p.add_argument("--steps", type=int, default=25, help="diffusion steps (diffusers)")
+    p.add_argument("--guidance", type=float, default=5.0, help="guidance scale (diffusers)")
+    p.add_argument("--size", type=_size, default=(256, 512), help="image HxW (default 256x512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_server_augment)
     return parser
 
 
@@ -482,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         # a group without a subcommand: show its help
-        if args.command in ("data", "client"):
+        if args.command in ("data", "client", "server"):
             parser.parse_args([args.command, "--help"])
         parser.print_help()
         return 2

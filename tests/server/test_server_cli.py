@@ -1,0 +1,142 @@
+"""`feds2r server inconsistency` and `feds2r server augment` end to end on a tiny world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from feds2r.cli import main
+from feds2r.data.world import synth_domain
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("srv")
+    synth_domain("gta5-like", root / "gta", split="train", num=4, size=(64, 128), progress=False)
+    synth_domain("synthia-like", root / "syn", split="train", num=4, size=(64, 128), progress=False)
+    synth_domain(
+        "cityscapes-like", root / "cs", split="train", num=3, size=(64, 128), progress=False
+    )
+    clients = []
+    for name, spec in (
+        ("a", f"gta5:{root}/gta?split=train"),
+        ("b", f"synthia:{root}/syn?split=train"),
+    ):
+        out = root / "runs" / name
+        assert (
+            main(
+                [
+                    "client",
+                    "train",
+                    "--data",
+                    spec,
+                    "--preset",
+                    "segformer-cpu",
+                    "--steps",
+                    "3",
+                    "--warmup-steps",
+                    "1",
+                    "--batch-size",
+                    "2",
+                    "--height",
+                    "32",
+                    "--crop",
+                    "32x64",
+                    "--device",
+                    "cpu",
+                    "--seed",
+                    name == "b" and "1" or "0",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        clients.append(str(out))
+    return root, clients
+
+
+def test_inconsistency_then_augment(setup, tmp_path, capsys):
+    root, clients = setup
+    out = tmp_path / "server"
+    code = main(
+        [
+            "server",
+            "inconsistency",
+            "--clients",
+            *clients,
+            "--data",
+            f"cityscapes:{root}/cs?split=train",
+            "--out",
+            str(out),
+            "--height",
+            "32",
+            "--min-unstable",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "inconsistency.json").read_text())
+    assert len(report["scores"]) == 19 and report["num_images"] == 3
+    assert 2 <= len(report["unstable_classes"]) <= 6
+    assert all(0 <= v <= 1 for v in report["scores"].values() if v is not None)
+    assert (out / "inconsistency.png").is_file()
+    assert "unstable:" in capsys.readouterr().out
+
+    gen = tmp_path / "gen"
+    code = main(
+        [
+            "server",
+            "augment",
+            "--inconsistency",
+            str(out),
+            "--num",
+            "5",
+            "--out",
+            str(gen),
+            "--size",
+            "64x128",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((gen / "generated.json").read_text())
+    assert summary["num_images"] == 5
+    assert set(summary["per_class"]) <= set(report["unstable_classes"])
+    assert len(list((gen / "images").glob("*.png"))) == 5
+    assert "folder:" in capsys.readouterr().out
+
+
+def test_server_errors(setup, tmp_path, capsys):
+    root, clients = setup
+    code = main(
+        [
+            "server",
+            "inconsistency",
+            "--clients",
+            clients[0],
+            "--data",
+            f"cityscapes:{root}/cs?split=train",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert code == 2 and "at least two --clients" in capsys.readouterr().err
+    code = main(
+        [
+            "server",
+            "augment",
+            "--inconsistency",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "g"),
+            "--quiet",
+        ]
+    )
+    assert code == 2 and "run `feds2r server inconsistency` first" in capsys.readouterr().err
