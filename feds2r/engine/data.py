@@ -63,6 +63,12 @@ class ResizedCache:
     def __len__(self) -> int:
         return len(self.images)
 
+    def extend(self, other: ResizedCache) -> ResizedCache:
+        """Append another cache's samples (e.g. generated images to the server's real ones)."""
+        self.images.extend(other.images)
+        self.labels.extend(other.labels)
+        return self
+
 
 def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     radius = max(int(math.ceil(2 * sigma)), 1)

@@ -97,16 +97,25 @@ def hungarian_match(
 
 
 def set_prediction_loss(
-    class_logits: Tensor, mask_logits: Tensor, targets: list[tuple[Tensor, Tensor]], num_points: int
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    targets: list[tuple[Tensor, Tensor]],
+    num_points: int,
+    class_dists: list[Tensor] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Tensor]:
     """Loss of one decoder layer: ``class_logits`` (B, Q, K+1), ``mask_logits`` (B, Q, h, w).
 
-    Returns unweighted ``ce``, ``bce`` and ``dice`` (mask losses averaged over all target masks
-    of the batch).
+    ``targets``: per image ``(classes (T,), masks (T, H, W))`` with masks in [0, 1] (hard for
+    supervision, soft for distillation). With ``class_dists`` (per image (T, K+1) distributions,
+    for distillation) a matched query learns its target's distribution by KL divergence at
+    ``temperature`` (scaled by T^2, Hinton et al. 2015) instead of cross-entropy; unmatched
+    queries always learn "no object" with weight 0.1. Returns unweighted ``ce`` (the class term),
+    ``bce`` and ``dice`` (mask terms averaged over all target masks of the batch).
     """
     b, q, k1 = class_logits.shape
     target_cls = torch.full((b, q), k1 - 1, dtype=torch.long, device=class_logits.device)
-    pred_masks, tgt_masks = [], []
+    pred_masks, tgt_masks, matched, dists = [], [], [], []
     for i, (classes, masks) in enumerate(targets):
         if classes.numel() == 0:
             continue
@@ -114,9 +123,24 @@ def set_prediction_loss(
         target_cls[i, rows] = classes[cols]
         pred_masks.append(mask_logits[i, rows])
         tgt_masks.append(masks[cols])
+        matched.append(torch.stack([torch.full_like(rows, i), rows], 1))
+        if class_dists is not None:
+            dists.append(class_dists[i][cols])
     weight = torch.ones(k1, device=class_logits.device)
     weight[-1] = NO_OBJECT_WEIGHT
-    ce = F.cross_entropy(class_logits.transpose(1, 2), target_cls, weight=weight)
+    if class_dists is None or not matched:
+        ce = F.cross_entropy(class_logits.transpose(1, 2), target_cls, weight=weight)
+    else:
+        # per-query terms, weighted mean as in weighted cross-entropy
+        per_query = F.cross_entropy(class_logits.transpose(1, 2), target_cls, reduction="none")
+        w = weight[target_cls]
+        idx = torch.cat(matched)
+        student = F.log_softmax(class_logits[idx[:, 0], idx[:, 1]] / temperature, dim=-1)
+        teacher = torch.cat(dists)
+        kl = (teacher * (teacher.clamp_min(1e-8).log() - student)).sum(-1) * temperature**2
+        per_query = per_query.index_put((idx[:, 0], idx[:, 1]), kl)
+        w = w.index_put((idx[:, 0], idx[:, 1]), torch.ones_like(kl))
+        ce = (per_query * w).sum() / w.sum()
     if not pred_masks:
         zero = mask_logits.sum() * 0
         return {"ce": ce, "bce": zero, "dice": zero}
@@ -137,21 +161,27 @@ def mask2former_loss(
     class_logits: Tensor,
     mask_logits: Tensor,
     aux: list[tuple[Tensor, Tensor]],
-    labels: Tensor,
+    labels: Tensor | None,
     num_points: int | None = None,
+    *,
+    targets: list[tuple[Tensor, Tensor]] | None = None,
+    class_dists: list[Tensor] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Tensor]:
     """Full supervised loss: weighted set-prediction loss of the last and every auxiliary layer.
 
-    ``labels`` (B, H, W) train ids with 255 ignore; ``num_points`` defaults to the paper's share
-    of the mask-logit pixels. Returns ``loss`` and its parts.
+    ``labels`` (B, H, W) train ids with 255 ignore; or, for distillation, ready ``targets`` with
+    soft masks and ``class_dists`` (see :func:`set_prediction_loss`). ``num_points`` defaults to
+    the paper's share of the mask-logit pixels. Returns ``loss`` and its parts.
     """
     if num_points is None:
         h, w = mask_logits.shape[-2:]
         num_points = min(max(int(POINT_FRACTION * h * w), 256), 12544)
-    targets = semantic_targets(labels, class_logits.shape[-1] - 1)
+    if targets is None:
+        targets = semantic_targets(labels, class_logits.shape[-1] - 1)
     parts = {"loss_ce": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
     for cls, masks in [(class_logits, mask_logits), *aux]:
-        layer = set_prediction_loss(cls, masks, targets, num_points)
+        layer = set_prediction_loss(cls, masks, targets, num_points, class_dists, temperature)
         parts["loss_ce"] = parts["loss_ce"] + CLASS_WEIGHT * layer["ce"]
         parts["loss_mask"] = parts["loss_mask"] + MASK_WEIGHT * layer["bce"]
         parts["loss_dice"] = parts["loss_dice"] + DICE_WEIGHT * layer["dice"]

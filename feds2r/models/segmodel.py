@@ -29,6 +29,8 @@ class SegOutput:
     (None for per-pixel models); the last class is "no object".
     ``seg_logits`` (B, K, h, w): per-pixel class logits (None for mask classification models).
     ``aux``: (class_logits, mask_logits) of intermediate decoder layers, for deep supervision.
+    ``mask_embeddings`` (B, Q, C): Mask2Former's final per-query mask embeddings; the mask logits
+    are ``einsum("bqc,bchw->bqhw", mask_embeddings, features)``.
     """
 
     features: Tensor
@@ -36,6 +38,7 @@ class SegOutput:
     mask_logits: Tensor | None = None
     seg_logits: Tensor | None = None
     aux: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    mask_embeddings: Tensor | None = None
 
     def semantic_probs(self, size: tuple[int, int]) -> Tensor:
         """Per-class probabilities (B, K, H, W) at ``size``; they sum to 1 over K at each pixel.
@@ -83,7 +86,15 @@ class SegModel(nn.Module):
     def forward(self, images: Tensor) -> SegOutput:
         x = self.normalize(images)
         if self.is_mask_classification:
-            out = self.net(pixel_values=x, output_auxiliary_logits=self.training)
+            embeds: list[Tensor] = []  # one per decoder layer; the last is the final one
+            embedder = self.net.model.transformer_module.decoder.mask_predictor.mask_embedder
+            hook = embedder.register_forward_hook(
+                lambda _module, _inputs, output: embeds.append(output)
+            )
+            try:
+                out = self.net(pixel_values=x, output_auxiliary_logits=self.training)
+            finally:
+                hook.remove()
             aux = [
                 (a["class_queries_logits"], a["masks_queries_logits"])
                 for a in (out.auxiliary_logits or [])
@@ -93,6 +104,7 @@ class SegModel(nn.Module):
                 class_logits=out.class_queries_logits,
                 mask_logits=out.masks_queries_logits,
                 aux=aux,
+                mask_embeddings=embeds[-1],
             )
         captured: list[Tensor] = []
         hook = self.net.decode_head.classifier.register_forward_pre_hook(
@@ -103,6 +115,23 @@ class SegModel(nn.Module):
         finally:
             hook.remove()
         return SegOutput(features=captured[0], seg_logits=out.logits)
+
+    def head_from_features(self, out: SegOutput, features: Tensor) -> SegOutput:
+        """This model's prediction had its decoder produced ``features`` (B, C, h, w) instead.
+
+        Used for feature fusion: the features of several models are averaged and each model's
+        own last layer reads them. Mask2Former: new mask logits from the same mask embeddings
+        (class logits unchanged); SegFormer: its 1x1 classifier on the features.
+        """
+        if self.is_mask_classification:
+            masks = torch.einsum("bqc,bchw->bqhw", out.mask_embeddings, features)
+            return SegOutput(
+                features=features,
+                class_logits=out.class_logits,
+                mask_logits=masks,
+                mask_embeddings=out.mask_embeddings,
+            )
+        return SegOutput(features=features, seg_logits=self.net.decode_head.classifier(features))
 
     @torch.no_grad()
     def predict(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:

@@ -62,6 +62,19 @@ class PairwiseAgreement:
         return [float(s) if d else None for s, d in zip(score, defined, strict=True)]
 
 
+def teacher_agreement(agree: PairwiseAgreement, num_clients: int) -> list[list[float | None]]:
+    """Per client and class, its mean IoU with the other clients (None: no pair predicts it)."""
+    iou = agree.inter / agree.union.clamp_min(1)
+    seen = agree.union > 0
+    out = []
+    for n in range(num_clients):
+        rows = [p for p, pair in enumerate(agree.pairs) if n in pair]
+        s = seen[rows]
+        mean = torch.where(s, iou[rows], torch.zeros(())).sum(0) / s.sum(0).clamp_min(1)
+        out.append([float(m) if d else None for m, d in zip(mean, s.any(0), strict=True)])
+    return out
+
+
 @dataclass(frozen=True)
 class UnstableRule:
     """Which classes count as unstable (see the module docstring)."""
@@ -84,6 +97,8 @@ class Inconsistency:
     threshold: float
     num_images: int = 0
     clients: list[str] = field(default_factory=list)
+    agreement: list[list[float | None]] = field(default_factory=list)
+    """Per client and class: its mean IoU with the other clients (for weighting teachers)."""
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +109,7 @@ class Inconsistency:
             "threshold": self.threshold,
             "num_images": self.num_images,
             "clients": self.clients,
+            "agreement": self.agreement,
         }
 
 
@@ -152,6 +168,7 @@ def measure_inconsistency(
         threshold=threshold,
         num_images=len(dataset),
         clients=names or [f"client{i}" for i in range(len(clients))],
+        agreement=teacher_agreement(agree, len(clients)),
     )
 
 

@@ -1,0 +1,162 @@
+"""Multi-client knowledge distillation with feature fusion: the FedS2R global model.
+
+Teachers (the client models, frozen) see every server image; their decoder features are averaged
+(fused) and each teacher's own last layer reads the fused features; the teachers' semantic
+predictions are combined (optionally weighted per class by how much each teacher agrees with the
+others); the student learns the combined soft targets through the one training loop. All design
+choices and their reasons: ``docs/method.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from feds2r.errors import Feds2rError
+from feds2r.losses.distillation import combine_teachers, feature_loss, mask_kd_loss, pixel_kd_loss
+from feds2r.models import SegModel, create_model
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How the server distils the clients into the global model."""
+
+    student: str = "m2f-cpu"
+    """Preset of the global model."""
+    init: str = "fedavg"
+    """Student initialisation: "fedavg" (parameter mean of the clients, same preset only) or
+    "scratch"."""
+    kd: str = "mask"
+    """"mask": set-level KL + BCE + Dice on matched queries (FedS2R); "pixel": per-pixel KL
+    (FedDF-style; the only choice for per-pixel students)."""
+    feature_fusion: bool = True
+    """Average the teachers' decoder features and decode them with each teacher's own head."""
+    feature_weight: float = 1.0
+    """Weight of the student-to-fused-features term (cosine distance; only for a student of the
+    teachers' own preset, whose feature space is comparable)."""
+    inconsistency_weighting: bool = False
+    """Weight teachers per class by their agreement with the other teachers."""
+    temperature: float = 2.0
+    min_fraction: float = 0.002
+    """A class becomes a soft target where it is the arg-max on this share of the pixels."""
+
+    def __post_init__(self) -> None:
+        if self.init not in ("fedavg", "scratch"):
+            raise ValueError(f"init must be 'fedavg' or 'scratch', not {self.init!r}")
+        if self.kd not in ("mask", "pixel"):
+            raise ValueError(f"kd must be 'mask' or 'pixel', not {self.kd!r}")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+
+def fedavg(models: list[SegModel]) -> SegModel:
+    """One model whose parameters are the mean of ``models``' (one-shot FedAvg, equal weights).
+
+    All models must share a preset; integer buffers (BatchNorm counters) are taken from the first.
+    """
+    presets = {m.preset.name for m in models}
+    if len(presets) != 1:
+        raise Feds2rError(f"FedAvg needs clients of one preset, got {sorted(presets)}")
+    avg = copy.deepcopy(models[0])
+    states = [m.state_dict() for m in models]
+    merged = {}
+    for key, value in states[0].items():
+        if value.is_floating_point():
+            merged[key] = torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+        else:
+            merged[key] = value.clone()
+    avg.load_state_dict(merged)
+    return avg.eval()
+
+
+def agreement_weights(agreement: list[list[float | None]], floor: float = 0.05) -> Tensor:
+    """Teacher weights (N, K) from per-class agreement; undefined classes weigh uniformly."""
+    w = torch.tensor([[1.0 if a is None else max(a, floor) for a in row] for row in agreement])
+    return w / w.sum(0, keepdim=True)
+
+
+def make_distill_loss(
+    teachers: list[SegModel], config: DistillConfig, weights: Tensor | None = None
+):
+    """``loss_fn(student, batch)`` for the training loop (see the module docstring)."""
+    for t in teachers:
+        t.eval().requires_grad_(False)
+    same_architecture = all(t.preset.name == config.student for t in teachers)
+
+    def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images = batch["image"]
+        with torch.no_grad():
+            outs = [t(images) for t in teachers]
+            fused = None
+            if config.feature_fusion:
+                fused = torch.stack([o.features for o in outs]).mean(0)
+                outs = [t.head_from_features(o, fused) for t, o in zip(teachers, outs, strict=True)]
+        out = student(images)
+        size = tuple(
+            (out.mask_logits if out.mask_logits is not None else out.seg_logits).shape[-2:]
+        )
+        with torch.no_grad():
+            probs = torch.stack([o.semantic_probs(size) for o in outs])
+            target = combine_teachers(probs, None if weights is None else weights.to(probs))
+        if config.kd == "mask" and student.is_mask_classification:
+            parts = mask_kd_loss(
+                out.class_logits,
+                out.mask_logits,
+                out.aux,
+                target,
+                config.temperature,
+                config.min_fraction,
+            )
+        else:
+            parts = pixel_kd_loss(out.semantic_probs(size), target, config.temperature)
+        if fused is not None and config.feature_weight > 0:
+            # only a student of the teachers' own architecture has a comparable feature space
+            if same_architecture:
+                feat = config.feature_weight * feature_loss(out.features, fused)
+                parts = {**parts, "loss": parts["loss"] + feat, "loss_feat": feat}
+        return parts
+
+    return loss_fn
+
+
+def build_student(teachers: list[SegModel], config: DistillConfig, seed: int) -> SegModel:
+    torch.manual_seed(seed)
+    if config.init == "fedavg":
+        if any(t.preset.name != config.student for t in teachers):
+            raise Feds2rError(
+                f"student init 'fedavg' needs clients of the student's preset {config.student!r}; "
+                "use init 'scratch' for another student"
+            )
+        return fedavg(teachers).train().requires_grad_(True)
+    return create_model(config.student)
+
+
+def distill(
+    teachers: list[SegModel],
+    data,
+    config: DistillConfig,
+    train_config,
+    out: str | Path,
+    *,
+    weights: Tensor | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the global model on the server images ``data`` (a :class:`ResizedCache`)."""
+    from feds2r.engine.train import train
+
+    student = build_student(teachers, config, train_config.seed)
+    device = train_config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    for t in teachers:
+        t.to(device)
+    loss_fn = make_distill_loss(teachers, config, weights)
+    info = {"role": "server", "distill_config": dataclasses.asdict(config), **(meta or {})}
+    return train(student, loss_fn, data, train_config, out, meta=info, progress=progress)

@@ -1,0 +1,135 @@
+"""Distillation losses, teacher combination and FedAvg on hand-made tensors."""
+
+import pytest
+import torch
+
+from feds2r.losses.distillation import (
+    combine_teachers,
+    feature_loss,
+    mask_kd_loss,
+    pixel_kd_loss,
+    soft_targets,
+)
+from feds2r.models import create_model
+from feds2r.server.distill import (
+    DistillConfig,
+    agreement_weights,
+    fedavg,
+    make_distill_loss,
+)
+
+
+def two_region_probs(a: int, b: int, k: int = 19, h: int = 8, w: int = 8) -> torch.Tensor:
+    """(1, K, h, w): left half mostly class a, right half mostly class b."""
+    p = torch.full((1, k, h, w), 0.02 / (k - 1))
+    p[0, a, :, : w // 2] = 0.98
+    p[0, b, :, w // 2 :] = 0.98
+    p[0, a, :, w // 2 :] = p[0, b, :, : w // 2] = 0.02 / (k - 1)
+    return p / p.sum(1, keepdim=True)
+
+
+def test_combine_teachers_uniform_and_weighted():
+    t0, t1 = two_region_probs(0, 13), two_region_probs(0, 14)  # disagree: car vs truck
+    both = torch.stack([t0, t1])
+    mean = combine_teachers(both)
+    assert torch.allclose(mean, (t0 + t1) / 2)
+    w = torch.ones(2, 19)
+    w[1] = 3.0  # trust teacher 1 three times more, for every class
+    weighted = combine_teachers(both, w)
+    assert torch.allclose(weighted, 0.25 * t0 + 0.75 * t1)
+    assert torch.allclose(weighted.sum(1), torch.ones(1, 8, 8))
+
+
+def test_soft_targets_regions_masks_and_distributions():
+    probs = two_region_probs(0, 13)
+    (targets,), (dists,) = (lambda t: ([t[0][0]], [t[1][0]]))(soft_targets(probs))
+    classes, masks = targets
+    assert classes.tolist() == [0, 13]
+    assert torch.allclose(masks[0], probs[0, 0]) and masks.shape == (2, 8, 8)
+    assert dists.shape == (2, 20) and torch.allclose(dists.sum(1), torch.ones(2))
+    assert dists[0, 0] > 0.9 and dists[1, 13] > 0.9 and (dists[:, 19] == 0).all()
+    softer = soft_targets(probs, temperature=4.0)[1][0]
+    assert softer[0, 0] < dists[0, 0]  # a higher temperature flattens the class distribution
+    tiny = torch.zeros(1, 19, 100, 100)
+    tiny[0, 0] = 1
+    tiny[0, 0, 0, 0], tiny[0, 5, 0, 0] = 0, 1  # class 5 on one pixel: below min_fraction
+    assert soft_targets(tiny)[0][0][0].tolist() == [0]
+
+
+def test_mask_kd_prefers_students_that_agree_with_teachers():
+    torch.manual_seed(0)
+    teacher = two_region_probs(0, 13)
+    cls = torch.full((1, 3, 20), -5.0)
+    cls[0, :, 19] = 5.0
+    cls[0, 0, 0], cls[0, 1, 13] = 9.0, 9.0
+    masks = torch.full((1, 3, 8, 8), -8.0)
+    masks[0, 0, :, :4], masks[0, 1, :, 4:] = 8.0, 8.0
+    good = mask_kd_loss(cls, masks, [], teacher, temperature=2.0)
+    wrong_cls = cls.clone()
+    wrong_cls[0, 1, 13], wrong_cls[0, 1, 14] = -5.0, 9.0  # calls the car a truck
+    bad = mask_kd_loss(wrong_cls, masks, [], teacher, temperature=2.0)
+    assert good["loss_ce"] < 0.5 * bad["loss_ce"]
+    assert set(good) == {"loss", "loss_ce", "loss_mask", "loss_dice"}
+
+
+def test_pixel_kd_zero_iff_equal():
+    t = two_region_probs(0, 13)
+    assert pixel_kd_loss(t, t)["loss"] < 1e-6
+    assert pixel_kd_loss(two_region_probs(0, 14), t)["loss"] > 1.0
+
+
+def test_feature_loss():
+    f = torch.randn(2, 8, 4, 4)
+    assert feature_loss(f, f) < 1e-6
+    assert feature_loss(-f, f) == pytest.approx(2.0)
+    assert feature_loss(f[..., :2, :2], f).shape == ()  # resized to the target's size
+
+
+def test_fedavg_is_the_parameter_mean():
+    torch.manual_seed(0)
+    a, b = create_model("segformer-cpu"), create_model("segformer-cpu")
+    avg = fedavg([a, b])
+    for key, value in avg.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (a.state_dict()[key] + b.state_dict()[key]) / 2)
+
+
+def test_agreement_weights_normalise_per_class():
+    w = agreement_weights([[0.9, None, 0.0], [0.3, None, 0.5]])
+    assert torch.allclose(w.sum(0), torch.ones(3))
+    assert w[0, 0] == pytest.approx(0.75) and w[0, 1] == pytest.approx(0.5)
+    assert w[0, 2] == pytest.approx(0.05 / 0.55)  # floor keeps a dissenting teacher in
+
+
+@pytest.mark.parametrize(
+    "student,kd", [("m2f-cpu", "mask"), ("m2f-cpu", "pixel"), ("segformer-cpu", "pixel")]
+)
+def test_distill_loss_runs_and_backpropagates(student, kd):
+    torch.manual_seed(0)
+    teachers = [create_model("m2f-cpu"), create_model("m2f-cpu")]
+    cfg = DistillConfig(student=student, kd=kd, init="scratch")
+    loss_fn = make_distill_loss(teachers, cfg, agreement_weights([[0.5] * 19, [0.7] * 19]))
+    model = create_model(student).train()
+    parts = loss_fn(model, {"image": torch.randint(0, 255, (2, 3, 64, 128), dtype=torch.uint8)})
+    parts["loss"].backward()
+    assert torch.isfinite(parts["loss"])
+    assert ("loss_feat" in parts) == (student == "m2f-cpu")  # the teachers' architecture only
+    assert all(p.grad is None for t in teachers for p in t.parameters())
+
+
+def test_fused_features_of_identical_teachers_change_nothing():
+    torch.manual_seed(0)
+    t = create_model("m2f-cpu").eval()
+    x = torch.randint(0, 255, (1, 3, 64, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        out = t(x)
+        fused = torch.stack([out.features, out.features]).mean(0)
+        again = t.head_from_features(out, fused)
+    assert torch.allclose(again.semantic_probs((64, 128)), out.semantic_probs((64, 128)), atol=1e-5)
+
+
+def test_distill_config_validation():
+    with pytest.raises(ValueError, match="kd"):
+        DistillConfig(kd="logits")
+    with pytest.raises(ValueError, match="init"):
+        DistillConfig(init="imagenet")
