@@ -362,6 +362,66 @@ def cmd_server_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server_distill(args: argparse.Namespace) -> int:
+    from feds2r.config import from_dict, load_toml, to_toml
+    from feds2r.data.world.writers import write_atomic
+    from feds2r.server.distill import DistillConfig, run_distill
+
+    file = load_toml(args.config) if args.config else {}
+    distill_data = file.get("distill", {})
+    flags = {
+        "student": args.student,
+        "kd": args.kd,
+        "temperature": args.temperature,
+        "init": args.init,
+    }
+    distill_data.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_fusion:
+        distill_data["feature_fusion"] = False
+    if args.inconsistency_weighted:
+        distill_data["inconsistency_weighting"] = True
+    dcfg = from_dict(DistillConfig, distill_data, source=str(args.config or "arguments"))
+    tcfg = _train_config(args)
+    report = None
+    if args.inconsistency:
+        source = Path(args.inconsistency)
+        source = source / "inconsistency.json" if source.is_dir() else source
+        try:
+            report = json.loads(source.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise Feds2rError(f"cannot read the inconsistency report {source}: {exc}") from None
+    generated = args.generated
+    if generated and ":" not in generated:  # a folder written by `feds2r server augment`
+        gen_dir = Path(generated)
+        generated = f"folder:{gen_dir / 'images' if (gen_dir / 'images').is_dir() else gen_dir}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "clients": [str(c) for c in args.clients],
+        "data": args.data,
+        "generated": generated or "",
+        "inconsistency": str(args.inconsistency or ""),
+    }
+    write_atomic(
+        out / "config.toml", to_toml({"server": settings, "distill": dcfg, "train": tcfg}).encode()
+    )
+    summary = run_distill(
+        args.clients,
+        args.data,
+        out,
+        dcfg,
+        tcfg,
+        generated=generated,
+        inconsistency=report,
+        progress=not args.quiet,
+    )
+    print(
+        f"distilled {len(args.clients)} clients into a {dcfg.student} in "
+        f"{summary['seconds']:.0f} s; global model: {out}"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -629,6 +689,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_server_augment)
+
+    p = server_sub.add_parser(
+        "distill",
+        help="distil the client models into the global model",
+        formatter_class=fmt,
+        description="Multi-client knowledge distillation with feature fusion (FedS2R). The "
+        "client models are frozen teachers; on every server image (real, plus generated with "
+        "--generated) their decoder features are averaged and decoded by each teacher's own "
+        "head, their predictions combined, and the global model learns the combined soft "
+        "targets (KL on classes, BCE + Dice on masks). Switches for the ablations: --no-fusion, "
+        "--kd pixel (FedDF-style per-pixel KD), --inconsistency-weighted. Settings: a TOML with "
+        "[distill] and [train] tables (--config), overridden by flags. Writes the checkpoint, "
+        "config.toml, train_log.jsonl and loss_curve.png to OUT. See docs/method.md.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r server distill --clients runs/gta5 runs/synthia runs/synscapes \\
+                  --data cityscapes:data/world/cityscapes-like?split=train \\
+                  --generated runs/generated --out runs/global
+              feds2r server distill --clients runs/gta5 runs/synthia runs/synscapes \\
+                  --data cityscapes:data/world/cityscapes-like?split=train --kd pixel \\
+                  --no-fusion --out runs/feddf
+            """),
+    )
+    p.add_argument("--clients", nargs="+", required=True, help="client checkpoints")
+    p.add_argument("--data", required=True, help="the server's real images (labels unused)")
+    p.add_argument("--generated", help="generated images: a spec or a `server augment` folder")
+    p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
+    p.add_argument("--inconsistency", help="inconsistency report (for --inconsistency-weighted)")
+    p.add_argument("--student", help="preset of the global model (default m2f-cpu)")
+    p.add_argument("--init", choices=("fedavg", "scratch"), help="student initialisation")
+    p.add_argument("--kd", choices=("mask", "pixel"), help="distillation objective")
+    p.add_argument("--no-fusion", action="store_true", help="no feature fusion")
+    p.add_argument(
+        "--inconsistency-weighted",
+        action="store_true",
+        help="weight teachers per class by their agreement",
+    )
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--config", help="TOML with [distill] and [train] tables")
+    for flag, kind in (
+        ("--steps", int),
+        ("--batch-size", int),
+        ("--lr", float),
+        ("--warmup-steps", int),
+        ("--seed", int),
+        ("--height", int),
+    ):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--crop", type=_size)
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_server_distill)
     return parser
 
 

@@ -160,3 +160,64 @@ def distill(
     loss_fn = make_distill_loss(teachers, config, weights)
     info = {"role": "server", "distill_config": dataclasses.asdict(config), **(meta or {})}
     return train(student, loss_fn, data, train_config, out, meta=info, progress=progress)
+
+
+def run_distill(
+    client_paths: list[str | Path],
+    data: str,
+    out: str | Path,
+    config: DistillConfig,
+    train_config,
+    *,
+    generated: str | None = None,
+    inconsistency: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load the clients and the server images (real, plus ``generated`` if given) and distil.
+
+    ``data`` and ``generated`` are dataset specs (labels are never read). ``inconsistency`` is an
+    inconsistency report (its per-client ``agreement`` weights the teachers when
+    ``config.inconsistency_weighting``).
+    """
+    from feds2r.data import open_dataset
+    from feds2r.engine.checkpoint import load_checkpoint
+    from feds2r.engine.data import ResizedCache
+
+    teachers = [load_checkpoint(p)[0] for p in client_paths]
+    if len(teachers) < 1:
+        raise Feds2rError("distillation needs at least one client model")
+    real = open_dataset(data, labels=False)
+    cache = ResizedCache(
+        real,
+        train_config.height,
+        with_labels=False,
+        progress=progress,
+        desc="loading server images",
+    )
+    sources = {
+        "real": {"spec": str(real.spec), "num_images": len(real), "fingerprint": real.fingerprint()}
+    }
+    if generated:
+        gen = open_dataset(generated, labels=False)
+        cache.extend(
+            ResizedCache(
+                gen,
+                train_config.height,
+                with_labels=False,
+                progress=progress,
+                desc="loading generated images",
+            )
+        )
+        sources["generated"] = {"spec": str(gen.spec), "num_images": len(gen)}
+    weights = None
+    if config.inconsistency_weighting:
+        if not inconsistency or not inconsistency.get("agreement"):
+            raise Feds2rError(
+                "inconsistency weighting needs an inconsistency report "
+                "(feds2r server inconsistency) for these clients"
+            )
+        weights = agreement_weights(inconsistency["agreement"])
+    meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
+    return distill(
+        teachers, cache, config, train_config, out, weights=weights, meta=meta, progress=progress
+    )

@@ -140,3 +140,106 @@ def test_server_errors(setup, tmp_path, capsys):
         ]
     )
     assert code == 2 and "run `feds2r server inconsistency` first" in capsys.readouterr().err
+
+
+def test_distill_variants(setup, tmp_path, capsys):
+    root, clients = setup
+    server = tmp_path / "server"
+    assert (
+        main(
+            [
+                "server",
+                "inconsistency",
+                "--clients",
+                *clients,
+                "--data",
+                f"cityscapes:{root}/cs?split=train",
+                "--out",
+                str(server),
+                "--height",
+                "32",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "server",
+                "augment",
+                "--inconsistency",
+                str(server),
+                "--num",
+                "3",
+                "--out",
+                str(tmp_path / "gen"),
+                "--size",
+                "64x128",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    common = [
+        "--clients",
+        *clients,
+        "--data",
+        f"cityscapes:{root}/cs?split=train",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--height",
+        "32",
+        "--crop",
+        "32x64",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--student",
+        "segformer-cpu",
+    ]
+    out = tmp_path / "global"
+    assert (
+        main(
+            [
+                "server",
+                "distill",
+                *common,
+                "--generated",
+                str(tmp_path / "gen"),
+                "--inconsistency",
+                str(server),
+                "--inconsistency-weighted",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["role"] == "server" and meta["steps"] == 2
+    assert meta["server_data"]["real"]["num_images"] == 3
+    assert meta["server_data"]["generated"]["num_images"] == 3
+    assert meta["distill_config"]["inconsistency_weighting"] is True
+    log = (out / "train_log.jsonl").read_text()
+    assert "loss_feat" in log  # student of the clients' preset: the feature term is on
+    feddf = tmp_path / "feddf"
+    assert (
+        main(["server", "distill", *common, "--kd", "pixel", "--no-fusion", "--out", str(feddf)])
+        == 0
+    )
+    meta = json.loads((feddf / "model.json").read_text())
+    assert (
+        meta["distill_config"]["feature_fusion"] is False and "generated" not in meta["server_data"]
+    )
+    assert "loss_kd" in (feddf / "train_log.jsonl").read_text()
+    code = main(
+        ["server", "distill", *common, "--inconsistency-weighted", "--out", str(tmp_path / "x")]
+    )
+    assert code == 2 and "needs an inconsistency report" in capsys.readouterr().err
