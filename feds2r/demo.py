@@ -4,7 +4,7 @@ Stages (each timed): build the world if missing; the server creates one initial 
 client trains it on its synthetic domain; the server measures the clients' inconsistency on its
 unlabelled real images, generates images of the unstable classes, and distils; every method is
 evaluated on the five real-like test domains. Writes ``results.json`` (schema in
-``docs/results-schema.md``), ``report.md`` and its figures, every checkpoint and ``config.toml``.
+``docs/demo.md``), ``report.md`` and its figures, every checkpoint and ``config.toml``.
 """
 
 from __future__ import annotations
