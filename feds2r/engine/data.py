@@ -53,6 +53,9 @@ class ResizedCache:
     ) -> None:
         self.images: list[Tensor] = []
         self.labels: list[Tensor | None] = []
+        self.maps: list[Tensor] | None = None
+        """Optional per-sample maps (C, H/4, W/4) that follow each view's geometry (e.g. cached
+        teacher targets); set by whoever fills them."""
         for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
             item = dataset[i]
             label = item.get("label") if with_labels else None
@@ -65,8 +68,12 @@ class ResizedCache:
 
     def extend(self, other: ResizedCache) -> ResizedCache:
         """Append another cache's samples (e.g. generated images to the server's real ones)."""
+        if (self.maps is None) != (other.maps is None):
+            raise ValueError("cannot join caches with and without maps")
         self.images.extend(other.images)
         self.labels.extend(other.labels)
+        if self.maps is not None:
+            self.maps.extend(other.maps)
         return self
 
 
@@ -99,11 +106,15 @@ def augment(
     jitter: float,
     blur_prob: float,
     g: torch.Generator,
-) -> tuple[Tensor, Tensor | None]:
+    maps: Tensor | None = None,
+    stride: int = 4,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """One training view: image (3, H, W) uint8 -> float (3, ch, cw) in [0, 1]; label -> int64.
 
     Random scale in ``scale``, random crop to ``crop`` (padding with 0 / 255 when smaller),
     horizontal flip, brightness/contrast/saturation jitter of strength ``jitter``, Gaussian blur.
+    ``maps`` (C, H/stride, W/stride) go through the same scale, crop and flip (zero padding) and
+    come out as (C, ch/stride, cw/stride); the photometric changes touch the image only.
     """
     u = lambda: float(torch.rand((), generator=g))  # noqa: E731
     s = scale[0] + (scale[1] - scale[0]) * u()
@@ -126,9 +137,19 @@ def augment(
     img = img[:, top : top + ch, left : left + cw]
     if lbl is not None:
         lbl = lbl[top : top + ch, left : left + cw]
+    out_maps = None
+    if maps is not None:
+        mh, mw = max(round(nh / stride), 1), max(round(nw / stride), 1)
+        m = F.interpolate(maps[None].float(), size=(mh, mw), mode="bilinear", align_corners=False)[
+            0
+        ]
+        sh, sw = ch // stride, cw // stride
+        m = F.pad(m, (0, max(sw + left // stride - mw, 0), 0, max(sh + top // stride - mh, 0)))
+        out_maps = m[:, top // stride : top // stride + sh, left // stride : left // stride + sw]
     if flip and u() < 0.5:
         img = img.flip(-1)
         lbl = lbl.flip(-1) if lbl is not None else None
+        out_maps = out_maps.flip(-1) if out_maps is not None else None
     if jitter > 0:
         b = 1 + jitter * (2 * u() - 1)
         c = 1 + jitter * (2 * u() - 1)
@@ -140,15 +161,26 @@ def augment(
         img = (img - gray) * sat + gray
     if blur_prob > 0 and u() < blur_prob:
         img = _gaussian_blur(img, 0.3 + 1.2 * u())
-    return img.clamp(0, 1), lbl
+    return img.clamp(0, 1), lbl, out_maps
 
 
 def make_batch(
     cache: ResizedCache, indices: list[int], g: torch.Generator, **aug
 ) -> dict[str, Tensor]:
     """Stack augmented views of ``indices`` into ``image`` (B, 3, h, w) and ``label`` (B, h, w)."""
-    views = [augment(cache.images[i], cache.labels[i], g=g, **aug) for i in indices]
+    views = [
+        augment(
+            cache.images[i],
+            cache.labels[i],
+            g=g,
+            maps=None if cache.maps is None else cache.maps[i],
+            **aug,
+        )
+        for i in indices
+    ]
     batch = {"image": torch.stack([v[0] for v in views])}
     if views[0][1] is not None:
         batch["label"] = torch.stack([v[1] for v in views])
+    if views[0][2] is not None:
+        batch["maps"] = torch.stack([v[2] for v in views])
     return batch

@@ -39,19 +39,25 @@ def soften(probs: Tensor, temperature: float, dim: int = 1) -> Tensor:
 
 
 def soft_targets(
-    probs: Tensor, min_fraction: float = 0.002, temperature: float = 1.0
+    probs: Tensor,
+    min_fraction: float = 0.002,
+    temperature: float = 1.0,
+    valid: Tensor | None = None,
 ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor]]:
     """Soft mask-classification targets from combined probabilities (B, K, h, w).
 
     Per image: the classes that are the arg-max on at least ``min_fraction`` of the pixels; for
     each, the soft mask ``probs[k]`` and the class distribution (K+1, no-object 0) averaged over
-    its arg-max region, softened by ``temperature``.
+    its arg-max region, softened by ``temperature``. ``valid`` (B, h, w) bool marks the pixels
+    that hold a target (padding does not); others belong to no region.
     """
     b, k, h, w = probs.shape
     targets, dists = [], []
     arg = probs.argmax(1)  # (B, h, w)
+    if valid is not None:
+        arg = torch.where(valid, arg, torch.full_like(arg, k))  # k: no region
     for i in range(b):
-        counts = torch.bincount(arg[i].flatten(), minlength=k)
+        counts = torch.bincount(arg[i].flatten(), minlength=k + 1)[:k]
         classes = torch.nonzero(counts >= max(min_fraction * h * w, 1)).flatten()
         masks = probs[i, classes]  # (T, h, w)
         region = arg[i][None] == classes[:, None, None]  # (T, h, w)
@@ -70,13 +76,14 @@ def mask_kd_loss(
     teacher_probs: Tensor,
     temperature: float = 2.0,
     min_fraction: float = 0.002,
+    valid: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Set-level distillation of a Mask2Former student from combined teacher probabilities.
 
     ``teacher_probs`` (B, K, h, w) at the student's mask resolution. Weights as in the
     supervised loss (class 2, BCE 5, Dice 5); every decoder layer is distilled.
     """
-    targets, dists = soft_targets(teacher_probs, min_fraction, temperature)
+    targets, dists = soft_targets(teacher_probs, min_fraction, temperature, valid)
     return mask2former_loss(
         class_logits,
         mask_logits,
@@ -89,20 +96,33 @@ def mask_kd_loss(
 
 
 def pixel_kd_loss(
-    student_probs: Tensor, teacher_probs: Tensor, temperature: float = 2.0
+    student_probs: Tensor,
+    teacher_probs: Tensor,
+    temperature: float = 2.0,
+    valid: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Per-pixel KL(teacher || student) of (B, K, h, w) distributions, softened by T, x T^2."""
+    """Per-pixel KL(teacher || student) of (B, K, h, w) distributions, softened by T, x T^2.
+
+    ``valid`` (B, h, w) bool: the pixels to average over (default all).
+    """
     t = soften(teacher_probs, temperature)
     s = soften(student_probs, temperature)
-    kl = (t * (t.clamp_min(1e-8).log() - s.clamp_min(1e-8).log())).sum(1).mean()
+    kl = _masked_mean((t * (t.clamp_min(1e-8).log() - s.clamp_min(1e-8).log())).sum(1), valid)
     loss = kl * temperature**2
     return {"loss": loss, "loss_kd": loss}
 
 
-def feature_loss(student: Tensor, target: Tensor) -> Tensor:
-    """Mean (1 - cosine similarity) between feature vectors (B, C, h, w) at every pixel."""
+def _masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return values.mean()
+    v = valid.to(values.dtype)
+    return (values * v).sum() / v.sum().clamp_min(1)
+
+
+def feature_loss(student: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean (1 - cosine similarity) between feature vectors (B, C, h, w) at every (valid) pixel."""
     if student.shape[-2:] != target.shape[-2:]:
         student = F.interpolate(
             student, size=target.shape[-2:], mode="bilinear", align_corners=False
         )
-    return (1 - F.cosine_similarity(student, target, dim=1)).mean()
+    return _masked_mean(1 - F.cosine_similarity(student, target, dim=1), valid)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from feds2r.errors import Feds2rError
@@ -44,6 +45,9 @@ class DistillConfig:
     """Weight teachers per class by their agreement with the other teachers."""
     temperature: float = 2.0
     min_fraction: float = 0.002
+    teacher_cache: bool = True
+    """Run the teachers once per server image (un-augmented) and reuse their targets, which
+    follow each view's scale, crop and flip; False: run them on every augmented batch."""
     """A class becomes a soft target where it is the arg-max on this share of the pixels."""
 
     def __post_init__(self) -> None:
@@ -92,11 +96,7 @@ def make_distill_loss(
     def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]
         with torch.no_grad():
-            outs = [t(images) for t in teachers]
-            fused = None
-            if config.feature_fusion:
-                fused = torch.stack([o.features for o in outs]).mean(0)
-                outs = [t.head_from_features(o, fused) for t, o in zip(teachers, outs, strict=True)]
+            outs, fused = _teacher_outputs(teachers, images, config.feature_fusion)
         out = student(images)
         size = tuple(
             (out.mask_logits if out.mask_logits is not None else out.seg_logits).shape[-2:]
@@ -120,6 +120,106 @@ def make_distill_loss(
             if same_architecture:
                 feat = config.feature_weight * feature_loss(out.features, fused)
                 parts = {**parts, "loss": parts["loss"] + feat, "loss_feat": feat}
+        return parts
+
+    return loss_fn
+
+
+def _teacher_outputs(teachers: list[SegModel], images: Tensor, fusion: bool):
+    outs = [t(images) for t in teachers]
+    fused = None
+    if fusion:
+        fused = torch.stack([o.features for o in outs]).mean(0)
+        outs = [t.head_from_features(o, fused) for t, o in zip(teachers, outs, strict=True)]
+    return outs, fused
+
+
+@torch.no_grad()
+def cache_teacher_targets(
+    teachers: list[SegModel],
+    data,
+    config: DistillConfig,
+    weights: Tensor | None,
+    *,
+    stride: int = 4,
+    batch_size: int = 16,
+    device="cpu",
+    progress: bool = True,
+) -> int:
+    """Fill ``data.maps`` with the combined teacher probabilities, the fused features (when the
+    feature term applies) and a validity channel, at 1/``stride`` of each cached image.
+
+    Returns the number of feature channels stored (0 if none).
+    """
+    from tqdm import tqdm
+
+    for t in teachers:
+        t.eval().requires_grad_(False)
+    feats = (
+        config.feature_fusion
+        and config.feature_weight > 0
+        and all(t.preset.name == config.student for t in teachers)
+    )
+    maps: list[Tensor] = [None] * len(data)  # type: ignore[list-item]
+    order = sorted(range(len(data)), key=lambda i: tuple(data.images[i].shape))
+    channels = 0
+    bar = tqdm(total=len(data), desc="teacher targets", unit="img", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        shapes = {tuple(data.images[i].shape) for i in idx}
+        groups = [[i for i in idx if tuple(data.images[i].shape) == sh] for sh in shapes]
+        for group in groups:
+            images = torch.stack([data.images[i] for i in group]).to(device)
+            h, w = images.shape[-2] // stride, images.shape[-1] // stride
+            outs, fused = _teacher_outputs(teachers, images, config.feature_fusion)
+            probs = torch.stack([o.semantic_probs((h, w)) for o in outs])
+            target = combine_teachers(probs, None if weights is None else weights.to(probs))
+            parts = [target]
+            if feats:
+                parts.append(
+                    F.interpolate(fused, size=(h, w), mode="bilinear", align_corners=False)
+                )
+                channels = fused.shape[1]
+            parts.append(torch.ones_like(target[:, :1]))
+            stacked = torch.cat(parts, dim=1).half().cpu()
+            for j, i in enumerate(group):
+                maps[i] = stacked[j]
+        bar.update(len(idx))
+    bar.close()
+    data.maps = maps
+    return channels
+
+
+def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_channels: int):
+    """``loss_fn(student, batch)`` reading targets from ``batch["maps"]`` (see
+    :func:`cache_teacher_targets`)."""
+
+    def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = student(batch["image"])
+        logits = out.mask_logits if out.mask_logits is not None else out.seg_logits
+        size = tuple(logits.shape[-2:])
+        maps = batch["maps"].float()
+        if tuple(maps.shape[-2:]) != size:
+            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        k = num_classes
+        valid = maps[:, -1] > 0.5
+        target = maps[:, :k] * valid[:, None]
+        if config.kd == "mask" and student.is_mask_classification:
+            parts = mask_kd_loss(
+                out.class_logits,
+                out.mask_logits,
+                out.aux,
+                target,
+                config.temperature,
+                config.min_fraction,
+                valid,
+            )
+        else:
+            parts = pixel_kd_loss(out.semantic_probs(size), target, config.temperature, valid)
+        if feature_channels:
+            fused = maps[:, k : k + feature_channels]
+            feat = config.feature_weight * feature_loss(out.features, fused, valid)
+            parts = {**parts, "loss": parts["loss"] + feat, "loss_feat": feat}
         return parts
 
     return loss_fn
@@ -157,7 +257,13 @@ def distill(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     for t in teachers:
         t.to(device)
-    loss_fn = make_distill_loss(teachers, config, weights)
+    if config.teacher_cache:
+        channels = cache_teacher_targets(
+            teachers, data, config, weights, device=device, progress=progress
+        )
+        loss_fn = make_cached_distill_loss(config, teachers[0].num_classes, channels)
+    else:
+        loss_fn = make_distill_loss(teachers, config, weights)
     info = {"role": "server", "distill_config": dataclasses.asdict(config), **(meta or {})}
     return train(student, loss_fn, data, train_config, out, meta=info, progress=progress)
 

@@ -133,3 +133,62 @@ def test_distill_config_validation():
         DistillConfig(kd="logits")
     with pytest.raises(ValueError, match="init"):
         DistillConfig(init="imagenet")
+
+
+def test_cached_targets_equal_online_teachers_without_augmentation():
+    from feds2r.engine.data import ResizedCache, make_batch
+    from feds2r.server.distill import (
+        build_student,
+        cache_teacher_targets,
+        make_cached_distill_loss,
+    )
+
+    torch.manual_seed(0)
+    teachers = [create_model("m2f-cpu"), create_model("m2f-cpu")]
+    cache = ResizedCache([], 64, progress=False)
+    cache.images = [torch.randint(0, 255, (3, 64, 128), dtype=torch.uint8) for _ in range(3)]
+    cache.labels = [None] * 3
+    for cfg in (DistillConfig(), DistillConfig(kd="pixel", feature_fusion=False)):
+        channels = cache_teacher_targets(teachers, cache, cfg, None, progress=False)
+        assert channels == (64 if cfg.feature_fusion else 0)
+        assert cache.maps[0].shape == (19 + channels + 1, 16, 32)
+        aug = dict(crop=(64, 128), scale=(1.0, 1.0), flip=False, jitter=0.0, blur_prob=0.0)
+        batch = make_batch(cache, [0, 2], torch.Generator().manual_seed(0), **aug)
+        student = build_student(teachers, cfg, seed=0)
+        torch.manual_seed(1)
+        cached = make_cached_distill_loss(cfg, 19, channels)(student, batch)
+        torch.manual_seed(1)
+        online = make_distill_loss(teachers, cfg)(student, {"image": batch["image"]})
+        for key in online:
+            assert torch.allclose(cached[key], online[key], rtol=1e-2, atol=1e-3), key
+
+
+def test_maps_follow_the_view_geometry():
+    from feds2r.engine.data import augment
+
+    g = torch.Generator().manual_seed(3)
+    image = torch.zeros(3, 64, 128, dtype=torch.uint8)
+    image[:, :, :64] = 255  # left half white
+    maps = torch.zeros(2, 16, 32)
+    maps[0, :, :16] = 1.0  # the same left half, at 1/4 resolution
+    maps[1] = 1.0  # a validity channel
+    for _ in range(20):
+        img, _, m = augment(
+            image,
+            None,
+            crop=(48, 96),
+            scale=(0.5, 1.5),
+            flip=True,
+            jitter=0.0,
+            blur_prob=0.0,
+            g=g,
+            maps=maps,
+        )
+        assert m.shape == (2, 12, 24)
+        small = torch.nn.functional.avg_pool2d(img[:1][None], 4)[0, 0]  # image at 1/4
+        valid = m[1] > 0.5
+        # where the map is valid, the map's white region matches the image's (up to edges)
+        agree = ((small > 0.5) == (m[0] > 0.5))[valid].float().mean()
+        assert agree > 0.85
+        # padding (image black beyond the scaled image) is invalid in the maps
+        assert m[1].min() >= 0
