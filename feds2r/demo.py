@@ -209,7 +209,9 @@ def run_demo(
             )
             clients[domain] = path
     with stage("upper_bound"):
-        # one model, all clients' data together, the same recipe and number of steps
+        # one model on all clients' data together, with the clients' total budget: the same
+        # recipe and as many steps as all clients together
+        ub_cfg = dataclasses.replace(tcfg, steps=tcfg.steps * len(SYNTHETIC_DOMAINS))
         data = None
         for domain in SYNTHETIC_DOMAINS:
             part = ResizedCache(
@@ -221,7 +223,7 @@ def run_demo(
             model.train().requires_grad_(True),
             supervised_step,
             data,
-            tcfg,
+            ub_cfg,
             out / "upper-bound",
             meta={"role": "upper-bound"},
             progress=progress,
