@@ -61,9 +61,8 @@ def main() -> None:
             ((p - q) ** 2).sum() for p, q in zip(t.parameters(), init.parameters(), strict=True)
         )
         den = sum((q**2).sum() for q in init.parameters())
-        print(
-            f"{name}: relative parameter change from the initial model {float((num / den) ** 0.5):.2f}"
-        )
+        change = float((num / den) ** 0.5)
+        print(f"{name}: relative parameter change from the initial model {change:.2f}")
 
 
 if __name__ == "__main__":
