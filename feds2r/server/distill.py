@@ -85,44 +85,68 @@ def agreement_weights(agreement: list[list[float | None]], floor: float = 0.05) 
     return w / w.sum(0, keepdim=True)
 
 
+def _distill_terms(
+    student: SegModel,
+    out,
+    target: Tensor,
+    config: DistillConfig,
+    *,
+    valid: Tensor | None = None,
+    fused: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """KD of ``out`` towards combined teacher probabilities ``target`` (B, K, h, w), plus the
+    feature term towards ``fused`` features when given; ``valid`` masks padding."""
+    if config.kd == "mask" and student.is_mask_classification:
+        parts = mask_kd_loss(
+            out.class_logits,
+            out.mask_logits,
+            out.aux,
+            target,
+            config.temperature,
+            config.min_fraction,
+            valid,
+        )
+    else:
+        parts = pixel_kd_loss(
+            out.semantic_probs(tuple(target.shape[-2:])), target, config.temperature, valid
+        )
+    if fused is not None:
+        feat = config.feature_weight * feature_loss(out.features, fused, valid)
+        parts = {**parts, "loss": parts["loss"] + feat, "loss_feat": feat}
+    return parts
+
+
 def make_distill_loss(
     teachers: list[SegModel], config: DistillConfig, weights: Tensor | None = None
 ):
     """``loss_fn(student, batch)`` for the training loop (see the module docstring)."""
     for t in teachers:
         t.eval().requires_grad_(False)
-    same_architecture = all(t.preset.name == config.student for t in teachers)
+    use_feats = feature_term_applies(teachers, config)
 
     def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]
         with torch.no_grad():
             outs, fused = _teacher_outputs(teachers, images, config.feature_fusion)
         out = student(images)
-        size = tuple(
-            (out.mask_logits if out.mask_logits is not None else out.seg_logits).shape[-2:]
-        )
+        logits = out.mask_logits if out.mask_logits is not None else out.seg_logits
+        size = tuple(logits.shape[-2:])
         with torch.no_grad():
             probs = torch.stack([o.semantic_probs(size) for o in outs])
             target = combine_teachers(probs, None if weights is None else weights.to(probs))
-        if config.kd == "mask" and student.is_mask_classification:
-            parts = mask_kd_loss(
-                out.class_logits,
-                out.mask_logits,
-                out.aux,
-                target,
-                config.temperature,
-                config.min_fraction,
-            )
-        else:
-            parts = pixel_kd_loss(out.semantic_probs(size), target, config.temperature)
-        if fused is not None and config.feature_weight > 0:
-            # only a student of the teachers' own architecture has a comparable feature space
-            if same_architecture:
-                feat = config.feature_weight * feature_loss(out.features, fused)
-                parts = {**parts, "loss": parts["loss"] + feat, "loss_feat": feat}
-        return parts
+        return _distill_terms(student, out, target, config, fused=fused if use_feats else None)
 
     return loss_fn
+
+
+def feature_term_applies(teachers: list[SegModel], config: DistillConfig) -> bool:
+    """Fusion on, a positive weight, and a student of the teachers' own preset: only then are
+    the student's features comparable with the fused ones."""
+    return (
+        config.feature_fusion
+        and config.feature_weight > 0
+        and all(t.preset.name == config.student for t in teachers)
+    )
 
 
 def _teacher_outputs(teachers: list[SegModel], images: Tensor, fusion: bool):
@@ -155,11 +179,7 @@ def cache_teacher_targets(
 
     for t in teachers:
         t.eval().requires_grad_(False)
-    feats = (
-        config.feature_fusion
-        and config.feature_weight > 0
-        and all(t.preset.name == config.student for t in teachers)
-    )
+    feats = feature_term_applies(teachers, config)
     maps: list[Tensor] = [None] * len(data)  # type: ignore[list-item]
     order = sorted(range(len(data)), key=lambda i: tuple(data.images[i].shape))
     channels = 0
@@ -204,23 +224,8 @@ def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_ch
         k = num_classes
         valid = maps[:, -1] > 0.5
         target = maps[:, :k] * valid[:, None]
-        if config.kd == "mask" and student.is_mask_classification:
-            parts = mask_kd_loss(
-                out.class_logits,
-                out.mask_logits,
-                out.aux,
-                target,
-                config.temperature,
-                config.min_fraction,
-                valid,
-            )
-        else:
-            parts = pixel_kd_loss(out.semantic_probs(size), target, config.temperature, valid)
-        if feature_channels:
-            fused = maps[:, k : k + feature_channels]
-            feat = config.feature_weight * feature_loss(out.features, fused, valid)
-            parts = {**parts, "loss": parts["loss"] + feat, "loss_feat": feat}
-        return parts
+        fused = maps[:, k : k + feature_channels] if feature_channels else None
+        return _distill_terms(student, out, target, config, valid=valid, fused=fused)
 
     return loss_fn
 
