@@ -46,3 +46,36 @@ def strip(values: list[int], h: int = H) -> np.ndarray:
 @pytest.fixture
 def tmp_root(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+def train_tiny_client(spec: str, out: Path, *, steps: int = 2, seed: int = 0) -> int:
+    """`feds2r client train` of a segformer-cpu for a few steps at 32x64; returns the exit code."""
+    from feds2r.cli import main
+
+    return main(
+        [
+            "client",
+            "train",
+            "--data",
+            spec,
+            "--preset",
+            "segformer-cpu",
+            "--steps",
+            str(steps),
+            "--warmup-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--height",
+            "32",
+            "--crop",
+            "32x64",
+            "--device",
+            "cpu",
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )

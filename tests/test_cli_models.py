@@ -11,6 +11,7 @@ from PIL import Image
 
 from feds2r.cli import main
 from feds2r.data.world import synth_domain
+from tests.conftest import train_tiny_client
 
 
 @pytest.fixture(scope="module")
@@ -25,31 +26,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ckpt(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "gta"
-    code = main(
-        [
-            "client",
-            "train",
-            "--data",
-            f"gta5:{world}/gta?split=train",
-            "--preset",
-            "segformer-cpu",
-            "--steps",
-            "2",
-            "--warmup-steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--height",
-            "32",
-            "--crop",
-            "32x64",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
+    code = train_tiny_client(f"gta5:{world}/gta?split=train", out, steps=2)
     assert code == 0
     return out
 

@@ -8,6 +8,7 @@ import pytest
 
 from feds2r.cli import main
 from feds2r.data.world import synth_domain
+from tests.conftest import train_tiny_client
 
 
 @pytest.fixture(scope="module")
@@ -24,36 +25,7 @@ def setup(tmp_path_factory):
         ("b", f"synthia:{root}/syn?split=train"),
     ):
         out = root / "runs" / name
-        assert (
-            main(
-                [
-                    "client",
-                    "train",
-                    "--data",
-                    spec,
-                    "--preset",
-                    "segformer-cpu",
-                    "--steps",
-                    "3",
-                    "--warmup-steps",
-                    "1",
-                    "--batch-size",
-                    "2",
-                    "--height",
-                    "32",
-                    "--crop",
-                    "32x64",
-                    "--device",
-                    "cpu",
-                    "--seed",
-                    name == "b" and "1" or "0",
-                    "--out",
-                    str(out),
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
+        assert train_tiny_client(spec, out, steps=3, seed=1 if name == "b" else 0) == 0
         clients.append(str(out))
     return root, clients
 
