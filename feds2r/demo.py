@@ -13,6 +13,7 @@ import dataclasses
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,18 +178,13 @@ def run_demo(
         ).encode(),
     )
 
+    @contextmanager
     def stage(name: str):
+        if progress:
+            print(f"== {name}", flush=True)
         start = time.perf_counter()
-
-        class _Timer:
-            def __enter__(self):
-                if progress:
-                    print(f"== {name}", flush=True)
-
-            def __exit__(self, *exc):
-                timing[name] = round(time.perf_counter() - start, 2)
-
-        return _Timer()
+        yield
+        timing[name] = round(time.perf_counter() - start, 2)
 
     with stage("world"):
         build_world(world, profile, progress)

@@ -27,18 +27,11 @@ def main() -> None:
     )
     parser.add_argument("run", type=Path, help="a `feds2r demo` output folder")
     parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--world", type=Path, help="the run's world folder (default RUN/world)")
     args = parser.parse_args()
     teachers = [load_checkpoint(args.run / "clients" / d)[0] for d in SYNTHETIC_DOMAINS]
     init = load_checkpoint(args.run / "init")[0]
-    world = args.run / "world"
-    if not world.is_dir():
-        world = Path(
-            next(
-                line.split('"')[1]
-                for line in (args.run / "config.toml").read_text().splitlines()
-                if line.startswith("world =")
-            )
-        )
+    world = args.world or args.run / "world"
     ds = open_dataset(f"cityscapes:{world}/cityscapes-like?split=train", labels=False)
     x = torch.stack([ds[i]["image"] for i in range(min(args.images, len(ds)))])
     with torch.no_grad():
