@@ -49,6 +49,7 @@ def main() -> None:
                 f"{name}: {float((own != fz).float().mean()):.2f} of pixels change with fused "
                 f"features; fused prediction has classes {fz.unique().tolist()}"
             )
+    torch.set_grad_enabled(False)
     for name, t in zip(SYNTHETIC_DOMAINS, teachers, strict=True):
         num = sum(
             ((p - q) ** 2).sum() for p, q in zip(t.parameters(), init.parameters(), strict=True)
