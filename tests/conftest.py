@@ -48,6 +48,10 @@ def tmp_root(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+# The training flags of every tiny CLI run in the tests: a few images of 32x64 on the CPU.
+TINY_RECIPE = ["--batch-size", "2", "--height", "32", "--crop", "32x64", "--device", "cpu"]
+
+
 def train_tiny_client(spec: str, out: Path, *, steps: int = 2, seed: int = 0) -> int:
     """`feds2r client train` of a segformer-cpu for a few steps at 32x64; returns the exit code."""
     from feds2r.cli import main
@@ -64,14 +68,7 @@ def train_tiny_client(spec: str, out: Path, *, steps: int = 2, seed: int = 0) ->
             str(steps),
             "--warmup-steps",
             "1",
-            "--batch-size",
-            "2",
-            "--height",
-            "32",
-            "--crop",
-            "32x64",
-            "--device",
-            "cpu",
+            *TINY_RECIPE,
             "--seed",
             str(seed),
             "--out",

@@ -20,6 +20,7 @@ from feds2r.data.world import synth_domain
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.train import TrainConfig, lr_factor, train
 from feds2r.models import create_model
+from tests.conftest import TINY_RECIPE
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +154,7 @@ def test_cli_run_killed_with_sigkill_resumes_to_the_same_model(tiny, tmp_path):
         "segformer-cpu",
         "--steps",
         "40",
-        "--batch-size",
-        "2",
-        "--height",
-        "32",
-        "--crop",
-        "32x64",
-        "--device",
-        "cpu",
+        *TINY_RECIPE,
         "--quiet",
     ]
     toml = tmp_path / "r.toml"

@@ -8,7 +8,7 @@ import pytest
 
 from feds2r.cli import main
 from feds2r.data.world import synth_domain
-from tests.conftest import train_tiny_client
+from tests.conftest import TINY_RECIPE, train_tiny_client
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +164,7 @@ def test_distill_variants(setup, tmp_path, capsys):
         "2",
         "--warmup-steps",
         "1",
-        "--batch-size",
-        "2",
-        "--height",
-        "32",
-        "--crop",
-        "32x64",
-        "--device",
-        "cpu",
+        *TINY_RECIPE,
         "--quiet",
         "--student",
         "segformer-cpu",
