@@ -374,10 +374,15 @@ def cmd_server_distill(args: argparse.Namespace) -> int:
         "kd": args.kd,
         "temperature": args.temperature,
         "init": args.init,
+        "class_targets": args.class_targets,
+        "fusion_weight": args.fusion_weight,
+        "pixel_weight": args.pixel_weight,
     }
     distill_data.update({k: v for k, v in flags.items() if v is not None})
     if args.no_fusion:
         distill_data["feature_fusion"] = False
+    if args.no_align:
+        distill_data["fusion_align"] = False
     if args.inconsistency_weighted:
         distill_data["inconsistency_weighting"] = True
     dcfg = from_dict(DistillConfig, distill_data, source=str(args.config or "arguments"))
@@ -437,6 +442,103 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"total time {results['timing_s']['total']:.0f} s; report: {Path(args.out) / 'report.md'}"
     )
+    return 0
+
+
+# ----------------------------------------------------------------------------- federate
+
+
+def _client_arg(text: str) -> tuple[str, str]:
+    """``[NAME=]SPEC`` -> (name, spec); the name defaults to the spec's format."""
+    name, sep, spec = text.partition("=")
+    if sep and ":" not in name:
+        return name, spec
+    return text.split(":", 1)[0], text
+
+
+def _federation_config(args: argparse.Namespace, num_clients: int):
+    from feds2r.federation.protocol import FederationConfig
+
+    values = {
+        "out": str(Path(args.out).resolve()),
+        "server_data": args.server_data,
+        "num_clients": num_clients,
+        "evaluate": ";".join(args.evaluate or []),
+    }
+    for name in (
+        "preset",
+        "client_steps",
+        "distill_steps",
+        "batch_size",
+        "height",
+        "crop",
+        "lr",
+        "warmup_steps",
+        "seed",
+        "generated_images",
+        "min_clients",
+        "connect_timeout",
+        "client_timeout",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    return FederationConfig(**values)
+
+
+def cmd_federate_local(args: argparse.Namespace) -> int:
+    try:
+        from feds2r.federation.local import CLIENT_APP, federate_local
+    except ImportError as exc:
+        raise Feds2rError(
+            f"Flower is not installed ({exc}); install it with: pip install 'feds2r[flower]'"
+        ) from None
+
+    clients = [_client_arg(c) for c in args.client]
+    names = [n for n, _ in clients]
+    if len(set(names)) != len(names):
+        raise Feds2rError(f"client names must differ, got {names}; name them NAME=SPEC")
+    config = _federation_config(args, len(clients))
+    results = federate_local(
+        clients,
+        config,
+        tls=args.tls,
+        auth=args.auth,
+        client_app=args.client_app or CLIENT_APP,
+        run_timeout=args.timeout,
+        log=(lambda _text: None) if args.quiet else print,
+    )
+    for name, entry in results["clients"].items():
+        status = entry["status"] + (f" ({entry['reason']})" if entry.get("reason") else "")
+        print(f"client {name}: {status}")
+    if results.get("miou"):
+        for name, value in results["miou"].items():
+            print(f"global model mIoU on {name}: {value:.2f}")
+    print(f"global model: {results['global_model']}; results: {Path(config.out) / 'results.json'}")
+    return 0
+
+
+def cmd_federate_certs(args: argparse.Namespace) -> int:
+    from feds2r.federation.tls import make_certificates, make_node_keys
+
+    paths = make_certificates(args.out, tuple(args.host or ("localhost", "127.0.0.1")))
+    print(f"CA certificate: {paths['ca_cert']} (give it to every SuperNode and to flwr)")
+    print(f"SuperLink certificate and key: {paths['cert']}, {paths['key']}")
+    for private, public in make_node_keys(args.out, args.node_keys):
+        print(f"SuperNode key: {private} (register {public} with `flwr supernode register`)")
+    return 0
+
+
+def cmd_federate_app(args: argparse.Namespace) -> int:
+    from feds2r.data.world.writers import write_atomic
+    from feds2r.federation.local import app_pyproject
+
+    config = _federation_config(args, args.num_clients)
+    dest = Path(args.app) / "pyproject.toml"
+    if dest.exists() and not args.force:
+        raise Feds2rError(f"{dest} exists; use --force to replace it")
+    write_atomic(dest, app_pyproject(config).encode())
+    print(f"wrote the Flower app {args.app}; run it with: flwr run {args.app} CONNECTION --stream")
     return 0
 
 
@@ -761,9 +863,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
     p.add_argument("--inconsistency", help="inconsistency report (for --inconsistency-weighted)")
     p.add_argument("--student", help="preset of the global model (default m2f-cpu)")
-    p.add_argument("--init", choices=("fedavg", "scratch"), help="student initialisation")
+    p.add_argument(
+        "--init",
+        choices=("auto", "fedavg", "client", "scratch"),
+        help="student initialisation (default auto: FedAvg, or the client closest to the "
+        "teachers' ensemble when FedAvg agrees less with it)",
+    )
     p.add_argument("--kd", choices=("mask", "pixel"), help="distillation objective")
+    p.add_argument(
+        "--class-targets",
+        choices=("onehot", "soft"),
+        help="class label of each mask target (default onehot)",
+    )
+    p.add_argument("--pixel-weight", type=float, help="add per-pixel KL to mask KD (weight)")
     p.add_argument("--no-fusion", action="store_true", help="no feature fusion")
+    p.add_argument(
+        "--no-align",
+        action="store_true",
+        help="fuse raw features (no least-squares alignment between the teachers' spaces)",
+    )
+    p.add_argument("--fusion-weight", type=float, help="share of fused features (default 1)")
     p.add_argument(
         "--inconsistency-weighted",
         action="store_true",
@@ -784,6 +903,126 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_server_distill)
+
+    fed = sub.add_parser(
+        "federate",
+        help="run the one-shot federation on Flower",
+        description="Run the one-shot federation on Flower (docs/federation.md).",
+    )
+    fed_sub = fed.add_subparsers(dest="federate_command", metavar="COMMAND")
+
+    def add_federation_args(q: argparse.ArgumentParser, *, app: bool = False) -> None:
+        q.add_argument(
+            "--server-data", required=True, help="the server's unlabelled real images (a spec)"
+        )
+        q.add_argument(
+            "--evaluate",
+            action="append",
+            metavar="NAME=SPEC",
+            help="a labelled test set for the global model (repeatable)",
+        )
+        q.add_argument("--preset", help="model preset (default m2f-cpu)")
+        for flag, kind, text in (
+            ("--client-steps", int, "client training steps (default 300)"),
+            ("--distill-steps", int, "distillation steps (default 300)"),
+            ("--batch-size", int, "batch size (default 8)"),
+            ("--height", int, "training image height (default 128)"),
+            ("--lr", float, "learning rate (default 6e-4)"),
+            ("--warmup-steps", int, "warm-up steps (default 50)"),
+            ("--seed", int, "seed of the initial model and of training (default 0)"),
+            ("--generated-images", int, "images generated for unstable classes (default 150)"),
+            ("--min-clients", int, "fewest valid client models to go on with (default 2)"),
+            ("--connect-timeout", float, "seconds to wait for SuperNodes (default 120)"),
+            ("--client-timeout", float, "seconds to wait for replies (default 3600)"),
+        ):
+            q.add_argument(flag, type=kind, help=text)
+        q.add_argument("--crop", type=_size, help="training crop HxW (default 128x256)")
+
+    p = fed_sub.add_parser(
+        "local",
+        help="SuperLink + one SuperNode per client on 127.0.0.1, run, check, stop",
+        formatter_class=fmt,
+        description="Start a Flower SuperLink and one SuperNode per client on 127.0.0.1 "
+        "(separate processes), run the feds2r app (one exchange, then inconsistency, "
+        "augmentation and distillation on the server), wait for the run's final status, stop "
+        "every process it started, and exit non-zero with the reason if the run failed. OUT "
+        "(new or empty) receives results.json, the global model (global/), the client models "
+        "(clients/) and the logs; a failed run leaves it untouched.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r federate local \\
+                  --client gta5=gta5:data/world/gta5-like?split=train \\
+                  --client synthia=synthia:data/world/synthia-like?split=train \\
+                  --client synscapes=synscapes:data/world/synscapes-like?split=train \\
+                  --server-data cityscapes:data/world/cityscapes-like?split=train \\
+                  --evaluate cs=cityscapes:data/world/cityscapes-like?split=val \\
+                  --out runs/federation
+              feds2r federate local --tls --auth ...   # TLS and SuperNode authentication
+            """),
+    )
+    p.add_argument(
+        "--client",
+        action="append",
+        required=True,
+        metavar="[NAME=]SPEC",
+        help="one client's private labelled dataset (repeat per client)",
+    )
+    add_federation_args(p)
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--tls", action="store_true", help="TLS with a throw-away local CA")
+    p.add_argument("--auth", action="store_true", help="SuperNode authentication (node keys)")
+    p.add_argument("--timeout", type=float, default=7200.0, help="seconds for the whole run")
+    p.add_argument(
+        "--client-app",
+        help="ClientApp object reference (default feds2r.federation.client_app:app)",
+    )
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_federate_local)
+
+    p = fed_sub.add_parser(
+        "certs",
+        help="a local CA, a SuperLink certificate and SuperNode keys for trying TLS and auth",
+        formatter_class=fmt,
+        description="Write ca.crt/ca.key, server.crt/server.key (for the given hosts) and N "
+        "SuperNode key pairs (node-K, node-K.pub) into OUT. For trying a deployment; use your "
+        "organisation's CA in production.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r federate certs --out certs --node-keys 3
+              feds2r federate certs --out certs --host superlink.example.org --host 10.0.0.5
+            """),
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="host name or IP the SuperLink is reached at (default localhost, 127.0.0.1)",
+    )
+    p.add_argument("--node-keys", type=int, default=0, help="SuperNode key pairs to write")
+    p.set_defaults(func=cmd_federate_certs)
+
+    p = fed_sub.add_parser(
+        "app",
+        help="write a Flower app folder (pyproject.toml) for `flwr run` on a deployment",
+        formatter_class=fmt,
+        description="Write APP/pyproject.toml: a Flower app that runs the installed feds2r "
+        "with these settings baked into its run config. Submit it with `flwr run APP "
+        "CONNECTION` to a SuperLink (docs/federation.md).",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r federate app --app fedapp --num-clients 3 \\
+                  --server-data cityscapes:/srv/cityscapes?split=train --out /srv/federation
+            """),
+    )
+    p.add_argument("--app", required=True, help="folder to write the app into")
+    add_federation_args(p, app=True)
+    p.add_argument("--out", required=True, help="output folder on the SuperLink's machine")
+    p.add_argument(
+        "--num-clients", type=int, default=0, help="clients to wait for (0: min-clients)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing pyproject.toml")
+    p.set_defaults(func=cmd_federate_app)
     return parser
 
 
@@ -793,7 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         # a group without a subcommand: show its help
-        if args.command in ("data", "client", "server"):
+        if args.command in ("data", "client", "server", "federate"):
             parser.parse_args([args.command, "--help"])
         parser.print_help()
         return 2

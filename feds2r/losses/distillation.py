@@ -43,13 +43,17 @@ def soft_targets(
     min_fraction: float = 0.002,
     temperature: float = 1.0,
     valid: Tensor | None = None,
+    onehot: bool = False,
 ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor]]:
     """Soft mask-classification targets from combined probabilities (B, K, h, w).
 
     Per image: the classes that are the arg-max on at least ``min_fraction`` of the pixels; for
     each, the soft mask ``probs[k]`` and the class distribution (K+1, no-object 0) averaged over
     its arg-max region, softened by ``temperature``. ``valid`` (B, h, w) bool marks the pixels
-    that hold a target (padding does not); others belong to no region.
+    that hold a target (padding does not); others belong to no region. ``onehot``: the class
+    label is the target's class itself; the soft mask alone then carries the teachers'
+    uncertainty, and a student that learns both exactly has the teachers' semantic map
+    (``Σ_q class_q[k] · mask_q = probs[k]``), which soft labels on soft masks would blur.
     """
     b, k, h, w = probs.shape
     targets, dists = [], []
@@ -63,6 +67,8 @@ def soft_targets(
         region = arg[i][None] == classes[:, None, None]  # (T, h, w)
         mean = (probs[i][None] * region[:, None]).sum((-1, -2)) / region.sum((-1, -2))[:, None]
         mean = soften(mean, temperature, dim=1)
+        if onehot:
+            mean = F.one_hot(classes, k).to(mean)
         dist = torch.cat([mean, torch.zeros(len(classes), 1, device=probs.device)], dim=1)
         targets.append((classes, masks))
         dists.append(dist)
@@ -77,13 +83,14 @@ def mask_kd_loss(
     temperature: float = 2.0,
     min_fraction: float = 0.002,
     valid: Tensor | None = None,
+    onehot: bool = False,
 ) -> dict[str, Tensor]:
     """Set-level distillation of a Mask2Former student from combined teacher probabilities.
 
     ``teacher_probs`` (B, K, h, w) at the student's mask resolution. Weights as in the
     supervised loss (class 2, BCE 5, Dice 5); every decoder layer is distilled.
     """
-    targets, dists = soft_targets(teacher_probs, min_fraction, temperature, valid)
+    targets, dists = soft_targets(teacher_probs, min_fraction, temperature, valid, onehot)
     return mask2former_loss(
         class_logits,
         mask_logits,

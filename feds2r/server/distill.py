@@ -23,6 +23,8 @@ from feds2r.errors import Feds2rError
 from feds2r.losses.distillation import combine_teachers, feature_loss, mask_kd_loss, pixel_kd_loss
 from feds2r.models import SegModel, create_model
 
+INITS = ("auto", "fedavg", "client", "scratch")
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -30,14 +32,28 @@ class DistillConfig:
 
     student: str = "m2f-cpu"
     """Preset of the global model."""
-    init: str = "fedavg"
-    """Student initialisation: "fedavg" (parameter mean of the clients, same preset only) or
-    "scratch"."""
+    init: str = "auto"
+    """Student initialisation: "fedavg" (parameter mean of the clients), "client" (the client
+    whose predictions agree most with the combined teachers on the server images), "auto"
+    (FedAvg unless it agrees less than that client, then the client; both label-free) or
+    "scratch". All but "scratch" need clients of the student's preset."""
     kd: str = "mask"
     """"mask": set-level KL + BCE + Dice on matched queries (FedS2R); "pixel": per-pixel KL
     (FedDF-style; the only choice for per-pixel students)."""
+    class_targets: str = "onehot"
+    """With kd "mask": each target query's class label: "onehot" (its class; the soft mask
+    carries the uncertainty) or "soft" (the teachers' mean class distribution over its region,
+    softened by the temperature)."""
+    pixel_weight: float = 0.0
+    """With kd "mask": weight of an added per-pixel KL term on the student's semantic map."""
     feature_fusion: bool = True
     """Average the teachers' decoder features and decode them with each teacher's own head."""
+    fusion_align: bool = True
+    """Before averaging, map every teacher's features into each teacher's own feature space with a
+    linear least-squares map fitted on the server images (clients trained apart do not share a
+    feature space); False: average the raw features."""
+    fusion_weight: float = 1.0
+    """Share of the fused features in what each teacher decodes: (1 - w) own + w fused."""
     feature_weight: float = 1.0
     """Weight of the student-to-fused-features term (cosine distance; only for a student of the
     teachers' own preset, whose feature space is comparable)."""
@@ -45,14 +61,22 @@ class DistillConfig:
     """Weight teachers per class by their agreement with the other teachers."""
     temperature: float = 2.0
     min_fraction: float = 0.002
+    """A class becomes a soft target where it is the arg-max on this share of the pixels."""
     teacher_cache: bool = True
     """Run the teachers once per server image (un-augmented) and reuse their targets, which
     follow each view's scale, crop and flip; False: run them on every augmented batch."""
-    """A class becomes a soft target where it is the arg-max on this share of the pixels."""
 
     def __post_init__(self) -> None:
-        if self.init not in ("fedavg", "scratch"):
-            raise ValueError(f"init must be 'fedavg' or 'scratch', not {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise ValueError("fusion_weight must be in [0, 1]")
+        if self.pixel_weight < 0 or self.feature_weight < 0:
+            raise ValueError("pixel_weight and feature_weight must be >= 0")
+        if self.class_targets not in ("onehot", "soft"):
+            raise ValueError(
+                f"class_targets must be 'onehot' or 'soft', not {self.class_targets!r}"
+            )
         if self.kd not in ("mask", "pixel"):
             raise ValueError(f"kd must be 'mask' or 'pixel', not {self.kd!r}")
         if self.temperature <= 0:
@@ -96,7 +120,8 @@ def _distill_terms(
 ) -> dict[str, Tensor]:
     """KD of ``out`` towards combined teacher probabilities ``target`` (B, K, h, w), plus the
     feature term towards ``fused`` features when given; ``valid`` masks padding."""
-    if config.kd == "mask" and student.is_mask_classification:
+    pixel = config.kd == "pixel" or not student.is_mask_classification
+    if not pixel:
         parts = mask_kd_loss(
             out.class_logits,
             out.mask_logits,
@@ -105,7 +130,16 @@ def _distill_terms(
             config.temperature,
             config.min_fraction,
             valid,
+            onehot=config.class_targets == "onehot",
         )
+        if config.pixel_weight > 0:
+            px = (
+                config.pixel_weight
+                * pixel_kd_loss(
+                    out.semantic_probs(tuple(target.shape[-2:])), target, config.temperature, valid
+                )["loss"]
+            )
+            parts = {**parts, "loss": parts["loss"] + px, "loss_pixel": px}
     else:
         parts = pixel_kd_loss(
             out.semantic_probs(tuple(target.shape[-2:])), target, config.temperature, valid
@@ -116,10 +150,75 @@ def _distill_terms(
     return parts
 
 
+class FeatureAligner:
+    """Linear maps between the teachers' decoder-feature spaces, fitted on server images.
+
+    ``maps[i][j]`` (C_i + 1, C_j) is the ridge least-squares map from teacher ``i``'s features
+    (plus a bias) to teacher ``j``'s at the same pixels; no map is kept for ``i == j``.
+    """
+
+    def __init__(self, maps: list[list[Tensor | None]]) -> None:
+        self.maps = maps
+
+    @classmethod
+    @torch.no_grad()
+    def fit(
+        cls, feats: list[Tensor], ridge: float = 1e-3, max_pixels: int = 50_000, seed: int = 0
+    ) -> FeatureAligner:
+        """``feats``: per teacher, (P, C_i) features at the same P pixels."""
+        if len({f.shape[0] for f in feats}) != 1:
+            raise ValueError("every teacher's features must cover the same pixels")
+        if feats[0].shape[0] > max_pixels:
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(feats[0].shape[0], generator=g)[:max_pixels]
+            feats = [f[idx] for f in feats]
+        n = len(feats)
+        maps: list[list[Tensor | None]] = [[None] * n for _ in range(n)]
+        for i in range(n):
+            x = torch.cat([feats[i].double(), torch.ones(len(feats[i]), 1, dtype=torch.double)], 1)
+            gram = x.T @ x
+            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.double)
+            for j in range(n):
+                if i != j:
+                    maps[i][j] = torch.linalg.solve(gram, x.T @ feats[j].double()).float()
+        return cls(maps)
+
+    def to_space(self, feat: Tensor, i: int, j: int) -> Tensor:
+        """Teacher ``i``'s features (B, C_i, h, w) mapped into teacher ``j``'s space."""
+        m = self.maps[i][j]
+        if m is None:
+            return feat
+        m = m.to(feat)
+        return torch.einsum("bchw,cd->bdhw", feat, m[:-1]) + m[-1].view(1, -1, 1, 1)
+
+
+def fuse_features(
+    feats: list[Tensor], weight: float = 1.0, aligner: FeatureAligner | None = None
+) -> list[Tensor]:
+    """What each teacher decodes under fusion: ``(1 - weight) * own + weight * mean``, where the
+    mean is over all teachers' features, each first mapped into this teacher's space when an
+    ``aligner`` is given (raw features otherwise)."""
+    fused = []
+    plain = None if aligner else torch.stack(feats).mean(0)
+    for j, own in enumerate(feats):
+        if aligner is None:
+            mean = plain
+        else:
+            mean = torch.stack([aligner.to_space(f, i, j) for i, f in enumerate(feats)]).mean(0)
+        fused.append(own if weight == 0 else (1 - weight) * own + weight * mean)
+    return fused
+
+
 def make_distill_loss(
-    teachers: list[SegModel], config: DistillConfig, weights: Tensor | None = None
+    teachers: list[SegModel],
+    config: DistillConfig,
+    weights: Tensor | None = None,
+    *,
+    aligner: FeatureAligner | None = None,
+    ref: int | None = None,
 ):
-    """``loss_fn(student, batch)`` for the training loop (see the module docstring)."""
+    """``loss_fn(student, batch)`` for the training loop (see the module docstring); ``ref``:
+    the teacher whose feature space the student shares (see :func:`build_student`)."""
     for t in teachers:
         t.eval().requires_grad_(False)
     use_feats = feature_term_applies(teachers, config)
@@ -127,14 +226,15 @@ def make_distill_loss(
     def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]
         with torch.no_grad():
-            outs, fused = _teacher_outputs(teachers, images, config.feature_fusion)
+            outs, fused = _teacher_outputs(teachers, images, config, aligner)
         out = student(images)
         logits = out.mask_logits if out.mask_logits is not None else out.seg_logits
         size = tuple(logits.shape[-2:])
         with torch.no_grad():
             probs = torch.stack([o.semantic_probs(size) for o in outs])
             target = combine_teachers(probs, None if weights is None else weights.to(probs))
-        return _distill_terms(student, out, target, config, fused=fused if use_feats else None)
+        feat_target = _feature_target(fused, ref) if use_feats else None
+        return _distill_terms(student, out, target, config, fused=feat_target)
 
     return loss_fn
 
@@ -149,13 +249,64 @@ def feature_term_applies(teachers: list[SegModel], config: DistillConfig) -> boo
     )
 
 
-def _teacher_outputs(teachers: list[SegModel], images: Tensor, fusion: bool):
+def _feature_target(fused: list[Tensor] | None, ref: int | None) -> Tensor | None:
+    if fused is None:
+        return None
+    return fused[ref] if ref is not None else torch.stack(fused).mean(0)
+
+
+def _teacher_outputs(
+    teachers: list[SegModel],
+    images: Tensor,
+    config: DistillConfig,
+    aligner: FeatureAligner | None = None,
+):
     outs = [t(images) for t in teachers]
     fused = None
-    if fusion:
-        fused = torch.stack([o.features for o in outs]).mean(0)
-        outs = [t.head_from_features(o, fused) for t, o in zip(teachers, outs, strict=True)]
+    if config.feature_fusion:
+        size = tuple(outs[0].features.shape[-2:])
+        feats = [
+            o.features
+            if tuple(o.features.shape[-2:]) == size
+            else F.interpolate(o.features, size=size, mode="bilinear", align_corners=False)
+            for o in outs
+        ]
+        fused = fuse_features(feats, config.fusion_weight, aligner)
+        outs = [t.head_from_features(o, f) for t, o, f in zip(teachers, outs, fused, strict=True)]
     return outs, fused
+
+
+def _groups(data, indices: list[int]) -> list[list[int]]:
+    """``indices`` split into runs of images of one shape (so they stack into a batch)."""
+    shapes: dict[tuple, list[int]] = {}
+    for i in indices:
+        shapes.setdefault(tuple(data.images[i].shape), []).append(i)
+    return list(shapes.values())
+
+
+def _sample_batches(data, num: int, batch_size: int = 16) -> list[Tensor]:
+    """Up to ``num`` server images, evenly spread over ``data``, as stackable batches."""
+    n = len(data)
+    idx = sorted({int(k * n / min(num, n)) for k in range(min(num, n))})
+    batches = []
+    for group in _groups(data, idx):
+        for s in range(0, len(group), batch_size):
+            batches.append(torch.stack([data.images[i] for i in group[s : s + batch_size]]))
+    return batches
+
+
+@torch.no_grad()
+def fit_aligner(teachers: list[SegModel], batches: list[Tensor], device="cpu") -> FeatureAligner:
+    """Fit :class:`FeatureAligner` on the teachers' features over ``batches`` of images."""
+    per_teacher: list[list[Tensor]] = [[] for _ in teachers]
+    for images in batches:
+        feats = [t(images.to(device)).features for t in teachers]
+        size = tuple(feats[0].shape[-2:])
+        for k, f in enumerate(feats):
+            if tuple(f.shape[-2:]) != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            per_teacher[k].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
+    return FeatureAligner.fit([torch.cat(p) for p in per_teacher])
 
 
 @torch.no_grad()
@@ -165,6 +316,8 @@ def cache_teacher_targets(
     config: DistillConfig,
     weights: Tensor | None,
     *,
+    aligner: FeatureAligner | None = None,
+    ref: int | None = None,
     stride: int = 4,
     batch_size: int = 16,
     device="cpu",
@@ -186,20 +339,17 @@ def cache_teacher_targets(
     bar = tqdm(total=len(data), desc="teacher targets", unit="img", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        shapes = {tuple(data.images[i].shape) for i in idx}
-        groups = [[i for i in idx if tuple(data.images[i].shape) == sh] for sh in shapes]
-        for group in groups:
+        for group in _groups(data, idx):
             images = torch.stack([data.images[i] for i in group]).to(device)
             h, w = images.shape[-2] // stride, images.shape[-1] // stride
-            outs, fused = _teacher_outputs(teachers, images, config.feature_fusion)
+            outs, fused = _teacher_outputs(teachers, images, config, aligner)
             probs = torch.stack([o.semantic_probs((h, w)) for o in outs])
             target = combine_teachers(probs, None if weights is None else weights.to(probs))
             parts = [target]
             if feats:
-                parts.append(
-                    F.interpolate(fused, size=(h, w), mode="bilinear", align_corners=False)
-                )
-                channels = fused.shape[1]
+                f = _feature_target(fused, ref)
+                parts.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
+                channels = f.shape[1]
             parts.append(torch.ones_like(target[:, :1]))
             stacked = torch.cat(parts, dim=1).half().cpu()
             for j, i in enumerate(group):
@@ -230,16 +380,50 @@ def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_ch
     return loss_fn
 
 
-def build_student(teachers: list[SegModel], config: DistillConfig, seed: int) -> SegModel:
+@torch.no_grad()
+def ensemble_agreement(
+    models: list, teachers: list[SegModel], batches: list[Tensor]
+) -> list[float]:
+    """Share of pixels where each of ``models`` predicts the arg-max of the teachers' mean
+    prediction (no fusion) over ``batches`` of server images: a label-free quality proxy."""
+    hits = [0.0] * len(models)
+    total = 0
+    for images in batches:
+        ens = torch.stack([t.predict(images) for t in teachers]).mean(0).argmax(1)
+        total += ens.numel()
+        for k, m in enumerate(models):
+            hits[k] += float((m.eval().predict(images).argmax(1) == ens).sum())
+    return [h / max(total, 1) for h in hits]
+
+
+def build_student(
+    teachers: list[SegModel],
+    config: DistillConfig,
+    seed: int,
+    batches: list[Tensor] | None = None,
+) -> tuple[SegModel, int | None, dict[str, Any]]:
+    """The student before distillation, the index of the teacher it starts from (None unless
+    init chose a client) and a record of the choice (agreements measured on ``batches``)."""
     torch.manual_seed(seed)
+    if config.init == "scratch":
+        return create_model(config.student), None, {"init": "scratch"}
+    if any(t.preset.name != config.student for t in teachers):
+        raise Feds2rError(
+            f"student init {config.init!r} needs clients of the student's preset "
+            f"{config.student!r}; use init 'scratch' for another student"
+        )
+    avg = fedavg(teachers)
     if config.init == "fedavg":
-        if any(t.preset.name != config.student for t in teachers):
-            raise Feds2rError(
-                f"student init 'fedavg' needs clients of the student's preset {config.student!r}; "
-                "use init 'scratch' for another student"
-            )
-        return fedavg(teachers).train().requires_grad_(True)
-    return create_model(config.student)
+        return avg.train().requires_grad_(True), None, {"init": "fedavg"}
+    if not batches:
+        raise Feds2rError(f"student init {config.init!r} needs server images to compare models")
+    agree = ensemble_agreement([*teachers, avg], teachers, batches)
+    best = max(range(len(teachers)), key=lambda k: agree[k])
+    record = {"agreement_clients": agree[:-1], "agreement_fedavg": agree[-1]}
+    if config.init == "auto" and agree[-1] >= agree[best]:
+        return avg.train().requires_grad_(True), None, {"init": "fedavg", **record}
+    student = copy.deepcopy(teachers[best]).train().requires_grad_(True)
+    return student, best, {"init": f"client {best}", **record}
 
 
 def distill(
@@ -256,20 +440,36 @@ def distill(
     """Train the global model on the server images ``data`` (a :class:`ResizedCache`)."""
     from feds2r.engine.train import train
 
-    student = build_student(teachers, config, train_config.seed)
     device = train_config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     for t in teachers:
-        t.to(device)
+        t.to(device).eval().requires_grad_(False)
+    batches = [b.to(device) for b in _sample_batches(data, 32)]
+    student, ref, init_record = build_student(teachers, config, train_config.seed, batches)
+    aligner = None
+    if config.feature_fusion and config.fusion_align and len(teachers) > 1:
+        aligner = fit_aligner(teachers, batches, device)
     if config.teacher_cache:
         channels = cache_teacher_targets(
-            teachers, data, config, weights, device=device, progress=progress
+            teachers,
+            data,
+            config,
+            weights,
+            aligner=aligner,
+            ref=ref,
+            device=device,
+            progress=progress,
         )
         loss_fn = make_cached_distill_loss(config, teachers[0].num_classes, channels)
     else:
-        loss_fn = make_distill_loss(teachers, config, weights)
-    info = {"role": "server", "distill_config": dataclasses.asdict(config), **(meta or {})}
+        loss_fn = make_distill_loss(teachers, config, weights, aligner=aligner, ref=ref)
+    info = {
+        "role": "server",
+        "distill_config": dataclasses.asdict(config),
+        "student_init": init_record,
+        **(meta or {}),
+    }
     return train(student, loss_fn, data, train_config, out, meta=info, progress=progress)
 
 

@@ -1,8 +1,11 @@
 """Distillation losses, teacher combination and FedAvg on hand-made tensors."""
 
+import copy
+
 import pytest
 import torch
 
+from feds2r.errors import Feds2rError
 from feds2r.losses.distillation import (
     combine_teachers,
     feature_loss,
@@ -138,8 +141,10 @@ def test_distill_config_validation():
 def test_cached_targets_equal_online_teachers_without_augmentation():
     from feds2r.engine.data import ResizedCache, make_batch
     from feds2r.server.distill import (
+        _sample_batches,
         build_student,
         cache_teacher_targets,
+        fit_aligner,
         make_cached_distill_loss,
     )
 
@@ -148,17 +153,22 @@ def test_cached_targets_equal_online_teachers_without_augmentation():
     cache = ResizedCache([], 64, progress=False)
     cache.images = [torch.randint(0, 255, (3, 64, 128), dtype=torch.uint8) for _ in range(3)]
     cache.labels = [None] * 3
-    for cfg in (DistillConfig(), DistillConfig(kd="pixel", feature_fusion=False)):
-        channels = cache_teacher_targets(teachers, cache, cfg, None, progress=False)
+    aligner = fit_aligner(teachers, _sample_batches(cache, 3))
+    for cfg, al in (
+        (DistillConfig(init="fedavg"), aligner),
+        (DistillConfig(init="fedavg", fusion_align=False, fusion_weight=0.5), None),
+        (DistillConfig(init="fedavg", kd="pixel", feature_fusion=False), None),
+    ):
+        channels = cache_teacher_targets(teachers, cache, cfg, None, aligner=al, progress=False)
         assert channels == (64 if cfg.feature_fusion else 0)
         assert cache.maps[0].shape == (19 + channels + 1, 16, 32)
         aug = dict(crop=(64, 128), scale=(1.0, 1.0), flip=False, jitter=0.0, blur_prob=0.0)
         batch = make_batch(cache, [0, 2], torch.Generator().manual_seed(0), **aug)
-        student = build_student(teachers, cfg, seed=0)
+        student = build_student(teachers, cfg, seed=0)[0]
         torch.manual_seed(1)
         cached = make_cached_distill_loss(cfg, 19, channels)(student, batch)
         torch.manual_seed(1)
-        online = make_distill_loss(teachers, cfg)(student, {"image": batch["image"]})
+        online = make_distill_loss(teachers, cfg, aligner=al)(student, {"image": batch["image"]})
         for key in online:
             assert torch.allclose(cached[key], online[key], rtol=1e-2, atol=1e-3), key
 
@@ -192,3 +202,43 @@ def test_maps_follow_the_view_geometry():
         assert agree > 0.85
         # padding (image black beyond the scaled image) is invalid in the maps
         assert m[1].min() >= 0
+
+
+def test_aligner_recovers_a_linear_map_between_feature_spaces():
+    from feds2r.server.distill import FeatureAligner, fuse_features
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 8, generator=g)
+    mix = torch.randn(8, 8, generator=g)
+    b = a @ mix + 0.5
+    aligner = FeatureAligner.fit([a, b], ridge=1e-9)
+    fa = a.T.reshape(1, 8, 40, 100)
+    fb = b.T.reshape(1, 8, 40, 100)
+    assert torch.allclose(aligner.to_space(fa, 0, 1), fb, atol=1e-3)
+    assert torch.allclose(aligner.to_space(fb, 1, 0), fa, atol=1e-3)
+    # aligned fusion of two views of one representation changes nothing in either space
+    fused = fuse_features([fa, fb], 1.0, aligner)
+    assert torch.allclose(fused[0], fa, atol=1e-3) and torch.allclose(fused[1], fb, atol=1e-3)
+    # raw averaging mixes the two spaces; weight 0 keeps each teacher's own features
+    assert not torch.allclose(fuse_features([fa, fb], 1.0)[0], fa, atol=1e-1)
+    assert torch.equal(fuse_features([fa, fb], 0.0)[1], fb)
+
+
+def test_client_init_picks_the_client_closest_to_the_ensemble():
+    from feds2r.server.distill import build_student
+
+    torch.manual_seed(0)
+    a = create_model("m2f-cpu")
+    odd = create_model("m2f-cpu")
+    with torch.no_grad():  # every query of a says class 3, every query of odd class 7
+        for model, k in ((a, 3), (odd, 7)):
+            model.net.class_predictor.weight.zero_()
+            model.net.class_predictor.bias.zero_()[k] = 10.0
+    teachers = [odd, a, copy.deepcopy(a)]
+    images = [torch.randint(0, 255, (2, 3, 64, 128), dtype=torch.uint8)]
+    student, ref, record = build_student(teachers, DistillConfig(init="client"), 0, images)
+    assert ref in (1, 2) and record["init"] == f"client {ref}"
+    assert record["agreement_clients"][ref] > record["agreement_clients"][0]
+    assert all(torch.equal(p, q) for p, q in zip(student.parameters(), a.parameters(), strict=True))
+    with pytest.raises(Feds2rError, match="needs server images"):
+        build_student(teachers, DistillConfig(init="auto"), 0, None)

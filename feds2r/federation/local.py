@@ -1,0 +1,393 @@
+"""``feds2r federate local``: a whole Flower deployment on this machine, for trying it and for CI.
+
+Starts one SuperLink and one SuperNode per client on 127.0.0.1 (each a separate process, as on
+separate machines), optionally with TLS and SuperNode authentication, submits the feds2r app
+with ``flwr run``, waits for the run's final status (``flwr list``, not ``flwr run``'s exit
+code), stops every process it started by its id, and raises :class:`FederationError` with the
+reason when the run did not complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feds2r.data.world.writers import write_atomic
+from feds2r.federation.protocol import FederationConfig, FederationError
+
+CLIENT_APP = "feds2r.federation.client_app:app"
+SERVER_APP = "feds2r.federation.server_app:app"
+
+
+def app_pyproject(
+    config: FederationConfig, client_app: str = CLIENT_APP, server_app: str = SERVER_APP
+) -> str:
+    """The ``pyproject.toml`` of a Flower app that runs the installed feds2r with ``config``."""
+    from feds2r import __version__
+    from feds2r.config import to_toml
+
+    values = run_config_values(config)
+    return (
+        "[project]\n"
+        'name = "feds2r-federation"\n'
+        f'version = "{__version__}"\n'
+        'description = "One-shot FedS2R federation (feds2r)"\n'
+        'license = "Apache-2.0"\n'
+        "dependencies = []\n\n"
+        "[tool.flwr.app]\n"
+        'publisher = "feds2r"\n\n'
+        "[tool.flwr.app.components]\n"
+        f'serverapp = "{server_app}"\n'
+        f'clientapp = "{client_app}"\n\n' + to_toml({"tool.flwr.app.config": values})
+    )
+
+
+def run_config_values(config: FederationConfig) -> dict[str, Any]:
+    """``config`` as Flower run-config values (dashed keys; the crop as ``"HxW"``)."""
+    values = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "crop":
+            value = f"{value[0]}x{value[1]}"
+        values[f.name.replace("_", "-")] = value
+    return values
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its path made absolute (relative to the current folder)."""
+    from feds2r.data.dataset import parse_spec
+
+    parsed = parse_spec(spec)
+    return str(dataclasses.replace(parsed, path=parsed.path.resolve()))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FederationError(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise FederationError(f"{what} did not open 127.0.0.1:{port} within {timeout:g} s")
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise FederationError(f"{name} not found: install feds2r with Flower (pip install flwr)")
+    return found
+
+
+@dataclass
+class LocalDeployment:
+    """The processes of a local deployment; :meth:`stop` ends each one by its process id."""
+
+    home: Path
+    env: dict[str, str]
+    connection: str = "feds2r-local"
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.home / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.home,
+            start_new_session=True,
+        )
+        proc.log = log  # type: ignore[attr-defined]
+        self.procs[name] = proc
+        return proc
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [_bin("flwr"), *args],
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def stop(self) -> None:
+        """End every started process and everything they started (SIGTERM, then SIGKILL)."""
+        pids = []
+        for proc in self.procs.values():
+            pids += _descendants(proc.pid)
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+            proc.log.close()  # type: ignore[attr-defined]
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            time.sleep(0.1)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (Linux /proc; empty elsewhere). Flower starts some helpers in
+    their own sessions, which a process-group signal would miss."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def federate_local(
+    clients: list[tuple[str, str]],
+    config: FederationConfig,
+    *,
+    tls: bool = False,
+    auth: bool = False,
+    client_app: str = CLIENT_APP,
+    run_timeout: float = 7200.0,
+    keep_logs: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Run the federation over loopback: ``clients`` is a list of (name, dataset spec).
+
+    Returns ``results.json``'s content. The deployment's logs are copied to ``OUT/logs`` (or,
+    when the run fails, kept in the temporary folder the error message names).
+    """
+    if not clients:
+        raise FederationError("give at least one --client SPEC")
+    # the SuperLink and SuperNodes run in a temporary folder: every path must be absolute
+    clients = [(name, absolute_spec(spec)) for name, spec in clients]
+    config = dataclasses.replace(
+        config,
+        server_data=absolute_spec(config.server_data),
+        evaluate=";".join(
+            f"{name}={absolute_spec(spec)}" for name, spec in config.evaluation_sets().items()
+        ),
+    )
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()):
+        raise FederationError(f"output folder {out} is not empty; choose a new one")
+    home = Path(tempfile.mkdtemp(prefix="feds2r-federation-"))
+    (home / "logs").mkdir()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home / "flwr-home"),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONUNBUFFERED": "1",
+        # the SuperLink and SuperNodes start flower-superexec and the apps from PATH
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    deploy = LocalDeployment(home, env)
+    ok = False
+    server_log = ""
+    try:
+        port = free_port()
+        security: list[str] = ["--insecure"]
+        node_security: list[str] = ["--insecure"]
+        connection = {"address": f"127.0.0.1:{port}", "insecure": True}
+        if tls:
+            from feds2r.federation.tls import make_certificates
+
+            certs = make_certificates(home / "certs")
+            security = [
+                "--ssl-certfile",
+                str(certs["cert"]),
+                "--ssl-keyfile",
+                str(certs["key"]),
+                "--ssl-ca-certfile",
+                str(certs["ca_cert"]),
+            ]
+            node_security = ["--root-certificates", str(certs["ca_cert"])]
+            connection = {
+                "address": f"127.0.0.1:{port}",
+                "root-certificates": str(certs["ca_cert"]),
+            }
+        _write_connection(home, deploy.connection, connection)
+        link_args = [
+            _bin("flower-superlink"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+            *security,
+        ]
+        if auth:
+            link_args.append("--enable-supernode-auth")
+        log(f"starting SuperLink on 127.0.0.1:{port}" + (" (TLS)" if tls else ""))
+        _wait_port(port, deploy.start("superlink", link_args), "SuperLink")
+        keys = []
+        if auth:
+            from feds2r.federation.tls import make_node_keys
+
+            keys = make_node_keys(home / "keys", len(clients))
+            for (name, _), (_, public) in zip(clients, keys, strict=True):
+                done = deploy.flwr("supernode", "register", str(public), deploy.connection)
+                if done.returncode != 0:
+                    raise FederationError(f"registering {name}'s public key failed: {_tail(done)}")
+        for k, (name, spec) in enumerate(clients):
+            node_args = [
+                _bin("flower-supernode"),
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"data={json.dumps(spec)} name={json.dumps(name)}",
+                *node_security,
+            ]
+            if auth:
+                node_args += ["--auth-supernode-private-key", str(keys[k][0])]
+            log(f"starting SuperNode {name} ({spec})")
+            deploy.start(f"supernode-{k}-{name}", node_args)
+        app = home / "app"
+        write_atomic(
+            app / "pyproject.toml",
+            app_pyproject(config, client_app=client_app).encode(),
+        )
+        done = deploy.flwr("run", str(app), deploy.connection, "--format", "json")
+        run_id = _run_id(done)
+        log(f"run {run_id} submitted; waiting for it to finish")
+        status = _wait_run(deploy, run_id, run_timeout)
+        if status != "finished:completed":
+            reason = _failure_reason(deploy, run_id)
+            raise FederationError(
+                f"the federation run ended with status {status!r}: {reason} (logs: {home / 'logs'})"
+            )
+        server_log = _server_logs(deploy, run_id)
+        results_path = out / "results.json"
+        if not results_path.is_file():
+            raise FederationError(f"the run completed but wrote no {results_path}")
+        ok = True
+        return json.loads(results_path.read_text())
+    finally:
+        deploy.stop()
+        if ok and keep_logs:
+            shutil.copytree(home / "logs", out / "logs", dirs_exist_ok=True)
+            if server_log:
+                write_atomic(out / "logs" / "serverapp.log", server_log.encode())
+        if ok:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _write_connection(home: Path, name: str, connection: dict[str, Any]) -> None:
+    from feds2r.config import to_toml
+
+    text = to_toml({"superlink": {"default": name}, f"superlink.{name}": connection})
+    write_atomic(home / "flwr-home" / "config.toml", text.encode())
+
+
+def _tail(done: subprocess.CompletedProcess, n: int = 600) -> str:
+    return (done.stdout + done.stderr).strip()[-n:]
+
+
+def _run_id(done: subprocess.CompletedProcess) -> int:
+    try:
+        data = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        data = {}
+    if done.returncode != 0 or not data.get("success", True) or "run-id" not in data:
+        raise FederationError(f"flwr run could not submit the run: {_tail(done)}")
+    return int(data["run-id"])
+
+
+def _wait_run(deploy: LocalDeployment, run_id: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    status = "unknown"
+    while time.monotonic() < deadline:
+        for name, proc in deploy.procs.items():
+            if name == "superlink" and proc.poll() is not None:
+                raise FederationError(f"the SuperLink exited (code {proc.returncode})")
+        done = deploy.flwr("list", deploy.connection, "--run-id", str(run_id), "--format", "json")
+        try:
+            runs = json.loads(done.stdout).get("runs", [])
+            status = str(runs[0]["status"]) if runs else status
+        except (json.JSONDecodeError, KeyError, IndexError):
+            pass
+        if status.startswith("finished"):
+            return status
+        time.sleep(2.0)
+    stop = deploy.flwr("stop", str(run_id), deploy.connection)
+    raise FederationError(
+        f"run {run_id} did not finish within {timeout:g} s (stopped: {stop.returncode == 0})"
+    )
+
+
+def _server_logs(deploy: LocalDeployment, run_id: int) -> str:
+    done = deploy.flwr("log", str(run_id), deploy.connection, "--show", timeout=60)
+    return done.stdout
+
+
+def _failure_reason(deploy: LocalDeployment, run_id: int) -> str:
+    """The last feds2r / Flower error line of the run's ServerApp log."""
+    logs = _server_logs(deploy, run_id)
+    write_atomic(deploy.home / "logs" / "serverapp.log", logs.encode())
+    for line in reversed(logs.splitlines()):
+        if "FederationError" in line or "Feds2rError" in line or "DataError" in line:
+            return line.split("Error: ", 1)[-1].strip()
+    lines = [line for line in logs.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no ServerApp log"

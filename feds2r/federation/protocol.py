@@ -1,0 +1,370 @@
+"""The one-shot federation as plain functions, independent of the transport.
+
+The server sends one message to each client: the common initial model's tensors and the training
+settings (:func:`train_settings`). Each client trains on its private data (:func:`client_round`)
+and replies with its model's tensors and a small metadata record (:data:`REPLY_METADATA`). The
+server checks every reply (:func:`check_reply`), keeps the valid ones, and runs the server
+pipeline (:func:`run_federation`). The Flower apps in this package only move these values
+between machines; :func:`in_process_send` moves them within one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from feds2r.data.labels import CLASS_NAMES
+from feds2r.data.world.writers import write_atomic
+from feds2r.engine.train import TrainConfig
+from feds2r.errors import Feds2rError
+from feds2r.server.distill import DistillConfig
+from feds2r.server.pipeline import ServerPipelineConfig, run_server_pipeline
+
+REPLY_METADATA: dict[str, type] = {
+    "client": str,
+    "preset": str,
+    "class-names": list,
+    "steps": int,
+    "train-seconds": float,
+    "feds2r-version": str,
+}
+"""Every key a client's reply may carry besides the model tensors, with its type. Nothing else
+(no image, label, per-sample value, file name or path) is sent; ``docs/federation.md``."""
+
+
+class FederationError(Feds2rError):
+    """The federation could not produce a global model (the message says why)."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """One federation run. Flower passes these as the run config (keys with dashes)."""
+
+    out: str
+    """Absolute folder for the global model, the client models and ``results.json``."""
+    server_data: str
+    """The server's unlabelled images (dataset spec)."""
+    preset: str = "m2f-cpu"
+    client_steps: int = 300
+    distill_steps: int = 300
+    batch_size: int = 8
+    height: int = 128
+    crop: tuple[int, int] = (128, 256)
+    lr: float = 6e-4
+    warmup_steps: int = 50
+    seed: int = 0
+    generated_images: int = 150
+    min_clients: int = 2
+    """The server goes on when at least this many clients replied with a valid model."""
+    num_clients: int = 0
+    """Clients to wait for before sending (0: whoever is connected after ``connect_timeout``)."""
+    connect_timeout: float = 120.0
+    client_timeout: float = 3600.0
+    """Seconds to wait for the clients' replies; a client that has not replied by then is
+    reported as timed out."""
+    evaluate: str = ""
+    """Optional labelled test sets for the global model: ``name=SPEC;name=SPEC``."""
+    client_data: str = ""
+    """Simulation only: ``SPEC;SPEC;...``, the dataset of virtual client i (its partition-id)."""
+
+    def __post_init__(self) -> None:
+        if not Path(self.out).is_absolute():
+            raise FederationError(f"out must be an absolute folder, not {self.out!r}")
+        if self.min_clients < 1:
+            raise FederationError("min-clients must be at least 1")
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
+        """From Flower's run config (``client-steps = 300``, ``crop = "128x256"`` …)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise FederationError(f"unknown run-config key {key!r}")
+            values[name] = value
+        if isinstance(values.get("crop"), str):
+            h, _, w = values["crop"].partition("x")
+            values["crop"] = (int(h), int(w))
+        for f in dataclasses.fields(cls):
+            if f.name in values and f.type in ("int", "float"):
+                values[f.name] = {"int": int, "float": float}[f.type](values[f.name])
+        return cls(**values)
+
+    def evaluation_sets(self) -> dict[str, str]:
+        sets = {}
+        for part in filter(None, (p.strip() for p in self.evaluate.split(";"))):
+            name, sep, spec = part.partition("=")
+            if not sep:
+                raise FederationError(f"evaluate entries are NAME=SPEC, got {part!r}")
+            sets[name.strip()] = spec.strip()
+        return sets
+
+    def client_train_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.client_steps,
+            batch_size=self.batch_size,
+            height=self.height,
+            crop=self.crop,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            seed=self.seed,
+            checkpoint_every=100,
+        )
+
+    def pipeline_config(self) -> ServerPipelineConfig:
+        train = dataclasses.replace(self.client_train_config(), steps=self.distill_steps)
+        return ServerPipelineConfig(
+            distill=DistillConfig(student=self.preset),
+            train=train,
+            generated_images=self.generated_images,
+        )
+
+
+def train_settings(config: FederationConfig) -> dict[str, Any]:
+    """The training settings the server sends each client (flat, Flower ConfigRecord values)."""
+    t = config.client_train_config()
+    return {
+        "preset": config.preset,
+        "steps": t.steps,
+        "batch-size": t.batch_size,
+        "height": t.height,
+        "crop": f"{t.crop[0]}x{t.crop[1]}",
+        "lr": t.lr,
+        "warmup-steps": t.warmup_steps,
+        "seed": t.seed,
+    }
+
+
+def _settings_to_config(settings: dict[str, Any]) -> TrainConfig:
+    h, _, w = str(settings["crop"]).partition("x")
+    return TrainConfig(
+        steps=int(settings["steps"]),
+        batch_size=int(settings["batch-size"]),
+        height=int(settings["height"]),
+        crop=(int(h), int(w)),
+        lr=float(settings["lr"]),
+        warmup_steps=int(settings["warmup-steps"]),
+        seed=int(settings["seed"]),
+        checkpoint_every=100,
+    )
+
+
+def client_round(
+    init_state: dict[str, Tensor],
+    settings: dict[str, Any],
+    data: str,
+    *,
+    name: str,
+    workdir: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A client's whole part: train the received initial model on its private ``data``.
+
+    Returns the trained tensors and the reply metadata (:data:`REPLY_METADATA`). The training
+    run (logs, resumable state) lives in ``workdir`` (default: a temporary folder, removed).
+    """
+    from feds2r import __version__
+    from feds2r.client import train_client
+    from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
+    from feds2r.models import create_model
+
+    preset = str(settings["preset"])
+    config = _settings_to_config(settings)
+    with tempfile.TemporaryDirectory(prefix="feds2r-client-") as tmp:
+        work = Path(workdir) if workdir else Path(tmp)
+        model = create_model(preset)
+        _load_state(model, init_state, "the server's initial model")
+        save_checkpoint(model, work / "init", meta={"role": "initial"})
+        start = time.perf_counter()
+        train_client(data, preset, work / "model", config, init=work / "init", progress=progress)
+        trained, _ = load_checkpoint(work / "model")
+        state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+    meta = {
+        "client": name,
+        "preset": preset,
+        "class-names": list(CLASS_NAMES),
+        "steps": config.steps,
+        "train-seconds": round(time.perf_counter() - start, 2),
+        "feds2r-version": __version__,
+    }
+    return state, meta
+
+
+def _load_state(model, state: dict[str, Tensor], what: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise FederationError(
+            f"{what} does not fit the {model.preset.name} preset: "
+            f"{len(missing)} tensors missing (e.g. {missing[:2]}), {len(extra)} unexpected "
+            f"(e.g. {extra[:2]})"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise FederationError(
+                f"{what}: tensor {key} has shape {tuple(value.shape)}, the {model.preset.name} "
+                f"preset expects {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state)
+
+
+def check_reply(state: dict[str, Tensor], meta: dict[str, Any], preset: str):
+    """The client model in a reply, or a :class:`FederationError` saying why it is rejected."""
+    from feds2r.models import create_model
+
+    unknown = sorted(set(meta) - set(REPLY_METADATA))
+    if unknown:
+        raise FederationError(f"reply carries undocumented metadata {unknown}")
+    for key, kind in REPLY_METADATA.items():
+        if key not in meta:
+            raise FederationError(f"reply metadata lacks {key!r}")
+        if not isinstance(meta[key], kind) and not (kind is float and isinstance(meta[key], int)):
+            raise FederationError(f"reply metadata {key!r} is not a {kind.__name__}")
+    if meta["preset"] != preset:
+        raise FederationError(f"model preset is {meta['preset']!r}, the federation uses {preset!r}")
+    if list(meta["class-names"]) != list(CLASS_NAMES):
+        raise FederationError(
+            f"model classes differ from the federation's {len(CLASS_NAMES)} classes "
+            f"({len(meta['class-names'])} classes, first {list(meta['class-names'])[:3]})"
+        )
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise FederationError(f"reply entry {key!r} is not a tensor")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise FederationError(f"tensor {key} holds NaN or infinite values")
+    model = create_model(preset)
+    _load_state(model, state, "the reply's model")
+    return model.eval()
+
+
+@dataclass
+class Reply:
+    """What came back from one client: a model and metadata, or the reason there is none."""
+
+    client: str
+    state: dict[str, Tensor] | None = None
+    meta: dict[str, Any] | None = None
+    error: str | None = None
+    node_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SendFn = Callable[[dict[str, Tensor], dict[str, Any]], list[Reply]]
+"""Sends the initial model and settings to every client once; returns one :class:`Reply` each."""
+
+
+def in_process_send(clients: dict[str, str], workdir: str | Path | None = None) -> SendFn:
+    """A :data:`SendFn` that runs each client (name -> dataset spec) in this process."""
+
+    def send(init_state: dict[str, Tensor], settings: dict[str, Any]) -> list[Reply]:
+        replies = []
+        for name, spec in clients.items():
+            work = Path(workdir) / name if workdir else None
+            try:
+                state, meta = client_round(init_state, settings, spec, name=name, workdir=work)
+                replies.append(Reply(name, state, meta))
+            except Feds2rError as exc:
+                replies.append(Reply(name, error=str(exc)))
+        return replies
+
+    return send
+
+
+def run_federation(
+    send: SendFn, config: FederationConfig, *, progress: bool = True, log=print
+) -> dict[str, Any]:
+    """The server's whole run: initial model, one exchange, checks, server pipeline.
+
+    Everything is written to a staging folder beside ``config.out`` and renamed into place at
+    the end, so a failed run leaves no half-written output. Raises :class:`FederationError` when
+    fewer than ``config.min_clients`` valid models came back.
+    """
+    from feds2r.config import to_toml
+    from feds2r.engine.checkpoint import save_checkpoint
+    from feds2r.models import create_model
+
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()):
+        raise FederationError(f"output folder {out} is not empty; choose a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        write_atomic(stage / "config.toml", to_toml({"federation": config}).encode())
+        torch.manual_seed(config.seed)
+        init = create_model(config.preset)
+        save_checkpoint(init, stage / "init", meta={"role": "initial"})
+        start = time.perf_counter()
+        replies = send(init.state_dict(), train_settings(config))
+        exchange_s = round(time.perf_counter() - start, 2)
+        accepted: dict[str, Path] = {}
+        report: dict[str, dict[str, Any]] = {}
+        # a fixed order (by client name), whatever order the transport delivered them in
+        for reply in sorted(replies, key=lambda r: r.client):
+            name = _unique(reply.client, report)
+            entry: dict[str, Any] = {"node_id": reply.node_id, **reply.extra}
+            if reply.error is None:
+                try:
+                    model = check_reply(reply.state or {}, reply.meta or {}, config.preset)
+                except FederationError as exc:
+                    reply.error = f"rejected: {exc}"
+            if reply.error is not None:
+                entry.update(status="failed", reason=reply.error)
+                log(f"client {name}: {reply.error}")
+            else:
+                path = stage / "clients" / name
+                save_checkpoint(model, path, meta={"role": "client", "client": name})
+                accepted[name] = path
+                entry.update(status="ok", meta=reply.meta)
+                log(f"client {name}: model accepted")
+            report[name] = entry
+        if len(accepted) < config.min_clients:
+            failed = "; ".join(f"{n}: {e['reason']}" for n, e in report.items() if "reason" in e)
+            raise FederationError(
+                f"only {len(accepted)} of {len(report)} clients sent a valid model, fewer than "
+                f"min-clients={config.min_clients}" + (f" ({failed})" if failed else "")
+            )
+        summary = run_server_pipeline(
+            accepted,
+            config.server_data,
+            stage,
+            config.pipeline_config(),
+            evaluate_on=config.evaluation_sets(),
+            progress=progress,
+        )
+        summary["global_model"] = str(out / "global")
+        results = {
+            "clients": report,
+            "accepted": list(accepted),
+            **{k: v for k, v in summary.items() if k != "clients"},
+            "timing_s": {"exchange": exchange_s, **summary["timing_s"]},
+        }
+        write_atomic(stage / "results.json", json.dumps(results, indent=2).encode())
+        if out.exists():
+            out.rmdir()
+        os.replace(stage, out)
+        return results
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _unique(name: str, taken: dict) -> str:
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "client"
+    candidate, k = name, 1
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}-{k}"
+    return candidate

@@ -1,0 +1,100 @@
+"""The Flower ServerApp: one train message to every SuperNode, then the server pipeline.
+
+Adapter only: :func:`feds2r.federation.protocol.run_federation` does the work; this module sends
+its one exchange over Flower's Message API. Settings come from the run config
+(``[tool.flwr.app.config]``, keys as in :class:`~feds2r.federation.protocol.FederationConfig`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from feds2r.federation.protocol import FederationConfig, FederationError, Reply, run_federation
+
+app = ServerApp()
+
+
+def _log(text: str) -> None:
+    print(f"[feds2r server] {text}", flush=True)
+
+
+def grid_send(grid: Grid, config: FederationConfig):
+    """A :data:`~feds2r.federation.protocol.SendFn` over Flower: one message per SuperNode."""
+
+    def send(init_state, settings) -> list[Reply]:
+        nodes = _wait_for_nodes(grid, config)
+        _log(f"sending the initial model to {len(nodes)} clients: nodes {nodes}")
+        arrays = ArrayRecord(torch_state_dict=init_state)
+        messages = [
+            Message(
+                content=RecordDict({"arrays": arrays, "config": ConfigRecord(dict(settings))}),
+                message_type="train",
+                dst_node_id=node,
+            )
+            for node in nodes
+        ]
+        got = {
+            m.metadata.src_node_id: m
+            for m in grid.send_and_receive(messages, timeout=config.client_timeout)
+        }
+        replies = []
+        for node in nodes:
+            msg = got.get(node)
+            if msg is None:
+                replies.append(
+                    Reply(
+                        f"node-{node}",
+                        node_id=node,
+                        error=f"no reply within client-timeout={config.client_timeout:g} s",
+                    )
+                )
+            elif msg.has_error():
+                replies.append(
+                    Reply(
+                        f"node-{node}",
+                        node_id=node,
+                        error=f"client failed: {msg.error.reason}",
+                    )
+                )
+            else:
+                meta = dict(msg.content["meta"]) if "meta" in msg.content else {}
+                if isinstance(meta.get("class-names"), tuple):
+                    meta["class-names"] = list(meta["class-names"])
+                state = (
+                    msg.content["arrays"].to_torch_state_dict() if ("arrays" in msg.content) else {}
+                )
+                replies.append(
+                    Reply(str(meta.get("client") or f"node-{node}"), state, meta, node_id=node)
+                )
+        return replies
+
+    return send
+
+
+def _wait_for_nodes(grid: Grid, config: FederationConfig) -> list[int]:
+    want = config.num_clients or config.min_clients
+    deadline = time.monotonic() + config.connect_timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if config.num_clients and len(nodes) >= want:
+            return nodes
+        if time.monotonic() >= deadline:
+            if len(nodes) < config.min_clients:
+                raise FederationError(
+                    f"only {len(nodes)} SuperNodes connected within connect-timeout="
+                    f"{config.connect_timeout:g} s; min-clients={config.min_clients}"
+                )
+            return nodes
+        time.sleep(1.0)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = FederationConfig.from_run_config(dict(context.run_config))
+    results = run_federation(grid_send(grid, config), config, progress=False, log=_log)
+    _log(f"global model written to {results['global_model']}")
+    if results.get("miou"):
+        _log(f"global model mIoU: {results['miou']}")

@@ -1,0 +1,132 @@
+"""Certificates and SuperNode keys for trying TLS and node authentication on one machine.
+
+``make_certificates(DIR)`` writes a self-signed CA (``ca.crt``, ``ca.key``) and a server
+certificate signed by it (``server.crt``, ``server.key``) for ``localhost`` / ``127.0.0.1`` (and
+any extra host names). ``make_node_keys(DIR, N)`` writes N EC key pairs (``node-K``,
+``node-K.pub``; OpenSSH public format, as ``flwr supernode register`` expects). For a real
+deployment use your organisation's CA; these are for trying it out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from pathlib import Path
+
+from feds2r.data.world.writers import write_atomic
+
+
+def make_certificates(
+    out: str | Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 30
+) -> dict[str, Path]:
+    """Write ``ca.crt``, ``ca.key``, ``server.crt``, ``server.key`` into ``out``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out = Path(out)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "feds2r local CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    private = serialization.PrivateFormat.PKCS8
+    plain = serialization.NoEncryption()
+    paths = {
+        "ca_cert": out / "ca.crt",
+        "ca_key": out / "ca.key",
+        "cert": out / "server.crt",
+        "key": out / "server.key",
+    }
+    write_atomic(paths["ca_cert"], ca_cert.public_bytes(pem))
+    _write_private(paths["ca_key"], ca_key.private_bytes(pem, private, plain))
+    write_atomic(paths["cert"], cert.public_bytes(pem))
+    _write_private(paths["key"], key.private_bytes(pem, private, plain))
+    return paths
+
+
+def make_node_keys(out: str | Path, num: int) -> list[tuple[Path, Path]]:
+    """Write ``num`` SuperNode key pairs ``node-K`` (private, PEM) / ``node-K.pub`` (OpenSSH)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out)
+    pairs = []
+    for k in range(num):
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = out / f"node-{k}"
+        public = out / f"node-{k}.pub"
+        _write_private(
+            private,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            ),
+        )
+        write_atomic(
+            public,
+            key.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            ),
+        )
+        pairs.append((private, public))
+    return pairs
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

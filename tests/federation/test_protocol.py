@@ -1,0 +1,178 @@
+"""The federation's plain functions: reply checks, privacy of the messages, failures, staging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from feds2r.data.labels import CLASS_NAMES
+from feds2r.federation.protocol import (
+    REPLY_METADATA,
+    FederationError,
+    Reply,
+    check_reply,
+    client_round,
+    in_process_send,
+    run_federation,
+    train_settings,
+)
+from feds2r.models import create_model
+from tests.federation.conftest import tiny_config
+
+
+def honest_meta(**changes):
+    meta = {
+        "client": "a",
+        "preset": "m2f-cpu",
+        "class-names": list(CLASS_NAMES),
+        "steps": 2,
+        "train-seconds": 1.0,
+        "feds2r-version": "0.1.0",
+    }
+    meta.update(changes)
+    return meta
+
+
+def test_check_reply_accepts_a_fitting_model_and_names_each_defect():
+    state = create_model("m2f-cpu").state_dict()
+    assert check_reply(state, honest_meta(), "m2f-cpu").preset.name == "m2f-cpu"
+    cases = [
+        (state, honest_meta(preset="segformer-cpu"), "model preset is 'segformer-cpu'"),
+        (state, honest_meta(**{"class-names": ["road"] * 19}), "classes differ"),
+        (state, {**honest_meta(), "image-count": 5}, "undocumented metadata"),
+        (state, {k: v for k, v in honest_meta().items() if k != "steps"}, "lacks 'steps'"),
+        (create_model("segformer-cpu").state_dict(), honest_meta(), "does not fit"),
+    ]
+    bad_shape = dict(state)
+    key = next(k for k, v in state.items() if v.ndim == 2)
+    bad_shape[key] = torch.zeros(3, 3)
+    cases.append((bad_shape, honest_meta(), f"tensor {key} has shape (3, 3)"))
+    nan = dict(state)
+    nan[key] = torch.full_like(state[key], float("nan"))
+    cases.append((nan, honest_meta(), "NaN"))
+    for st, meta, message in cases:
+        with pytest.raises(FederationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_reply(st, meta, "m2f-cpu")
+
+
+def test_client_reply_carries_model_tensors_and_documented_metadata_only(tiny_world, tmp_path):
+    """Privacy: nothing but the model's own tensors and the small documented record."""
+    torch.manual_seed(0)
+    init = create_model("m2f-cpu").state_dict()
+    config = tiny_config(tmp_path / "out", tiny_world)
+    spec = tiny_world["clients"]["gta5"]
+    state, meta = client_round(init, train_settings(config), spec, name="gta5")
+    assert set(state) == set(init)
+    assert all(state[k].shape == init[k].shape for k in init)
+    assert set(meta) == set(REPLY_METADATA)
+    text = json.dumps(meta)
+    assert str(tiny_world["root"]) not in text and "gta5-like" not in text
+    assert len(text) < 1000
+    check_reply(state, meta, "m2f-cpu")
+
+
+def test_flower_client_app_reply_holds_only_arrays_and_metadata(tiny_world, tmp_path, monkeypatch):
+    flwr = pytest.importorskip("flwr")
+    del flwr
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # outside a SuperNode no run is set; Message() reads the run id from here
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
+
+    from feds2r.federation.client_app import train
+
+    torch.manual_seed(0)
+    init = create_model("m2f-cpu").state_dict()
+    config = tiny_config(tmp_path / "out", tiny_world)
+    msg = Message(
+        content=RecordDict(
+            {
+                "arrays": ArrayRecord(torch_state_dict=init),
+                "config": ConfigRecord(train_settings(config)),
+            }
+        ),
+        dst_node_id=1,
+        message_type="train",
+    )
+    ctx = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"data": tiny_world["clients"]["synthia"], "name": "synthia"},
+        state=RecordDict(),
+        run_config={},
+    )
+    reply = train(msg, ctx)
+    assert set(reply.content.keys()) == {"arrays", "meta"}
+    arrays = reply.content["arrays"].to_torch_state_dict()
+    assert set(arrays) == set(init)
+    meta = dict(reply.content["meta"])
+    assert set(meta) == set(REPLY_METADATA) and meta["client"] == "synthia"
+    assert str(tiny_world["root"]) not in json.dumps({k: str(v) for k, v in meta.items()})
+
+
+def test_server_sends_only_the_initial_model_and_scalar_settings(tiny_world, tmp_path):
+    """The server's images never leave it: the one message holds the model and settings."""
+    seen = {}
+
+    def send(init_state, settings):
+        seen["state"], seen["settings"] = init_state, settings
+        return []
+
+    config = tiny_config(tmp_path / "out", tiny_world, min_clients=1)
+    with pytest.raises(FederationError, match="only 0 of 0 clients"):
+        run_federation(send, config, progress=False, log=lambda _t: None)
+    assert set(seen["state"]) == set(create_model("m2f-cpu").state_dict())
+    assert all(isinstance(v, int | float | str) for v in seen["settings"].values())
+    assert set(seen["settings"]) == {
+        "preset", "steps", "batch-size", "height", "crop", "lr", "warmup-steps", "seed"
+    }  # fmt: skip
+    assert "cityscapes" not in json.dumps(seen["settings"])
+
+
+def test_failed_and_rejected_clients_are_reported_and_the_run_goes_on(tiny_world, tmp_path):
+    clients = dict(tiny_world["clients"])
+    clients["broken"] = "cityscapes:/nonexistent/folder?split=train"
+    good = in_process_send(clients)
+
+    def send(init_state, settings):
+        replies = good(init_state, settings)
+        replies.append(Reply("wrong", create_model("segformer-cpu").state_dict(), honest_meta()))
+        return replies
+
+    config = tiny_config(tmp_path / "out", tiny_world, min_clients=3)
+    logged = []
+    results = run_federation(send, config, progress=False, log=logged.append)
+    assert results["accepted"] == ["gta5", "synscapes", "synthia"]
+    assert results["clients"]["broken"]["status"] == "failed"
+    assert "nonexistent" in results["clients"]["broken"]["reason"]
+    assert results["clients"]["wrong"]["reason"].startswith("rejected: the reply's model")
+    assert any("client wrong: rejected" in line for line in logged)
+    out = tmp_path / "out"
+    assert (out / "global" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "clients").iterdir()) == results["accepted"]
+    assert 0.0 <= results["miou"]["cs"] <= 100.0
+    assert json.loads((out / "results.json").read_text())["accepted"] == results["accepted"]
+
+
+def test_too_few_clients_stop_the_run_and_leave_nothing_behind(tiny_world, tmp_path):
+    clients = {"gta5": tiny_world["clients"]["gta5"], "broken": "gta5:/nonexistent?split=train"}
+    config = tiny_config(tmp_path / "out", tiny_world, min_clients=2)
+    with pytest.raises(FederationError, match="only 1 of 2 clients sent a valid model") as err:
+        run_federation(in_process_send(clients), config, progress=False, log=lambda _t: None)
+    assert "broken:" in str(err.value) and "min-clients=2" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no output folder, no staging folder
+
+
+def test_output_folder_must_be_new_or_empty_and_absolute(tiny_world, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    config = tiny_config(tmp_path / "out", tiny_world)
+    with pytest.raises(FederationError, match="not empty"):
+        run_federation(lambda s, c: [], config, progress=False)
+    with pytest.raises(FederationError, match="absolute"):
+        tiny_config("relative/out", tiny_world)
