@@ -40,7 +40,10 @@ def train(msg: Message, context: Context) -> Message:
     state = msg.content["arrays"].to_torch_state_dict()
     settings = dict(msg.content["config"])
     workdir = context.node_config.get("workdir") or None
-    trained, meta = client_round(state, settings, spec, name=name, workdir=workdir)
+    try:
+        trained, meta = client_round(state, settings, spec, name=name, workdir=workdir)
+    except Exception as exc:  # the reason travels to the server in Flower's error reply
+        raise FederationError(f"client {name!r}: {type(exc).__name__}: {exc}") from exc
     content = RecordDict(
         {"arrays": ArrayRecord(torch_state_dict=trained), "meta": ConfigRecord(meta)}
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -387,7 +388,9 @@ def _failure_reason(deploy: LocalDeployment, run_id: int) -> str:
     logs = _server_logs(deploy, run_id)
     write_atomic(deploy.home / "logs" / "serverapp.log", logs.encode())
     for line in reversed(logs.splitlines()):
-        if "FederationError" in line or "Feds2rError" in line or "DataError" in line:
-            return line.split("Error: ", 1)[-1].strip()
+        found = re.match(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$", line.strip())
+        if found:
+            kind, text = found.groups()
+            return text if kind in ("FederationError", "Feds2rError", "DataError") else line.strip()
     lines = [line for line in logs.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no ServerApp log"

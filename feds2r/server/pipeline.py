@@ -48,7 +48,8 @@ def run_server_pipeline(
     ``server_data``: the server's unlabelled images (a dataset spec; labels are never read).
     ``evaluate_on``: optional name -> labelled dataset spec on which the global model is scored.
     Writes ``out/inconsistency.json`` (+ chart), ``out/generated/`` and ``out/global/``; returns
-    a summary (also the caller's to write).
+    a summary (also the caller's to write). With a single client there is no disagreement to
+    measure: inconsistency and augmentation are skipped and the one teacher is distilled.
     """
     from feds2r.data import open_dataset
     from feds2r.engine.checkpoint import load_checkpoint
@@ -63,25 +64,30 @@ def run_server_pipeline(
     names = list(clients)
     timing: dict[str, float] = {}
     start = time.perf_counter()
-    teachers = [load_checkpoint(clients[n])[0] for n in names]
-    inc = measure_inconsistency(
-        teachers,
-        open_dataset(server_data, labels=False),
-        rule=UnstableRule(),
-        height=config.train.height,
-        progress=progress,
-        names=names,
-    )
-    report = inc.to_dict()
-    write_atomic(out / "inconsistency.json", json.dumps(report, indent=2).encode())
-    plot_inconsistency(inc, out / "inconsistency.png")
-    del teachers
+    report: dict[str, Any] | None = None
+    unstable: list[str] = []
+    scores_inc: dict[str, float | None] = {}
+    if len(names) >= 2:
+        teachers = [load_checkpoint(clients[n])[0] for n in names]
+        inc = measure_inconsistency(
+            teachers,
+            open_dataset(server_data, labels=False),
+            rule=UnstableRule(),
+            height=config.train.height,
+            progress=progress,
+            names=names,
+        )
+        report = inc.to_dict()
+        unstable, scores_inc = inc.unstable, inc.scores
+        write_atomic(out / "inconsistency.json", json.dumps(report, indent=2).encode())
+        plot_inconsistency(inc, out / "inconsistency.png")
+        del teachers
     timing["inconsistency"] = round(time.perf_counter() - start, 2)
 
     generated = None
-    if config.generated_images > 0 and inc.unstable:
+    if config.generated_images > 0 and unstable:
         start = time.perf_counter()
-        counts = prompt_counts(inc.scores, inc.unstable, config.generated_images)
+        counts = prompt_counts(scores_inc, unstable, config.generated_images)
         first = open_dataset(server_data, labels=False)[0]["image"]
         generated = augment(
             builtin_prompts(counts, seed=config.train.seed),
@@ -117,8 +123,8 @@ def run_server_pipeline(
     return {
         "clients": names,
         "global_model": str(out / "global"),
-        "unstable_classes": inc.unstable,
-        "inconsistency": inc.scores,
+        "unstable_classes": unstable,
+        "inconsistency": scores_inc,
         "generated": generated,
         "miou": scores,
         "mean_miou": float(np.mean(list(scores.values()))) if scores else None,

@@ -1,0 +1,138 @@
+"""`feds2r federate local`: a real SuperLink and SuperNodes on 127.0.0.1, over Flower."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from feds2r.federation.local import _descendants
+from tests.federation.conftest import TINY_FLAGS, tiny_config
+
+pytest.importorskip("flwr")
+
+HERE = Path(__file__).parent
+
+
+def federate(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "feds2r.cli", "federate", "local", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def client_flags(world: dict, names=("gta5", "synthia", "synscapes")) -> list[str]:
+    flags = []
+    for name in names:
+        flags += ["--client", f"{name}={world['clients'][name]}"]
+    return flags
+
+
+def assert_no_flower_processes_left() -> None:
+    assert _descendants(os.getpid()) == [], "processes started by the run are still alive"
+
+
+def test_three_clients_over_loopback_match_the_in_process_federation(tiny_world, tmp_path):
+    from feds2r.engine.checkpoint import load_checkpoint
+    from feds2r.federation.protocol import in_process_send, run_federation
+
+    out = tmp_path / "flower"
+    done = federate(
+        [
+            *client_flags(tiny_world),
+            "--server-data",
+            tiny_world["server"],
+            "--evaluate",
+            f"cs={tiny_world['test']}",
+            "--out",
+            str(out),
+            *TINY_FLAGS,
+        ]  # fmt: skip
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_no_flower_processes_left()
+    results = json.loads((out / "results.json").read_text())
+    assert results["accepted"] == ["gta5", "synscapes", "synthia"]
+    assert all(e["status"] == "ok" and e["node_id"] for e in results["clients"].values())
+    model, meta = load_checkpoint(out / "global")
+    assert meta["preset"] == "m2f-cpu"
+    assert (out / "logs" / "superlink.log").is_file()
+    assert "global model mIoU on cs" in done.stdout
+    # the same federation in one process: the same global model quality
+    local = run_federation(
+        in_process_send(tiny_world["clients"]),
+        tiny_config(tmp_path / "in-process", tiny_world),
+        progress=False,
+        log=lambda _t: None,
+    )
+    assert abs(local["miou"]["cs"] - results["miou"]["cs"]) <= 1.0
+    assert local["unstable_classes"] == results["unstable_classes"]
+
+
+def test_tls_and_supernode_authentication(tiny_world, tmp_path):
+    out = tmp_path / "secure"
+    done = federate(
+        [
+            *client_flags(tiny_world),
+            "--server-data",
+            tiny_world["server"],
+            "--out",
+            str(out),
+            "--tls",
+            "--auth",
+            *TINY_FLAGS,
+        ]  # fmt: skip
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(TLS)" in done.stdout
+    assert_no_flower_processes_left()
+    log = (out / "logs" / "superlink.log").read_text()
+    assert "insecure" not in log.lower() or "HTTPS" in log
+    assert json.loads((out / "results.json").read_text())["accepted"] == [
+        "gta5", "synscapes", "synthia"
+    ]  # fmt: skip
+
+
+def test_a_crashing_client_and_a_wrong_model_are_named_and_the_run_goes_on(tiny_world, tmp_path):
+    out = tmp_path / "faulty"
+    flags = [
+        "--client", f"gta5={tiny_world['clients']['gta5']}",
+        "--client", f"crash={tiny_world['clients']['synthia']}",
+        "--client", f"wrong={tiny_world['clients']['synscapes']}",
+        "--client-app", "faulty_app:app", "--min-clients", "1",
+        "--server-data", tiny_world["server"], "--out", str(out), *TINY_FLAGS,
+    ]  # fmt: skip
+    done = federate(flags, env={"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_no_flower_processes_left()
+    results = json.loads((out / "results.json").read_text())
+    assert results["accepted"] == ["gta5"]
+    failed = {n: e for n, e in results["clients"].items() if e["status"] == "failed"}
+    assert len(failed) == 2
+    reasons = " | ".join(e["reason"] for e in failed.values())
+    assert "client failed" in reasons and "simulated client crash" in reasons
+    assert "rejected: the reply's model does not fit the m2f-cpu preset" in reasons
+    assert "rejected" in done.stdout and "client failed" in done.stdout
+
+
+def test_too_few_clients_fail_the_run_with_the_reason_and_write_nothing(tiny_world, tmp_path):
+    out = tmp_path / "too-few"
+    flags = [
+        "--client", f"gta5={tiny_world['clients']['gta5']}",
+        "--client", "broken=gta5:/nonexistent/gta5?split=train",
+        "--min-clients", "2",
+        "--server-data", tiny_world["server"], "--out", str(out), *TINY_FLAGS,
+    ]  # fmt: skip
+    done = federate(flags)
+    assert done.returncode == 2
+    assert "only 1 of 2 clients sent a valid model, fewer than min-clients=2" in done.stderr
+    assert not out.exists()
+    assert not any(p.name.startswith(".too-few") for p in tmp_path.iterdir())
+    assert_no_flower_processes_left()
