@@ -176,3 +176,24 @@ def test_output_folder_must_be_new_or_empty_and_absolute(tiny_world, tmp_path):
         run_federation(lambda s, c: [], config, progress=False)
     with pytest.raises(FederationError, match="absolute"):
         tiny_config("relative/out", tiny_world)
+
+
+def test_pyproject_run_config_lists_every_federation_setting_with_its_default():
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from feds2r.federation.local import run_config_values
+    from feds2r.federation.protocol import FederationConfig
+
+    root = Path(__file__).parents[2]
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"]["serverapp"] == "feds2r.federation.server_app:app"
+    defaults = run_config_values(FederationConfig(out="/x", server_data="a:b"))
+    assert set(app["config"]) == set(defaults)
+    assert {k: v for k, v in app["config"].items() if k not in ("out", "server-data")} == {
+        k: v for k, v in defaults.items() if k not in ("out", "server-data")
+    }
+    parsed = FederationConfig.from_run_config({**app["config"], "out": "/x", "server-data": "a:b"})
+    assert parsed == FederationConfig(out="/x", server_data="a:b")
+    assert len(dataclasses.fields(FederationConfig)) == len(defaults)
