@@ -1,0 +1,120 @@
+"""Distillation variants on one fixed set of clients (measurements for docs/results.md).
+
+Builds (once) a demo world, the common initial model and one client per synthetic domain in RUN,
+then the inconsistency report and generated images; then distils one variant, given as
+DistillConfig overrides in JSON, and prints its mIoU on the five real-like test domains.
+
+    python scripts/distill_variants.py runs/exp nofus '{"feature_fusion": false}'
+    python scripts/distill_variants.py runs/exp feddf \
+        '{"kd": "pixel", "feature_fusion": false}' --no-gen
+    python scripts/distill_variants.py runs/exp soft '{"class_targets": "soft"}' --client-steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from feds2r.client import train_client
+from feds2r.data import open_dataset
+from feds2r.data.world import REAL_DOMAINS, SYNTHETIC_DOMAINS
+from feds2r.demo import PROFILES, _spec, build_world
+from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
+from feds2r.engine.evaluate import evaluate
+from feds2r.engine.train import TrainConfig
+from feds2r.models import create_model
+from feds2r.server import UnstableRule, measure_inconsistency
+from feds2r.server.distill import DistillConfig, run_distill
+from feds2r.server.generators import BuiltinGenerator, augment
+from feds2r.server.prompts import builtin_prompts, prompt_counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("overrides", nargs="?", default="{}", help="DistillConfig fields, JSON")
+    parser.add_argument("--no-gen", action="store_true", help="real server images only")
+    parser.add_argument("--client-steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--test-images", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    profile = dataclasses.replace(PROFILES["default"], test_images=args.test_images)
+    run, world = args.run, args.run / "world"
+    recipe = dict(
+        batch_size=profile.batch_size,
+        height=profile.height,
+        crop=profile.crop,
+        seed=args.seed,
+        warmup_steps=profile.warmup_steps,
+    )
+    clients = [run / "clients" / d for d in SYNTHETIC_DOMAINS]
+    if not all((c / "model.safetensors").is_file() for c in clients):
+        build_world(world, profile, progress=True)
+        torch.manual_seed(args.seed)
+        save_checkpoint(create_model(profile.preset), run / "init", meta={"role": "initial"})
+        tcfg = TrainConfig(steps=args.client_steps, checkpoint_every=100, **recipe)
+        for domain, path in zip(SYNTHETIC_DOMAINS, clients, strict=True):
+            train_client(
+                _spec(world, domain, "train"), profile.preset, path, tcfg, init=run / "init"
+            )
+    server = _spec(world, "cityscapes-like", "train")
+    if not (run / "gen.json").is_file():
+        teachers = [load_checkpoint(c)[0] for c in clients]
+        inc = measure_inconsistency(
+            teachers,
+            open_dataset(server, labels=False),
+            rule=UnstableRule(),
+            height=profile.height,
+            names=list(SYNTHETIC_DOMAINS),
+        )
+        (run / "inconsistency.json").write_text(json.dumps(inc.to_dict()))
+        counts = prompt_counts(inc.scores, inc.unstable, profile.generated_images)
+        gen = augment(
+            builtin_prompts(counts, seed=args.seed),
+            BuiltinGenerator(),
+            run / "generated",
+            size=profile.size,
+            seed=args.seed,
+        )
+        (run / "gen.json").write_text(json.dumps(gen))
+    gen = json.loads((run / "gen.json").read_text())
+    report = json.loads((run / "inconsistency.json").read_text())
+    dcfg = DistillConfig(student=profile.preset, **json.loads(args.overrides))
+    tcfg = TrainConfig(steps=args.distill_steps, checkpoint_every=1000, **recipe)
+    start = time.perf_counter()
+    run_distill(
+        clients,
+        server,
+        run / "variants" / args.name,
+        dcfg,
+        tcfg,
+        generated=None if args.no_gen else gen["spec"],
+        inconsistency=report,
+        progress=False,
+    )
+    seconds = time.perf_counter() - start
+    model, meta = load_checkpoint(run / "variants" / args.name)
+    scores = {
+        d: evaluate(model, open_dataset(_spec(world, d, "val")), height=profile.height)["miou"]
+        for d in REAL_DOMAINS
+    }
+    print(f"student init: {meta.get('student_init')}")
+    print(
+        f"{args.name:28s} mean {np.mean(list(scores.values())):5.1f}  "
+        + " ".join(f"{d} {v:5.1f}" for d, v in scores.items())
+        + f"  ({seconds:.0f} s; generated images: {not args.no_gen})"
+    )
+
+
+if __name__ == "__main__":
+    main()
