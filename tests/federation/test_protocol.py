@@ -197,3 +197,49 @@ def test_pyproject_run_config_lists_every_federation_setting_with_its_default():
     parsed = FederationConfig.from_run_config({**app["config"], "out": "/x", "server-data": "a:b"})
     assert parsed == FederationConfig(out="/x", server_data="a:b")
     assert len(dataclasses.fields(FederationConfig)) == len(defaults)
+
+
+class FakeGrid:
+    """Stands in for Flower's Grid: fixed node ids, replies from a function."""
+
+    def __init__(self, nodes, reply=lambda messages: []):
+        self.nodes, self.reply, self.sent = nodes, reply, []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.sent = list(messages)
+        self.timeout = timeout
+        return self.reply(self.sent)
+
+
+def test_server_app_names_clients_that_do_not_reply_in_time(tmp_path, monkeypatch, tiny_world):
+    pytest.importorskip("flwr")
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from feds2r.federation.server_app import grid_send
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
+    config = tiny_config(tmp_path / "out", tiny_world, num_clients=2, client_timeout=5.0)
+    grid = FakeGrid([11, 12])
+    state = create_model("m2f-cpu").state_dict()
+    replies = grid_send(grid, config)(state, train_settings(config))
+    assert [m.metadata.dst_node_id for m in grid.sent] == [11, 12]
+    assert all(m.metadata.message_type == "train" for m in grid.sent)
+    assert grid.timeout == 5.0
+    assert [r.client for r in replies] == ["node-11", "node-12"]
+    assert all(r.error == "no reply within client-timeout=5 s" for r in replies)
+
+
+def test_server_app_stops_when_too_few_supernodes_connect(tmp_path, tiny_world):
+    pytest.importorskip("flwr")
+    from feds2r.federation.server_app import grid_send
+
+    config = tiny_config(
+        tmp_path / "out", tiny_world, num_clients=0, min_clients=2, connect_timeout=0.5
+    )
+    send = grid_send(FakeGrid([7]), config)
+    with pytest.raises(FederationError, match="only 1 SuperNodes connected within connect"):
+        send({}, {})
