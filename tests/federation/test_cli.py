@@ -1,0 +1,49 @@
+"""`feds2r federate certs` and `feds2r federate app`."""
+
+from __future__ import annotations
+
+import tomllib
+
+from feds2r.cli import main
+
+
+def test_certs_make_a_ca_a_server_certificate_for_the_hosts_and_node_keys(tmp_path, capsys):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
+    from cryptography.hazmat.primitives.serialization import (
+        load_pem_private_key,
+        load_ssh_private_key,
+        load_ssh_public_key,
+    )
+
+    assert main(["federate", "certs", "--out", str(tmp_path), "--node-keys", "2"]) == 0
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
+    assert cert.issuer == ca.subject
+    ca.public_key().verify(  # raises if the CA did not sign it
+        cert.signature, cert.tbs_certificate_bytes, ECDSA(cert.signature_hash_algorithm)
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    load_pem_private_key((tmp_path / "server.key").read_bytes(), None)
+    assert (tmp_path / "server.key").stat().st_mode & 0o077 == 0  # owner only
+    for k in range(2):
+        key = load_ssh_private_key((tmp_path / f"node-{k}").read_bytes(), None)
+        pub = load_ssh_public_key((tmp_path / f"node-{k}.pub").read_bytes())
+        assert key.public_key().public_numbers() == pub.public_numbers()
+    assert "flwr supernode register" in capsys.readouterr().out
+
+
+def test_app_writes_a_flower_app_with_the_settings_in_its_run_config(tmp_path):
+    app = tmp_path / "fedapp"
+    args = ["federate", "app", "--app", str(app), "--num-clients", "3", "--client-steps", "7"]
+    args += ["--server-data", "cityscapes:/srv/cs?split=train", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    project = tomllib.loads((app / "pyproject.toml").read_text())
+    flwr = project["tool"]["flwr"]["app"]
+    assert flwr["components"]["clientapp"] == "feds2r.federation.client_app:app"
+    assert flwr["config"]["client-steps"] == 7 and flwr["config"]["num-clients"] == 3
+    assert flwr["config"]["out"] == str(tmp_path / "o")
+    assert main(args) == 2  # refuses to replace it without --force
+    assert main([*args, "--force"]) == 0
