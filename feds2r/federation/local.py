@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from feds2r.data.world.writers import write_atomic
-from feds2r.federation.protocol import FederationConfig, FederationError
+from feds2r.federation.protocol import (
+    FederationConfig,
+    FederationError,
+    check_new_output,
+    crop_text,
+)
 
 CLIENT_APP = "feds2r.federation.client_app:app"
 SERVER_APP = "feds2r.federation.server_app:app"
@@ -60,7 +65,7 @@ def run_config_values(config: FederationConfig) -> dict[str, Any]:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name == "crop":
-            value = f"{value[0]}x{value[1]}"
+            value = crop_text(value)
         values[f.name.replace("_", "-")] = value
     return values
 
@@ -227,8 +232,7 @@ def federate_local(
         ),
     )
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()):
-        raise FederationError(f"output folder {out} is not empty; choose a new one")
+    check_new_output(out)  # before any process starts; the ServerApp checks again
     home = Path(tempfile.mkdtemp(prefix="feds2r-federation-"))
     (home / "logs").mkdir()
     env = {
@@ -360,9 +364,9 @@ def _wait_run(deploy: LocalDeployment, run_id: int, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     status = "unknown"
     while time.monotonic() < deadline:
-        for name, proc in deploy.procs.items():
-            if name == "superlink" and proc.poll() is not None:
-                raise FederationError(f"the SuperLink exited (code {proc.returncode})")
+        link = deploy.procs["superlink"]
+        if link.poll() is not None:
+            raise FederationError(f"the SuperLink exited (code {link.returncode})")
         done = deploy.flwr("list", deploy.connection, "--run-id", str(run_id), "--format", "json")
         try:
             runs = json.loads(done.stdout).get("runs", [])

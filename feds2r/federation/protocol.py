@@ -47,6 +47,23 @@ class FederationError(Feds2rError):
     """The federation could not produce a global model (the message says why)."""
 
 
+def crop_text(crop: tuple[int, int]) -> str:
+    """A crop as Flower config values carry it: ``"HxW"``."""
+    return f"{crop[0]}x{crop[1]}"
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    """``"HxW"`` -> (H, W)."""
+    h, _, w = str(text).partition("x")
+    return int(h), int(w)
+
+
+def check_new_output(out: Path) -> None:
+    """A run writes only into a new or empty folder, so it never mixes with an older one."""
+    if out.exists() and any(out.iterdir()):
+        raise FederationError(f"output folder {out} is not empty; choose a new one")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """One federation run. Flower passes these as the run config (keys with dashes)."""
@@ -95,8 +112,7 @@ class FederationConfig:
                 raise FederationError(f"unknown run-config key {key!r}")
             values[name] = value
         if isinstance(values.get("crop"), str):
-            h, _, w = values["crop"].partition("x")
-            values["crop"] = (int(h), int(w))
+            values["crop"] = parse_crop(values["crop"])
         for f in dataclasses.fields(cls):
             if f.name in values and f.type in ("int", "float"):
                 values[f.name] = {"int": int, "float": float}[f.type](values[f.name])
@@ -140,7 +156,7 @@ def train_settings(config: FederationConfig) -> dict[str, Any]:
         "steps": t.steps,
         "batch-size": t.batch_size,
         "height": t.height,
-        "crop": f"{t.crop[0]}x{t.crop[1]}",
+        "crop": crop_text(t.crop),
         "lr": t.lr,
         "warmup-steps": t.warmup_steps,
         "seed": t.seed,
@@ -148,12 +164,11 @@ def train_settings(config: FederationConfig) -> dict[str, Any]:
 
 
 def _settings_to_config(settings: dict[str, Any]) -> TrainConfig:
-    h, _, w = str(settings["crop"]).partition("x")
     return TrainConfig(
         steps=int(settings["steps"]),
         batch_size=int(settings["batch-size"]),
         height=int(settings["height"]),
-        crop=(int(h), int(w)),
+        crop=parse_crop(settings["crop"]),
         lr=float(settings["lr"]),
         warmup_steps=int(settings["warmup-steps"]),
         seed=int(settings["seed"]),
@@ -297,8 +312,7 @@ def run_federation(
     from feds2r.models import create_model
 
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()):
-        raise FederationError(f"output folder {out} is not empty; choose a new one")
+    check_new_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

@@ -75,11 +75,10 @@ def grid_send(grid: Grid, config: FederationConfig):
 
 
 def _wait_for_nodes(grid: Grid, config: FederationConfig) -> list[int]:
-    want = config.num_clients or config.min_clients
     deadline = time.monotonic() + config.connect_timeout
     while True:
         nodes = sorted(grid.get_node_ids())
-        if config.num_clients and len(nodes) >= want:
+        if config.num_clients and len(nodes) >= config.num_clients:
             return nodes
         if time.monotonic() >= deadline:
             if len(nodes) < config.min_clients:

@@ -120,8 +120,14 @@ def _distill_terms(
 ) -> dict[str, Tensor]:
     """KD of ``out`` towards combined teacher probabilities ``target`` (B, K, h, w), plus the
     feature term towards ``fused`` features when given; ``valid`` masks padding."""
-    pixel = config.kd == "pixel" or not student.is_mask_classification
-    if not pixel:
+
+    def pixel_kd() -> dict[str, Tensor]:
+        probs = out.semantic_probs(tuple(target.shape[-2:]))
+        return pixel_kd_loss(probs, target, config.temperature, valid)
+
+    if config.kd == "pixel" or not student.is_mask_classification:
+        parts = pixel_kd()
+    else:
         parts = mask_kd_loss(
             out.class_logits,
             out.mask_logits,
@@ -133,17 +139,8 @@ def _distill_terms(
             onehot=config.class_targets == "onehot",
         )
         if config.pixel_weight > 0:
-            px = (
-                config.pixel_weight
-                * pixel_kd_loss(
-                    out.semantic_probs(tuple(target.shape[-2:])), target, config.temperature, valid
-                )["loss"]
-            )
+            px = config.pixel_weight * pixel_kd()["loss"]
             parts = {**parts, "loss": parts["loss"] + px, "loss_pixel": px}
-    else:
-        parts = pixel_kd_loss(
-            out.semantic_probs(tuple(target.shape[-2:])), target, config.temperature, valid
-        )
     if fused is not None:
         feat = config.feature_weight * feature_loss(out.features, fused, valid)
         parts = {**parts, "loss": parts["loss"] + feat, "loss_feat": feat}
@@ -255,6 +252,17 @@ def _feature_target(fused: list[Tensor] | None, ref: int | None) -> Tensor | Non
     return fused[ref] if ref is not None else torch.stack(fused).mean(0)
 
 
+def _common_size(feats: list[Tensor]) -> list[Tensor]:
+    """Feature maps resized (bilinear) to the first one's spatial size where they differ."""
+    size = tuple(feats[0].shape[-2:])
+    return [
+        f
+        if tuple(f.shape[-2:]) == size
+        else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        for f in feats
+    ]
+
+
 def _teacher_outputs(
     teachers: list[SegModel],
     images: Tensor,
@@ -264,13 +272,7 @@ def _teacher_outputs(
     outs = [t(images) for t in teachers]
     fused = None
     if config.feature_fusion:
-        size = tuple(outs[0].features.shape[-2:])
-        feats = [
-            o.features
-            if tuple(o.features.shape[-2:]) == size
-            else F.interpolate(o.features, size=size, mode="bilinear", align_corners=False)
-            for o in outs
-        ]
+        feats = _common_size([o.features for o in outs])
         fused = fuse_features(feats, config.fusion_weight, aligner)
         outs = [t.head_from_features(o, f) for t, o, f in zip(teachers, outs, fused, strict=True)]
     return outs, fused
@@ -300,11 +302,8 @@ def fit_aligner(teachers: list[SegModel], batches: list[Tensor], device="cpu") -
     """Fit :class:`FeatureAligner` on the teachers' features over ``batches`` of images."""
     per_teacher: list[list[Tensor]] = [[] for _ in teachers]
     for images in batches:
-        feats = [t(images.to(device)).features for t in teachers]
-        size = tuple(feats[0].shape[-2:])
+        feats = _common_size([t(images.to(device)).features for t in teachers])
         for k, f in enumerate(feats):
-            if tuple(f.shape[-2:]) != size:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             per_teacher[k].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
     return FeatureAligner.fit([torch.cat(p) for p in per_teacher])
 
@@ -382,17 +381,20 @@ def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_ch
 
 @torch.no_grad()
 def ensemble_agreement(
-    models: list, teachers: list[SegModel], batches: list[Tensor]
+    teachers: list[SegModel], batches: list[Tensor], others: list[SegModel] = ()
 ) -> list[float]:
-    """Share of pixels where each of ``models`` predicts the arg-max of the teachers' mean
-    prediction (no fusion) over ``batches`` of server images: a label-free quality proxy."""
-    hits = [0.0] * len(models)
+    """Share of pixels where each teacher, then each of ``others``, predicts the arg-max of the
+    teachers' mean prediction (no fusion) over ``batches`` of server images: a label-free
+    quality proxy. Each model predicts each batch once."""
+    hits = [0.0] * (len(teachers) + len(others))
     total = 0
     for images in batches:
-        ens = torch.stack([t.predict(images) for t in teachers]).mean(0).argmax(1)
+        preds = [t.eval().predict(images) for t in teachers]
+        ens = torch.stack(preds).mean(0).argmax(1)
         total += ens.numel()
-        for k, m in enumerate(models):
-            hits[k] += float((m.eval().predict(images).argmax(1) == ens).sum())
+        labels = [p.argmax(1) for p in preds] + [m.eval().predict(images).argmax(1) for m in others]
+        for k, label in enumerate(labels):
+            hits[k] += float((label == ens).sum())
     return [h / max(total, 1) for h in hits]
 
 
@@ -417,7 +419,7 @@ def build_student(
         return avg.train().requires_grad_(True), None, {"init": "fedavg"}
     if not batches:
         raise Feds2rError(f"student init {config.init!r} needs server images to compare models")
-    agree = ensemble_agreement([*teachers, avg], teachers, batches)
+    agree = ensemble_agreement(teachers, batches, [avg])
     best = max(range(len(teachers)), key=lambda k: agree[k])
     record = {"agreement_clients": agree[:-1], "agreement_fedavg": agree[-1]}
     if config.init == "auto" and agree[-1] >= agree[best]:

@@ -62,6 +62,7 @@ def run_server_pipeline(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = list(clients)
+    server = open_dataset(server_data, labels=False)
     timing: dict[str, float] = {}
     start = time.perf_counter()
     report: dict[str, Any] | None = None
@@ -71,7 +72,7 @@ def run_server_pipeline(
         teachers = [load_checkpoint(clients[n])[0] for n in names]
         inc = measure_inconsistency(
             teachers,
-            open_dataset(server_data, labels=False),
+            server,
             rule=UnstableRule(),
             height=config.train.height,
             progress=progress,
@@ -88,7 +89,7 @@ def run_server_pipeline(
     if config.generated_images > 0 and unstable:
         start = time.perf_counter()
         counts = prompt_counts(scores_inc, unstable, config.generated_images)
-        first = open_dataset(server_data, labels=False)[0]["image"]
+        first = server[0]["image"]
         generated = augment(
             builtin_prompts(counts, seed=config.train.seed),
             make_generator(config.generator, **config.generator_options),
