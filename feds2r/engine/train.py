@@ -4,7 +4,7 @@ The loss is passed in: ``loss_fn(model, batch) -> dict`` of named loss tensors w
 one to minimise. AdamW, linear warm-up then polynomial decay, gradient clipping, bf16 autocast on
 CUDA. Every ``checkpoint_every`` steps the whole run state (model, optimizer, step, every random
 generator) is written atomically to ``OUT/state/``; starting the same run again continues exactly
-where it stopped.
+where it stopped (see docs/training.md for the one case seen otherwise).
 """
 
 from __future__ import annotations
@@ -203,7 +203,14 @@ def _load_state(
 def _trim_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written by a run that died after its last checkpoint)."""
     if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the line a killed run was writing
+                continue
+            if record["step"] <= step:
+                keep.append(line)
         path.write_text("".join(ln + "\n" for ln in keep))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -160,9 +161,15 @@ def test_cli_run_killed_with_sigkill_resumes_to_the_same_model(tiny, tmp_path):
     toml = tmp_path / "r.toml"
     toml.write_text("[train]\ncheckpoint_every = 5\nwarmup_steps = 4\n")
     args += ["--config", str(toml)]
-    subprocess.run(args + ["--out", str(tmp_path / "a")], check=True, capture_output=True)
+    # One thread: the test is about the saved state, not about the order of multi-threaded sums.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run = dict(check=True, capture_output=True, env=env)
+    subprocess.run(args + ["--out", str(tmp_path / "a")], **run)
     proc = subprocess.Popen(
-        args + ["--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args + ["--out", str(tmp_path / "b")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     state = tmp_path / "b/state/state.json"
     deadline = time.time() + 120
@@ -171,11 +178,13 @@ def test_cli_run_killed_with_sigkill_resumes_to_the_same_model(tiny, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "b/model.safetensors").exists(), "killed too late to test resume"
-    subprocess.run(args + ["--out", str(tmp_path / "b")], check=True, capture_output=True)
+    killed_at = json.loads(state.read_text())["step"]
+    subprocess.run(args + ["--out", str(tmp_path / "b")], **run)
     a = load_file(str(tmp_path / "a/model.safetensors"))
     b = load_file(str(Path(tmp_path / "b/model.safetensors")))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    differ = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a}
+    differ = {k: d for k, d in differ.items() if d > 1e-6}
+    assert not differ, f"resumed from step {killed_at}; {len(differ)}/{len(a)} differ: {differ}"
 
 
 def test_train_client_writes_everything(tiny, tmp_path):
@@ -199,3 +208,13 @@ def test_train_client_writes_everything(tiny, tmp_path):
 
     resolved = tomllib.loads((tmp_path / "config.toml").read_text())
     assert resolved["train"]["steps"] == 3 and resolved["client"]["preset"] == "segformer-cpu"
+
+
+def test_trim_log_drops_lines_past_the_state_and_a_line_cut_short(tmp_path):
+    from feds2r.engine.train import _trim_log
+
+    log = tmp_path / "train_log.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (5, 10, 15)]
+    log.write_text("\n".join(lines) + '\n{"step": 20, "lo')
+    _trim_log(log, 10)
+    assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [5, 10]
