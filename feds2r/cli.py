@@ -375,6 +375,7 @@ def cmd_server_distill(args: argparse.Namespace) -> int:
         "temperature": args.temperature,
         "init": args.init,
         "class_targets": args.class_targets,
+        "combine": args.combine,
         "fusion_weight": args.fusion_weight,
         "pixel_weight": args.pixel_weight,
     }
@@ -874,6 +875,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-targets",
         choices=("onehot", "soft"),
         help="class label of each mask target (default onehot)",
+    )
+    p.add_argument(
+        "--combine",
+        choices=("mean", "majority"),
+        help="teachers' target: their mean (default), or the mean where most agree and the "
+        "most agreeing teacher's prediction elsewhere",
     )
     p.add_argument("--pixel-weight", type=float, help="add per-pixel KL to mask KD (weight)")
     p.add_argument("--no-fusion", action="store_true", help="no feature fusion")

@@ -8,6 +8,7 @@ DistillConfig overrides in JSON, and prints its mIoU on the five real-like test 
     python scripts/distill_variants.py runs/exp feddf \
         '{"kd": "pixel", "feature_fusion": false}' --no-gen
     python scripts/distill_variants.py runs/exp soft '{"class_targets": "soft"}' --client-steps 300
+    python scripts/distill_variants.py runs/exp best '{}' --teachers synscapes-like --lr 1.5e-4
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=300)
     parser.add_argument("--test-images", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--teachers", help="comma-separated client domains to distil from (default: all)"
+    )
+    parser.add_argument("--lr", type=float, help="distillation learning rate (default: recipe's)")
     args = parser.parse_args()
     profile = dataclasses.replace(PROFILES["default"], test_images=args.test_images)
     run, world = args.run, args.run / "world"
@@ -91,9 +96,18 @@ def main() -> None:
     report = json.loads((run / "inconsistency.json").read_text())
     dcfg = DistillConfig(student=profile.preset, **json.loads(args.overrides))
     tcfg = TrainConfig(steps=args.distill_steps, checkpoint_every=1000, **recipe)
+    if args.lr is not None:
+        tcfg = dataclasses.replace(tcfg, lr=args.lr)
+    teachers = clients
+    if args.teachers:
+        names = args.teachers.split(",")
+        unknown = sorted(set(names) - set(SYNTHETIC_DOMAINS))
+        if unknown:
+            parser.error(f"unknown client domains: {', '.join(unknown)}")
+        teachers = [run / "clients" / d for d in names]
     start = time.perf_counter()
     run_distill(
-        clients,
+        teachers,
         server,
         run / "variants" / args.name,
         dcfg,

@@ -31,6 +31,17 @@ def combine_teachers(probs: Tensor, weights: Tensor | None = None) -> Tensor:
     return (probs * w[:, None, :, None, None]).sum(0)
 
 
+def majority_or_fallback(probs: Tensor, combined: Tensor, fallback: int) -> Tensor:
+    """``combined`` (B, K, h, w) where a strict majority of the teachers (``probs``, N, B, K, h, w)
+    predict its arg-max; teacher ``fallback``'s own probabilities at every other pixel.
+
+    Where the teachers disagree, their mean is a blend of conflicting beliefs; one teacher's
+    prediction (the one that agrees most with the others overall) is a cleaner target there.
+    """
+    share = (probs.argmax(2) == combined.argmax(1)[None]).to(probs.dtype).mean(0)  # (B, h, w)
+    return torch.where((share > 0.5)[:, None], combined, probs[fallback])
+
+
 def soften(probs: Tensor, temperature: float, dim: int = 1) -> Tensor:
     """``p^(1/T)`` renormalised: a distribution softened like ``softmax(log p / T)``."""
     if temperature == 1.0:

@@ -20,10 +20,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from feds2r.errors import Feds2rError
-from feds2r.losses.distillation import combine_teachers, feature_loss, mask_kd_loss, pixel_kd_loss
+from feds2r.losses.distillation import (
+    combine_teachers,
+    feature_loss,
+    majority_or_fallback,
+    mask_kd_loss,
+    pixel_kd_loss,
+)
 from feds2r.models import SegModel, create_model
 
 INITS = ("auto", "fedavg", "client", "scratch")
+COMBINES = ("mean", "majority")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,10 @@ class DistillConfig:
     teachers' own preset, whose feature space is comparable)."""
     inconsistency_weighting: bool = False
     """Weight teachers per class by their agreement with the other teachers."""
+    combine: str = "mean"
+    """How the teachers' predictions become one target: "mean" (weighted mean of their class
+    probabilities) or "majority" (the mean where most teachers predict its arg-max, elsewhere the
+    probabilities of the teacher that agrees most with the others on the server images)."""
     temperature: float = 2.0
     min_fraction: float = 0.002
     """A class becomes a soft target where it is the arg-max on this share of the pixels."""
@@ -77,6 +88,8 @@ class DistillConfig:
             raise ValueError(
                 f"class_targets must be 'onehot' or 'soft', not {self.class_targets!r}"
             )
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINES)}, not {self.combine!r}")
         if self.kd not in ("mask", "pixel"):
             raise ValueError(f"kd must be 'mask' or 'pixel', not {self.kd!r}")
         if self.temperature <= 0:
@@ -107,6 +120,13 @@ def agreement_weights(agreement: list[list[float | None]], floor: float = 0.05) 
     """Teacher weights (N, K) from per-class agreement; undefined classes weigh uniformly."""
     w = torch.tensor([[1.0 if a is None else max(a, floor) for a in row] for row in agreement])
     return w / w.sum(0, keepdim=True)
+
+
+def _target(probs: Tensor, weights: Tensor | None, fallback: int | None) -> Tensor:
+    """The combined teacher target from their probabilities (N, B, K, h, w): the (weighted)
+    mean, or with a ``fallback`` teacher the majority rule of :func:`majority_or_fallback`."""
+    target = combine_teachers(probs, None if weights is None else weights.to(probs))
+    return target if fallback is None else majority_or_fallback(probs, target, fallback)
 
 
 def _distill_terms(
@@ -213,9 +233,11 @@ def make_distill_loss(
     *,
     aligner: FeatureAligner | None = None,
     ref: int | None = None,
+    fallback: int | None = None,
 ):
     """``loss_fn(student, batch)`` for the training loop (see the module docstring); ``ref``:
-    the teacher whose feature space the student shares (see :func:`build_student`)."""
+    the teacher whose feature space the student shares (see :func:`build_student`);
+    ``fallback``: the teacher of the "majority" rule (None: the plain mean)."""
     for t in teachers:
         t.eval().requires_grad_(False)
     use_feats = feature_term_applies(teachers, config)
@@ -229,7 +251,7 @@ def make_distill_loss(
         size = tuple(logits.shape[-2:])
         with torch.no_grad():
             probs = torch.stack([o.semantic_probs(size) for o in outs])
-            target = combine_teachers(probs, None if weights is None else weights.to(probs))
+            target = _target(probs, weights, fallback)
         feat_target = _feature_target(fused, ref) if use_feats else None
         return _distill_terms(student, out, target, config, fused=feat_target)
 
@@ -317,6 +339,7 @@ def cache_teacher_targets(
     *,
     aligner: FeatureAligner | None = None,
     ref: int | None = None,
+    fallback: int | None = None,
     stride: int = 4,
     batch_size: int = 16,
     device="cpu",
@@ -343,7 +366,7 @@ def cache_teacher_targets(
             h, w = images.shape[-2] // stride, images.shape[-1] // stride
             outs, fused = _teacher_outputs(teachers, images, config, aligner)
             probs = torch.stack([o.semantic_probs((h, w)) for o in outs])
-            target = combine_teachers(probs, None if weights is None else weights.to(probs))
+            target = _target(probs, weights, fallback)
             parts = [target]
             if feats:
                 f = _feature_target(fused, ref)
@@ -449,6 +472,11 @@ def distill(
         t.to(device).eval().requires_grad_(False)
     batches = [b.to(device) for b in _sample_batches(data, 32)]
     student, ref, init_record = build_student(teachers, config, train_config.seed, batches)
+    fallback = None
+    if config.combine == "majority" and len(teachers) > 1:
+        agree = init_record.get("agreement_clients") or ensemble_agreement(teachers, batches)
+        fallback = max(range(len(teachers)), key=lambda k: agree[k])
+        init_record = {**init_record, "majority_fallback": f"client {fallback}"}
     aligner = None
     if config.feature_fusion and config.fusion_align and len(teachers) > 1:
         aligner = fit_aligner(teachers, batches, device)
@@ -460,12 +488,15 @@ def distill(
             weights,
             aligner=aligner,
             ref=ref,
+            fallback=fallback,
             device=device,
             progress=progress,
         )
         loss_fn = make_cached_distill_loss(config, teachers[0].num_classes, channels)
     else:
-        loss_fn = make_distill_loss(teachers, config, weights, aligner=aligner, ref=ref)
+        loss_fn = make_distill_loss(
+            teachers, config, weights, aligner=aligner, ref=ref, fallback=fallback
+        )
     info = {
         "role": "server",
         "distill_config": dataclasses.asdict(config),

@@ -9,6 +9,7 @@ from feds2r.errors import Feds2rError
 from feds2r.losses.distillation import (
     combine_teachers,
     feature_loss,
+    majority_or_fallback,
     mask_kd_loss,
     pixel_kd_loss,
     soft_targets,
@@ -41,6 +42,21 @@ def test_combine_teachers_uniform_and_weighted():
     weighted = combine_teachers(both, w)
     assert torch.allclose(weighted, 0.25 * t0 + 0.75 * t1)
     assert torch.allclose(weighted.sum(1), torch.ones(1, 8, 8))
+
+
+def test_majority_keeps_the_mean_where_most_agree_and_falls_back_elsewhere():
+    # left half: teachers 0 and 1 say road (0), teacher 2 says sidewalk (1); right half: each
+    # says another class (car 13, truck 14, bus 15), so no class has a majority there
+    t = torch.stack([two_region_probs(0, 13), two_region_probs(0, 14), two_region_probs(1, 15)])
+    mean = combine_teachers(t)
+    out = majority_or_fallback(t, mean, fallback=2)
+    assert torch.equal(out[..., :4], mean[..., :4])
+    assert torch.equal(out[..., 4:], t[2][..., 4:])
+    assert out[0, :, 0, 0].argmax() == 0 and out[0, :, 0, 7].argmax() == 15
+    # two teachers: a pixel keeps the mean only where both agree
+    pair = torch.stack([two_region_probs(0, 13), two_region_probs(0, 14)])
+    out = majority_or_fallback(pair, combine_teachers(pair), fallback=0)
+    assert out[0, :, 0, 7].argmax() == 13 and torch.allclose(out[..., 4:], pair[0][..., 4:])
 
 
 def test_soft_targets_regions_masks_and_distributions():
@@ -136,6 +152,8 @@ def test_distill_config_validation():
         DistillConfig(kd="logits")
     with pytest.raises(ValueError, match="init"):
         DistillConfig(init="imagenet")
+    with pytest.raises(ValueError, match="combine"):
+        DistillConfig(combine="vote")
 
 
 def test_cached_targets_equal_online_teachers_without_augmentation():
@@ -154,12 +172,15 @@ def test_cached_targets_equal_online_teachers_without_augmentation():
     cache.images = [torch.randint(0, 255, (3, 64, 128), dtype=torch.uint8) for _ in range(3)]
     cache.labels = [None] * 3
     aligner = fit_aligner(teachers, _sample_batches(cache, 3))
-    for cfg, al in (
-        (DistillConfig(init="fedavg"), aligner),
-        (DistillConfig(init="fedavg", fusion_align=False, fusion_weight=0.5), None),
-        (DistillConfig(init="fedavg", kd="pixel", feature_fusion=False), None),
+    for cfg, al, fb in (
+        (DistillConfig(init="fedavg"), aligner, None),
+        (DistillConfig(init="fedavg", fusion_align=False, fusion_weight=0.5), None, None),
+        (DistillConfig(init="fedavg", kd="pixel", feature_fusion=False), None, None),
+        (DistillConfig(init="fedavg", combine="majority"), aligner, 1),
     ):
-        channels = cache_teacher_targets(teachers, cache, cfg, None, aligner=al, progress=False)
+        channels = cache_teacher_targets(
+            teachers, cache, cfg, None, aligner=al, fallback=fb, progress=False
+        )
         assert channels == (64 if cfg.feature_fusion else 0)
         assert cache.maps[0].shape == (19 + channels + 1, 16, 32)
         aug = dict(crop=(64, 128), scale=(1.0, 1.0), flip=False, jitter=0.0, blur_prob=0.0)
@@ -168,7 +189,9 @@ def test_cached_targets_equal_online_teachers_without_augmentation():
         torch.manual_seed(1)
         cached = make_cached_distill_loss(cfg, 19, channels)(student, batch)
         torch.manual_seed(1)
-        online = make_distill_loss(teachers, cfg, aligner=al)(student, {"image": batch["image"]})
+        online = make_distill_loss(teachers, cfg, aligner=al, fallback=fb)(
+            student, {"image": batch["image"]}
+        )
         for key in online:
             assert torch.allclose(cached[key], online[key], rtol=1e-2, atol=1e-3), key
 

@@ -181,6 +181,8 @@ def test_distill_variants(setup, tmp_path, capsys):
                 "--inconsistency",
                 str(server),
                 "--inconsistency-weighted",
+                "--combine",
+                "majority",
                 "--out",
                 str(out),
             ]
@@ -192,6 +194,10 @@ def test_distill_variants(setup, tmp_path, capsys):
     assert meta["server_data"]["real"]["num_images"] == 3
     assert meta["server_data"]["generated"]["num_images"] == 3
     assert meta["distill_config"]["inconsistency_weighting"] is True
+    assert meta["distill_config"]["combine"] == "majority"
+    agree = meta["student_init"]["agreement_clients"]
+    most = max(range(len(agree)), key=lambda k: agree[k])
+    assert meta["student_init"]["majority_fallback"] == f"client {most}"
     log = (out / "train_log.jsonl").read_text()
     assert "loss_feat" in log  # student of the clients' preset: the feature term is on
     feddf = tmp_path / "feddf"
