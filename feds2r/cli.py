@@ -845,7 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--generated) their decoder features are averaged and decoded by each teacher's own "
         "head, their predictions combined, and the global model learns the combined soft "
         "targets (KL on classes, BCE + Dice on masks). Switches for the ablations: --no-fusion, "
-        "--kd pixel (FedDF-style per-pixel KD), --inconsistency-weighted. Settings: a TOML with "
+        "--kd pixel --combine mean (FedDF-style per-pixel KD of the plain mean), "
+        "--inconsistency-weighted. Settings: a TOML with "
         "[distill] and [train] tables (--config), overridden by flags. Writes the checkpoint, "
         "config.toml, train_log.jsonl and loss_curve.png to OUT. See docs/method.md.",
         epilog=textwrap.dedent("""\
@@ -855,7 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
                   --generated runs/generated --out runs/global
               feds2r server distill --clients runs/gta5 runs/synthia runs/synscapes \\
                   --data cityscapes:data/world/cityscapes-like?split=train --kd pixel \\
-                  --no-fusion --out runs/feddf
+                  --no-fusion --combine mean --out runs/feddf
             """),
     )
     p.add_argument("--clients", nargs="+", required=True, help="client checkpoints")
@@ -879,8 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--combine",
         choices=("mean", "majority"),
-        help="teachers' target: their mean (default), or the mean where most agree and the "
-        "most agreeing teacher's prediction elsewhere",
+        help="teachers' target: majority (default; their mean where most agree, elsewhere the "
+        "prediction of the teacher that agrees most with the others) or mean (everywhere)",
     )
     p.add_argument("--pixel-weight", type=float, help="add per-pixel KL to mask KD (weight)")
     p.add_argument("--no-fusion", action="store_true", help="no feature fusion")

@@ -261,7 +261,10 @@ def run_demo(
     variants = {
         # FedDF gets the same student initialisation rule as FedS2R: only the objective, the
         # fusion and the generated images differ
-        "feddf": (DistillConfig(student=profile.preset, kd="pixel", feature_fusion=False), False),
+        "feddf": (
+            DistillConfig(student=profile.preset, kd="pixel", feature_fusion=False, combine="mean"),
+            False,
+        ),
         "feds2r": (DistillConfig(student=profile.preset), True),
         "feds2r-no-aug": (DistillConfig(student=profile.preset), False),
         "feds2r-no-fusion": (DistillConfig(student=profile.preset, feature_fusion=False), True),

@@ -66,10 +66,10 @@ class DistillConfig:
     teachers' own preset, whose feature space is comparable)."""
     inconsistency_weighting: bool = False
     """Weight teachers per class by their agreement with the other teachers."""
-    combine: str = "mean"
-    """How the teachers' predictions become one target: "mean" (weighted mean of their class
-    probabilities) or "majority" (the mean where most teachers predict its arg-max, elsewhere the
-    probabilities of the teacher that agrees most with the others on the server images)."""
+    combine: str = "majority"
+    """How the teachers' predictions become one target: "majority" (their mean where most teachers
+    predict its arg-max, elsewhere the probabilities of the teacher that agrees most with the
+    others on the server images) or "mean" (the plain, or agreement-weighted, mean everywhere)."""
     temperature: float = 2.0
     min_fraction: float = 0.002
     """A class becomes a soft target where it is the arg-max on this share of the pixels."""
