@@ -2,9 +2,10 @@
 
 Teachers (the client models, frozen) see every server image; their decoder features are averaged
 (fused) and each teacher's own last layer reads the fused features; the teachers' semantic
-predictions are combined (optionally weighted per class by how much each teacher agrees with the
-others); the student learns the combined soft targets through the one training loop. All design
-choices and their reasons: ``docs/method.md``.
+predictions are combined (their mean where most of them agree, one teacher's prediction elsewhere;
+optionally weighted per class by how much each teacher agrees with the others); the student learns
+the combined soft targets through the one training loop. All design choices and their reasons:
+``docs/method.md``.
 """
 
 from __future__ import annotations
