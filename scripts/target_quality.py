@@ -25,22 +25,24 @@ from feds2r.demo import PROFILES, _spec
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.evaluate import evaluate
-from feds2r.losses.distillation import combine_teachers, majority_or_fallback
 from feds2r.server.distill import (
     DistillConfig,
     _sample_batches,
+    _target,
     _teacher_outputs,
     agreement_weights,
     ensemble_agreement,
     fit_aligner,
+    most_agreeing,
 )
 
 
 class Target:
-    """A ``predict(images, size)`` object for :func:`evaluate`: the teachers combined by a rule."""
+    """A ``predict(images, size)`` object for :func:`evaluate`: one teacher (``only``), or the
+    teachers combined as distillation combines them (``weights``, majority ``fallback``)."""
 
-    def __init__(self, teachers, rule: str, *, weights=None, aligner=None, fallback: int = 0):
-        self.teachers, self.rule, self.weights = teachers, rule, weights
+    def __init__(self, teachers, *, only=None, weights=None, aligner=None, fallback=None):
+        self.teachers, self.only, self.weights = teachers, only, weights
         self.aligner, self.fallback = aligner, fallback
 
     def predict(self, images, size):
@@ -49,10 +51,9 @@ class Target:
         else:
             outs = [t(images) for t in self.teachers]
         probs = torch.stack([o.semantic_probs(size) for o in outs])
-        if self.rule.startswith("client"):
-            return probs[int(self.rule.split()[1])]
-        mean = combine_teachers(probs, self.weights)
-        return mean if self.rule == "mean" else majority_or_fallback(probs, mean, self.fallback)
+        if self.only is not None:
+            return probs[self.only]
+        return _target(probs, self.weights, self.fallback)
 
 
 @torch.no_grad()
@@ -74,17 +75,15 @@ def main() -> None:
     batches = _sample_batches(server, 32)
     aligner = fit_aligner(teachers, batches)
     agree = ensemble_agreement(teachers, batches)
-    most = max(range(len(teachers)), key=lambda k: agree[k])
+    most = most_agreeing(agree)
     report = json.loads((run / "inconsistency.json").read_text())
-    rules = {f"{d} alone": Target(teachers, f"client {k}") for k, d in enumerate(SYNTHETIC_DOMAINS)}
+    rules = {f"{d} alone": Target(teachers, only=k) for k, d in enumerate(SYNTHETIC_DOMAINS)}
     rules |= {
-        "mean": Target(teachers, "mean"),
-        "agreement-weighted mean": Target(
-            teachers, "mean", weights=agreement_weights(report["agreement"])
-        ),
-        "mean, fused features": Target(teachers, "mean", aligner=aligner),
-        "majority": Target(teachers, "majority", fallback=most),
-        "majority, fused features": Target(teachers, "majority", aligner=aligner, fallback=most),
+        "mean": Target(teachers),
+        "agreement-weighted mean": Target(teachers, weights=agreement_weights(report["agreement"])),
+        "mean, fused features": Target(teachers, aligner=aligner),
+        "majority": Target(teachers, fallback=most),
+        "majority, fused features": Target(teachers, aligner=aligner, fallback=most),
     }
     print(f"agreement with the ensemble: {[round(a, 3) for a in agree]}; fallback: client {most}")
     print(f"{'target':26s} {'mean':>5s} " + " ".join(f"{d[:10]:>10s}" for d in REAL_DOMAINS))

@@ -422,6 +422,11 @@ def ensemble_agreement(
     return [h / max(total, 1) for h in hits]
 
 
+def most_agreeing(agreement: list[float]) -> int:
+    """Index of the teacher with the highest :func:`ensemble_agreement` (the first on a tie)."""
+    return max(range(len(agreement)), key=lambda k: agreement[k])
+
+
 def build_student(
     teachers: list[SegModel],
     config: DistillConfig,
@@ -444,7 +449,7 @@ def build_student(
     if not batches:
         raise Feds2rError(f"student init {config.init!r} needs server images to compare models")
     agree = ensemble_agreement(teachers, batches, [avg])
-    best = max(range(len(teachers)), key=lambda k: agree[k])
+    best = most_agreeing(agree[:-1])
     record = {"agreement_clients": agree[:-1], "agreement_fedavg": agree[-1]}
     if config.init == "auto" and agree[-1] >= agree[best]:
         return avg.train().requires_grad_(True), None, {"init": "fedavg", **record}
@@ -476,7 +481,7 @@ def distill(
     fallback = None
     if config.combine == "majority" and len(teachers) > 1:
         agree = init_record.get("agreement_clients") or ensemble_agreement(teachers, batches)
-        fallback = max(range(len(teachers)), key=lambda k: agree[k])
+        fallback = most_agreeing(agree)
         init_record = {**init_record, "majority_fallback": f"client {fallback}"}
     aligner = None
     if config.feature_fusion and config.fusion_align and len(teachers) > 1:
