@@ -374,7 +374,8 @@ FORMATS: dict[str, Format] = {
         title="Cityscapes",
         layout="ROOT/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"
         "ROOT/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png (label ids 0-33)",
-        splits=("train", "val", "test"),
+        # "dev": feds2r's labelled model-selection split of the server's domain (docs/data.md)
+        splits=("train", "val", "test", "dev"),
         default_split="train",
         valid_ids=_CS_VALID,
         lut=_CS_LUT,

@@ -19,7 +19,8 @@ class Domain:
     """A domain: what its scenes contain (layout), how they look (style), how they are stored."""
 
     name: str
-    kind: str  # "synthetic" (a client's labelled data) or "real" (server images / test sets)
+    kind: str  # "synthetic" (a client's labelled data), "real" (server images / test sets) or
+    # "public" (image-level labels for pretraining the shared backbone)
     format: str  # the feds2r format it is written in
     layout: Layout
     splits: dict[str, int] = field(default_factory=dict)  # default number of images per split
@@ -179,7 +180,8 @@ DOMAINS: dict[str, Domain] = {
             weathers={"clear": 0.5, "overcast": 0.5},
             times={"day": 1.0},
         ),
-        splits={"train": 600, "val": 200},
+        # dev: labelled, for choosing settings; disjoint from val (other cities and seeds)
+        splits={"train": 600, "dev": 100, "val": 200},
     ),
     "bdd-like": Domain(
         name="bdd-like",
@@ -338,6 +340,34 @@ DOMAINS: dict[str, Domain] = {
         splits={"val": 200},  # divided equally over fog, night, rain and snow
     ),
 }
+
+
+
+def _public_layout() -> Layout:
+    """Every layout, weather and time; each object at the mean rate of the other domains."""
+    others = [d.layout for d in DOMAINS.values()]
+    names = sorted({k for lay in others for k in lay.rates})
+    return Layout(
+        camera_height=(1.0, 4.0),
+        hfov=(45, 90),
+        horizon=(0.32, 0.56),
+        lanes=(1, 5),
+        sidewalk=(1.0, 8.0),
+        curve=0.004,
+        sides=_CITY_SIDES,
+        building_height=(4, 32),
+        rates={k: round(sum(lay.rates.get(k, 0.0) for lay in others) / len(others), 3)
+               for k in names},
+        layouts={"urban": 0.25, "suburban": 0.25, "highway": 0.25, "unstructured": 0.25},
+        weathers={w: 0.2 for w in ("clear", "overcast", "fog", "rain", "snow")},
+        times={"day": 0.6, "dusk": 0.2, "night": 0.2},
+    )  # fmt: skip
+
+
+# The stand-in for ImageNet (docs/world.md): image-level labels only, a randomised style per image.
+DOMAINS["public"] = Domain(
+    name="public", kind="public", format="folder", layout=_public_layout(), splits={"train": 2000}
+)
 
 SYNTHETIC_DOMAINS = tuple(n for n, d in DOMAINS.items() if d.kind == "synthetic")
 REAL_DOMAINS = tuple(n for n, d in DOMAINS.items() if d.kind == "real")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 # Internal scene labels: the 19 train ids plus three kinds of unlabelled pixels that each format
 # writes with its own native id (ego vehicle, painted lane markings, other void).
 EGO, MARKING, VOID = 19, 20, 21
@@ -217,6 +219,39 @@ STYLES: dict[str, Style] = {
         bloom=0.5,
     ),
 }
+
+
+# The centre of the `public` domain's randomisation; every public image draws its own style
+# around it with :func:`random_style` (ranges and reasons in docs/world.md).
+STYLES["public"] = Style(name="public")
+
+
+def random_style(rng: np.random.Generator) -> Style:
+    """A domain-randomised style for one image of the `public` domain (docs/world.md)."""
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    coin = lambda: bool(rng.random() < 0.5)  # noqa: E731
+    top = tuple(u(0.1, 0.8) for _ in range(3))
+    return Style(
+        name="public",
+        hue_shift=u(-45, 45),
+        saturation=u(0.45, 1.7),
+        brightness=u(0.75, 1.25),
+        instance_jitter=u(0.05, 0.2),
+        texture=u(0.2, 1.8),
+        texture_scale=u(0.6, 2.2),
+        shading=u(0.15, 0.55),
+        contrast=u(0.8, 1.35),
+        gamma=u(0.85, 1.2),
+        tint=(u(0.8, 1.2), u(0.8, 1.2), u(0.8, 1.2)),
+        grade_saturation=u(0.6, 1.5),
+        blur=u(0.0, 1.2) if coin() else 0.0,
+        noise=u(0.0, 0.04) if coin() else 0.0,
+        vignette=u(0.0, 0.45) if coin() else 0.0,
+        bloom=u(0.0, 0.4) if coin() else 0.0,
+        posterize=int(rng.integers(12, 33)) if coin() else 0,
+        sky_top=top,
+        sky_horizon=tuple(min(c + u(0.1, 0.4), 1.0) for c in top),
+    )
 
 
 def get_style(name: str) -> Style:

@@ -16,7 +16,7 @@ from feds2r.data.world.appearance import compose
 from feds2r.data.world.domains import ACDC_CONDITIONS, DOMAINS, Domain, get_domain
 from feds2r.data.world.render import Camera, Canvas, Layout, Painter, SceneSpec
 from feds2r.data.world.scene import Scene, _choice, required_labels
-from feds2r.data.world.styles import NUM_SCENE_LABELS, Style, get_style
+from feds2r.data.world.styles import NUM_SCENE_LABELS, Style, get_style, random_style
 from feds2r.data.world.writers import encode, entry, write_atomic
 
 DEFAULT_SIZE = (256, 512)
@@ -106,6 +106,9 @@ def synth_domain(
     """
     dom = get_domain(domain) if isinstance(domain, str) else domain
     root = Path(out)
+    if dom.kind == "public":
+        return _synth_public(dom, root, split=split, num=num, size=size, seed=seed,
+                             progress=progress)  # fmt: skip
     start = time.perf_counter()
     names = []
     bar = tqdm(range(num), desc=f"{dom.name}/{split}", unit="img", disable=not progress)
@@ -136,6 +139,47 @@ def synth_domain(
         "size": list(size),
         "seed": seed,
         "seconds": round(seconds, 3),
+    }
+    _update_manifest(root, dom, summary)
+    return summary
+
+
+PUBLIC_TAG_MIN_SHARE = 0.001
+"""A class is tagged in a `public` image when it covers at least this share of its pixels."""
+
+
+def _synth_public(
+    dom: Domain, root: Path, *, split: str, num: int, size: tuple[int, int], seed: int,
+    progress: bool,
+) -> dict:
+    """Write the `public` domain: images with a randomised style each, and image-level tags."""
+    start = time.perf_counter()
+    tags: dict[str, list[int]] = {}
+    bar = tqdm(range(num), desc=f"{dom.name}/{split}", unit="img", disable=not progress)
+    for index in bar:
+        rng = _rng(seed, dom.name, split, index, size)
+        style = random_style(rng)
+        spec = sample_spec(dom.layout, rng)
+        image, scene_lbl = _draw(spec, style, dom.layout, size, rng, jpeg=False)
+        train_ids = _SCENE_TO_TRAIN[scene_lbl]
+        counts = np.bincount(train_ids.ravel(), minlength=256)[:19]
+        name = f"images/{split}_{index:06d}.png"
+        tags[name] = [int(c) for c in np.flatnonzero(counts >= PUBLIC_TAG_MIN_SHARE * scene_lbl.size)]
+        write_atomic(root / name, encode("cityscapes", image, scene_lbl, 0)[0])
+    path = root / "tags.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = {k: v for k, v in old.items() if not k.startswith(f"images/{split}_")}
+    write_atomic(path, json.dumps({**old, **tags}, indent=0, sort_keys=True).encode())
+    summary = {
+        "domain": dom.name,
+        "kind": dom.kind,
+        "format": dom.format,
+        "spec": f"folder:{root}",
+        "split": split,
+        "count": num,
+        "size": list(size),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 3),
     }
     _update_manifest(root, dom, summary)
     return summary

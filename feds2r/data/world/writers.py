@@ -85,7 +85,7 @@ def _key(*parts: object, n: int = 16) -> str:
     return hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=n).hexdigest()
 
 
-_OFFSET = {"train": 0, "val": 50000, "test": 70000}
+_OFFSET = {"train": 0, "val": 50000, "dev": 60000, "test": 70000}
 _CS_CITIES = {
     "train": (
         "aachen",
@@ -108,6 +108,9 @@ _CS_CITIES = {
         "zurich",
     ),
     "val": ("frankfurt", "lindau", "munster"),
+    # feds2r's labelled dev split of the server's domain (model selection; never a test set):
+    # cities of Cityscapes' train_extra set, which no other split uses
+    "dev": ("augsburg", "bamberg", "konstanz"),
     "test": ("berlin", "bielefeld", "bonn", "leverkusen", "mainz", "munich"),
 }
 
