@@ -342,7 +342,6 @@ DOMAINS: dict[str, Domain] = {
 }
 
 
-
 def _public_layout() -> Layout:
     """Every layout, weather and time; each object at the mean rate of the other domains."""
     others = [d.layout for d in DOMAINS.values()]

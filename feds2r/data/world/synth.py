@@ -149,7 +149,13 @@ PUBLIC_TAG_MIN_SHARE = 0.001
 
 
 def _synth_public(
-    dom: Domain, root: Path, *, split: str, num: int, size: tuple[int, int], seed: int,
+    dom: Domain,
+    root: Path,
+    *,
+    split: str,
+    num: int,
+    size: tuple[int, int],
+    seed: int,
     progress: bool,
 ) -> dict:
     """Write the `public` domain: images with a randomised style each, and image-level tags."""
@@ -164,7 +170,8 @@ def _synth_public(
         train_ids = _SCENE_TO_TRAIN[scene_lbl]
         counts = np.bincount(train_ids.ravel(), minlength=256)[:19]
         name = f"images/{split}_{index:06d}.png"
-        tags[name] = [int(c) for c in np.flatnonzero(counts >= PUBLIC_TAG_MIN_SHARE * scene_lbl.size)]
+        present = np.flatnonzero(counts >= PUBLIC_TAG_MIN_SHARE * scene_lbl.size)
+        tags[name] = [int(c) for c in present]
         write_atomic(root / name, encode("cityscapes", image, scene_lbl, 0)[0])
     path = root / "tags.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
