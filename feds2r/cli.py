@@ -520,12 +520,13 @@ def cmd_federate_local(args: argparse.Namespace) -> int:
 
 
 def cmd_federate_certs(args: argparse.Namespace) -> int:
-    from feds2r.federation.tls import make_certificates, make_node_keys
+    from feds2r.federation.tls import write_credentials
 
-    paths = make_certificates(args.out, tuple(args.host or ("localhost", "127.0.0.1")))
+    hosts = tuple(args.host or ("localhost", "127.0.0.1"))
+    paths, pairs = write_credentials(args.out, hosts, args.node_keys, force=args.force)
     print(f"CA certificate: {paths['ca_cert']} (give it to every SuperNode and to flwr)")
     print(f"SuperLink certificate and key: {paths['cert']}, {paths['key']}")
-    for private, public in make_node_keys(args.out, args.node_keys):
+    for private, public in pairs:
         print(f"SuperNode key: {private} (register {public} with `flwr supernode register`)")
     return 0
 
@@ -993,7 +994,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         description="Write ca.crt/ca.key, server.crt/server.key (for the given hosts) and N "
         "SuperNode key pairs (node-K, node-K.pub) into OUT. For trying a deployment; use your "
-        "organisation's CA in production.",
+        "organisation's CA in production. An OUT that already holds any of these files is "
+        "refused unless --force, which replaces the whole set.",
         epilog=textwrap.dedent("""\
             examples:
               feds2r federate certs --out certs --node-keys 3
@@ -1008,6 +1010,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="host name or IP the SuperLink is reached at (default localhost, 127.0.0.1)",
     )
     p.add_argument("--node-keys", type=int, default=0, help="SuperNode key pairs to write")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace certificates and keys already in OUT: the whole set, old node keys included",
+    )
     p.set_defaults(func=cmd_federate_certs)
 
     p = fed_sub.add_parser(

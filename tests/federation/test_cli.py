@@ -47,3 +47,27 @@ def test_app_writes_a_flower_app_with_the_settings_in_its_run_config(tmp_path):
     assert flwr["config"]["out"] == str(tmp_path / "o")
     assert main(args) == 2  # refuses to replace it without --force
     assert main([*args, "--force"]) == 0
+
+
+def test_certs_refuse_an_existing_set_and_force_replaces_all_of_it(tmp_path, capsys):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
+
+    assert main(["federate", "certs", "--out", str(tmp_path), "--node-keys", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert main(["federate", "certs", "--out", str(tmp_path), "--node-keys", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds certificates or keys" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing touched
+    args = ["federate", "certs", "--out", str(tmp_path), "--node-keys", "1", "--force"]
+    assert main(args) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ca.crt", "ca.key", "node-0", "node-0.pub", "server.crt", "server.key"]
+    assert all((tmp_path / n).read_bytes() != before[n] for n in names)  # a whole new set
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
+    ca.public_key().verify(
+        cert.signature, cert.tbs_certificate_bytes, ECDSA(cert.signature_hash_algorithm)
+    )
+    assert (tmp_path / "ca.key").stat().st_mode & 0o077 == 0
