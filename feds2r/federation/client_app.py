@@ -4,14 +4,21 @@ Adapter only: :func:`feds2r.federation.protocol.client_round` does the work. The
 dataset is named by the SuperNode's node config (``--node-config 'data="gta5:/data/gta5"
 name="gta5"'``); in the Simulation Engine, by the run config's ``client-data`` list at the
 virtual node's ``partition-id``.
+
+A client that fails replies with a "failure" record (:data:`~feds2r.federation.protocol.
+FAILURE_METADATA`: its name and a category) instead of the model; the error itself is printed to
+this SuperNode's log only, since its text may name the private data's paths and files.
 """
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from feds2r.federation.protocol import FederationError, client_round
+from feds2r.federation.protocol import FederationError, client_failure, client_round
 
 app = ClientApp()
 
@@ -36,14 +43,20 @@ def client_data(node_config: dict, run_config: dict) -> tuple[str, str]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    spec, name = client_data(dict(context.node_config), dict(context.run_config))
-    state = msg.content["arrays"].to_torch_state_dict()
-    settings = dict(msg.content["config"])
-    workdir = context.node_config.get("workdir") or None
+    name = str(context.node_config.get("name") or "")
     try:
+        spec, name = client_data(dict(context.node_config), dict(context.run_config))
+        state = msg.content["arrays"].to_torch_state_dict()
+        settings = dict(msg.content["config"])
+        workdir = context.node_config.get("workdir") or None
         trained, meta = client_round(state, settings, spec, name=name, workdir=workdir)
-    except Exception as exc:  # the reason travels to the server in Flower's error reply
-        raise FederationError(f"client {name!r}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        # the detail (paths, file names) stays in this SuperNode's log; the server gets the
+        # client's name and a category only (FAILURE_METADATA)
+        print(f"[feds2r client {name}] training failed:", file=sys.stderr, flush=True)
+        traceback.print_exc(file=sys.stderr)
+        failure = {"client": name, "reason": client_failure(exc)}
+        return Message(content=RecordDict({"failure": ConfigRecord(failure)}), reply_to=msg)
     content = RecordDict(
         {"arrays": ArrayRecord(torch_state_dict=trained), "meta": ConfigRecord(meta)}
     )

@@ -28,7 +28,9 @@ from feds2r.data.world.writers import write_atomic
 from feds2r.federation.protocol import (
     FederationConfig,
     FederationError,
+    check_client_name,
     check_new_output,
+    check_server_inputs,
     crop_text,
 )
 
@@ -231,8 +233,12 @@ def federate_local(
             f"{name}={absolute_spec(spec)}" for name, spec in config.evaluation_sets().items()
         ),
     )
+    for name, _ in clients:
+        check_client_name(name)
     out = Path(config.out)
-    check_new_output(out)  # before any process starts; the ServerApp checks again
+    # before any process starts; the ServerApp checks again
+    check_new_output(out)
+    check_server_inputs(config)
     home = Path(tempfile.mkdtemp(prefix="feds2r-federation-"))
     (home / "logs").mkdir()
     env = {

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from torch import Tensor
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.data.world.writers import write_atomic
 from feds2r.engine.train import TrainConfig
-from feds2r.errors import Feds2rError
+from feds2r.errors import DataError, Feds2rError
 from feds2r.server.distill import DistillConfig
 from feds2r.server.pipeline import ServerPipelineConfig, run_server_pipeline
 
@@ -43,6 +45,28 @@ REPLY_METADATA: dict[str, type] = {
 (no image, label, per-sample value, file name or path) is sent; ``docs/federation.md``."""
 
 
+FAILURE_METADATA: dict[str, type] = {"client": str, "reason": str}
+"""Every key of a failed client's reply (its "failure" record). ``reason`` is a category from
+:func:`client_failure`, never the error's text, which may name the client's files and paths."""
+
+
+def client_failure(exc: BaseException) -> str:
+    """What a client tells the server about its own failure: a category only.
+
+    The error's message stays in the client's own log: a :class:`~feds2r.errors.DataError`
+    names the private dataset's folders and files, and other errors may name paths too.
+    """
+    if isinstance(exc, DataError):
+        what = "data error"
+    elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        what = "out of memory"
+    elif isinstance(exc, Feds2rError):
+        what = "configuration error"
+    else:
+        what = f"unexpected error ({type(exc).__name__})"
+    return f"{what} on the client; see the client's log"
+
+
 class FederationError(Feds2rError):
     """The federation could not produce a global model (the message says why)."""
 
@@ -56,6 +80,37 @@ def parse_crop(text: str) -> tuple[int, int]:
     """``"HxW"`` -> (H, W)."""
     h, _, w = str(text).partition("x")
     return int(h), int(w)
+
+
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A client's name: it names the folder ``clients/NAME``, so no ``.``, ``..`` or separator."""
+
+
+def check_client_name(name: str) -> str:
+    """``name`` if it is a valid client name, else a :class:`FederationError` saying why."""
+    if not CLIENT_NAME.fullmatch(name):
+        raise FederationError(
+            f"client name {name!r} is not allowed: it names the folder clients/NAME, so use up "
+            "to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )
+    return name
+
+
+def check_server_inputs(config: FederationConfig) -> None:
+    """Open the server's images and every evaluation set, so that a missing or malformed one is
+    reported before any client trains (a :class:`~feds2r.errors.DataError` naming it)."""
+    from feds2r.data import open_dataset
+    from feds2r.errors import DataError
+
+    try:
+        open_dataset(config.server_data, labels=False)
+    except DataError as exc:
+        raise DataError(f"--server-data {config.server_data}: {exc}", kind=exc.kind) from None
+    for name, spec in config.evaluation_sets().items():
+        try:
+            open_dataset(spec)
+        except DataError as exc:
+            raise DataError(f"--evaluate {name}={spec}: {exc}", kind=exc.kind) from None
 
 
 def check_new_output(out: Path) -> None:
@@ -281,18 +336,32 @@ SendFn = Callable[[dict[str, Tensor], dict[str, Any]], list[Reply]]
 """Sends the initial model and settings to every client once; returns one :class:`Reply` each."""
 
 
-def in_process_send(clients: dict[str, str], workdir: str | Path | None = None) -> SendFn:
-    """A :data:`SendFn` that runs each client (name -> dataset spec) in this process."""
+def in_process_send(
+    clients: dict[str, str],
+    workdir: str | Path | None = None,
+    *,
+    client_log: Callable[[str], None] | None = None,
+) -> SendFn:
+    """A :data:`SendFn` that runs each client (name -> dataset spec) in this process.
+
+    A client that fails replies as over Flower: its name and :func:`client_failure`'s category;
+    the error's text goes to ``client_log`` only (default: standard error), the client's log.
+    """
+    if client_log is None:
+
+        def client_log(text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
 
     def send(init_state: dict[str, Tensor], settings: dict[str, Any]) -> list[Reply]:
         replies = []
         for name, spec in clients.items():
-            work = Path(workdir) / name if workdir else None
+            work = Path(workdir) / check_client_name(name) if workdir else None
             try:
                 state, meta = client_round(init_state, settings, spec, name=name, workdir=work)
                 replies.append(Reply(name, state, meta))
             except Feds2rError as exc:
-                replies.append(Reply(name, error=str(exc)))
+                client_log(f"[feds2r client {name}] training failed: {type(exc).__name__}: {exc}")
+                replies.append(Reply(name, error=f"client failed: {client_failure(exc)}"))
         return replies
 
     return send
@@ -313,6 +382,7 @@ def run_federation(
 
     out = Path(config.out)
     check_new_output(out)
+    check_server_inputs(config)  # before any client trains
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -365,6 +435,9 @@ def run_federation(
             **{k: v for k, v in summary.items() if k != "clients"},
             "timing_s": {"exchange": exchange_s, **summary["timing_s"]},
         }
+        # nothing may point into the staging folder once it is renamed to ``out``
+        results = _moved_paths(results, str(stage), str(out))
+        _move_json_paths(stage, str(stage), str(out))
         write_atomic(stage / "results.json", json.dumps(results, indent=2).encode())
         if out.exists():
             out.rmdir()
@@ -375,8 +448,30 @@ def run_federation(
         raise
 
 
+def _moved_paths(value: Any, old: str, new: str) -> Any:
+    """``value`` (JSON data) with every string's ``old`` path prefix replaced by ``new``."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: _moved_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved_paths(v, old, new) for v in value]
+    return value
+
+
+def _move_json_paths(folder: Path, old: str, new: str) -> None:
+    """Rewrite each JSON file under ``folder`` that names ``old`` (sidecars, manifests)."""
+    for path in sorted(folder.rglob("*.json")):
+        text = path.read_text()
+        if old in text:
+            data = _moved_paths(json.loads(text), old, new)
+            write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
 def _unique(name: str, taken: dict) -> str:
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "client"
+    """A folder name for a client's (untrusted) name: one path component, never ``.``/``..``,
+    distinct from the names in ``taken``."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "client"
     candidate, k = name, 1
     while candidate in taken:
         k += 1

@@ -12,7 +12,13 @@ import time
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from feds2r.federation.protocol import FederationConfig, FederationError, Reply, run_federation
+from feds2r.federation.protocol import (
+    FAILURE_METADATA,
+    FederationConfig,
+    FederationError,
+    Reply,
+    run_federation,
+)
 
 app = ServerApp()
 
@@ -51,7 +57,7 @@ def grid_send(grid: Grid, config: FederationConfig):
                         error=f"no reply within client-timeout={config.client_timeout:g} s",
                     )
                 )
-            elif msg.has_error():
+            elif msg.has_error():  # raised outside feds2r's ClientApp (Flower's own reply)
                 replies.append(
                     Reply(
                         f"node-{node}",
@@ -59,6 +65,8 @@ def grid_send(grid: Grid, config: FederationConfig):
                         error=f"client failed: {msg.error.reason}",
                     )
                 )
+            elif "failure" in msg.content:  # feds2r's ClientApp failed: its name and a category
+                replies.append(_failure_reply(dict(msg.content["failure"]), node))
             else:
                 meta = dict(msg.content["meta"]) if "meta" in msg.content else {}
                 if isinstance(meta.get("class-names"), tuple):
@@ -72,6 +80,17 @@ def grid_send(grid: Grid, config: FederationConfig):
         return replies
 
     return send
+
+
+def _failure_reply(failure: dict, node: int) -> Reply:
+    """The :class:`Reply` of a client that reported its failure (:data:`FAILURE_METADATA`)."""
+    name = failure.get("client")
+    name = name if isinstance(name, str) and name else f"node-{node}"
+    reason = failure.get("reason")
+    if set(failure) != set(FAILURE_METADATA) or not isinstance(reason, str):
+        keys = sorted(failure)
+        return Reply(name, node_id=node, error=f"rejected: failure record with keys {keys}")
+    return Reply(name, node_id=node, error=f"client failed: {reason[:300]}")
 
 
 def _wait_for_nodes(grid: Grid, config: FederationConfig) -> list[int]:

@@ -71,3 +71,18 @@ def test_certs_refuse_an_existing_set_and_force_replaces_all_of_it(tmp_path, cap
         cert.signature, cert.tbs_certificate_bytes, ECDSA(cert.signature_hash_algorithm)
     )
     assert (tmp_path / "ca.key").stat().st_mode & 0o077 == 0
+
+
+def test_federate_local_refuses_bad_client_names_and_server_data_before_starting(
+    tmp_path, capsys, tiny_world
+):
+    spec = tiny_world["server"]
+    base = ["federate", "local", "--out", str(tmp_path / "o"), "--client", f"a={spec}"]
+    for name in ("..", "."):
+        assert main([*base, "--client", f"{name}={spec}", "--server-data", spec]) == 2
+        assert f"client name '{name}' is not allowed" in capsys.readouterr().err
+    bad = ["--client", f"b={spec}", "--server-data", "cityscapes:/nonexistent"]
+    assert main([*base, *bad]) == 2
+    out, err = capsys.readouterr()
+    assert "--server-data cityscapes:/nonexistent" in err and "starting" not in out
+    assert list(tmp_path.iterdir()) == []

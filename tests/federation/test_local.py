@@ -133,6 +133,9 @@ def test_too_few_clients_fail_the_run_with_the_reason_and_write_nothing(tiny_wor
     done = federate(flags)
     assert done.returncode == 2
     assert "only 1 of 2 clients sent a valid model, fewer than min-clients=2" in done.stderr
+    # keyed by its name; the server learnt a category, not the client's path
+    assert "broken: client failed: data error on the client; see the client's log" in done.stderr
+    assert "/nonexistent" not in done.stderr + done.stdout
     assert not out.exists()
     assert not any(p.name.startswith(".too-few") for p in tmp_path.iterdir())
     assert_no_flower_processes_left()

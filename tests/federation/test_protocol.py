@@ -137,7 +137,8 @@ def test_server_sends_only_the_initial_model_and_scalar_settings(tiny_world, tmp
 def test_failed_and_rejected_clients_are_reported_and_the_run_goes_on(tiny_world, tmp_path):
     clients = dict(tiny_world["clients"])
     clients["broken"] = "cityscapes:/nonexistent/folder?split=train"
-    good = in_process_send(clients)
+    client_log = []
+    good = in_process_send(clients, client_log=client_log.append)
 
     def send(init_state, settings):
         replies = good(init_state, settings)
@@ -149,7 +150,11 @@ def test_failed_and_rejected_clients_are_reported_and_the_run_goes_on(tiny_world
     results = run_federation(send, config, progress=False, log=logged.append)
     assert results["accepted"] == ["gta5", "synscapes", "synthia"]
     assert results["clients"]["broken"]["status"] == "failed"
-    assert "nonexistent" in results["clients"]["broken"]["reason"]
+    # the server learns the category, the client's own log keeps the path
+    reason = results["clients"]["broken"]["reason"]
+    assert reason == "client failed: data error on the client; see the client's log"
+    assert any("/nonexistent/folder" in line for line in client_log)
+    assert "nonexistent" not in json.dumps(results) + "\n".join(logged)
     assert results["clients"]["wrong"]["reason"].startswith("rejected: the reply's model")
     assert any("client wrong: rejected" in line for line in logged)
     out = tmp_path / "out"
@@ -157,6 +162,12 @@ def test_failed_and_rejected_clients_are_reported_and_the_run_goes_on(tiny_world
     assert sorted(p.name for p in (out / "clients").iterdir()) == results["accepted"]
     assert 0.0 <= results["miou"]["cs"] <= 100.0
     assert json.loads((out / "results.json").read_text())["accepted"] == results["accepted"]
+    # no path points into the staging folder that was renamed to out
+    for path in out.rglob("*.json"):
+        assert ".partial-" not in path.read_text(), path
+    assert str(out / "generated") in results["generated"]["spec"]
+    sidecar = json.loads((out / "global" / "model.json").read_text())
+    assert str(out / "clients" / "gta5") in json.dumps(sidecar)
 
 
 def test_too_few_clients_stop_the_run_and_leave_nothing_behind(tiny_world, tmp_path):
@@ -243,3 +254,72 @@ def test_server_app_stops_when_too_few_supernodes_connect(tmp_path, tiny_world):
     send = grid_send(FakeGrid([7]), config)
     with pytest.raises(FederationError, match="only 1 SuperNodes connected within connect"):
         send({}, {})
+
+
+def test_a_failed_flower_client_sends_its_name_and_a_category_not_its_paths(
+    tmp_path, monkeypatch, tiny_world, capsys
+):
+    """The ClientApp's failure reply carries FAILURE_METADATA only; the server keys it by name."""
+    pytest.importorskip("flwr")
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from feds2r.federation.client_app import train
+    from feds2r.federation.protocol import FAILURE_METADATA
+    from feds2r.federation.server_app import grid_send
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
+    secret = "gta5:/nonexistent/secret-folder?split=train"
+    ctx = Context(
+        run_id=1,
+        node_id=11,
+        node_config={"data": secret, "name": "gta5"},
+        state=RecordDict(),
+        run_config={},
+    )
+    replies = []
+
+    def answer(messages):
+        replies.extend(train(m, ctx) for m in messages)
+        return replies
+
+    config = tiny_config(tmp_path / "out", tiny_world, num_clients=1)
+    state = create_model("m2f-cpu").state_dict()
+    got = grid_send(FakeGrid([11], answer), config)(state, train_settings(config))
+    assert set(replies[0].content.keys()) == {"failure"}
+    failure = dict(replies[0].content["failure"])
+    assert set(failure) == set(FAILURE_METADATA)
+    assert failure == {"client": "gta5", "reason": "data error on the client; see the client's log"}
+    assert [(r.client, r.node_id) for r in got] == [("gta5", 11)]
+    assert got[0].error == "client failed: data error on the client; see the client's log"
+    assert "secret-folder" in capsys.readouterr().err  # the detail stays in the client's log
+
+
+def test_client_names_that_would_leave_the_clients_folder_are_refused():
+    from pathlib import Path
+
+    from feds2r.federation.protocol import _unique, check_client_name
+
+    for bad in (".", "..", "../x", "a/b", "a\\b", "", ".hidden", "x" * 65):
+        with pytest.raises(FederationError, match="not allowed"):
+            check_client_name(bad)
+        # a name from a remote client is turned into one safe folder name instead
+        folder = Path("/srv/clients") / _unique(bad, {})
+        assert folder.parent == Path("/srv/clients") and folder.name not in (".", "..")
+    assert check_client_name("gta5.v2_a-1") == "gta5.v2_a-1"
+
+
+def test_a_missing_server_dataset_is_found_before_any_client_trains(tiny_world, tmp_path):
+    from feds2r.errors import DataError
+
+    called = []
+    config = tiny_config(
+        tmp_path / "out", tiny_world, server_data="cityscapes:/nonexistent/cs?split=train"
+    )
+    with pytest.raises(DataError, match="--server-data cityscapes:/nonexistent/cs"):
+        run_federation(lambda s, c: called.append(1) or [], config, progress=False)
+    bad_eval = tiny_config(tmp_path / "out", tiny_world, evaluate="cs=cityscapes:/nonexistent")
+    with pytest.raises(DataError, match="--evaluate cs="):
+        run_federation(lambda s, c: called.append(1) or [], bad_eval, progress=False)
+    assert called == [] and list(tmp_path.iterdir()) == []
