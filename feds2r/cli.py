@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import textwrap
@@ -21,14 +22,38 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # how argparse names the type in its messages
+    return parse
+
+
 def _write_json(data: dict, dest: str) -> None:
     text = json.dumps(data, indent=2)
     if dest == "-":
         print(text)
         return
-    from feds2r.data.world.writers import write_atomic
+    from feds2r.io import write_atomic
 
     write_atomic(Path(dest), (text + "\n").encode())
+
+
+def _check_json_dest(dest: str | None) -> None:
+    """Refuse a bad ``--json PATH`` before any work (a folder, a read-only place)."""
+    if dest and dest != "-":
+        from feds2r.io import check_output_file
+
+        check_output_file(dest, "--json")
 
 
 # ----------------------------------------------------------------------------- data formats
@@ -76,6 +101,7 @@ def cmd_data_formats(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from feds2r.data.check import check_dataset
 
+    _check_json_dest(args.json)
     options = {"condition": args.condition} if args.condition else {}
     report = check_dataset(
         args.spec, args.split, labels=not args.no_labels, progress=not args.quiet, **options
@@ -102,9 +128,16 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         raise Feds2rError("data synth: --out DIR is required (or --list to see the domains)")
     if args.all == bool(args.domain):
         raise Feds2rError("data synth: give either --all or --domain NAME (see --help)")
+    if not args.scale > 0:
+        raise Feds2rError(f"data synth: --scale must be positive, got {args.scale}")
     if args.all:
         summaries = synth_all(
-            args.out, size=args.size, seed=args.seed, scale=args.scale, progress=not args.quiet
+            args.out,
+            size=args.size,
+            seed=args.seed,
+            scale=args.scale,
+            progress=not args.quiet,
+            force=args.force,
         )
     else:
         if args.domain not in DOMAINS:
@@ -120,6 +153,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
                 size=args.size,
                 seed=args.seed,
                 progress=not args.quiet,
+                force=args.force,
             )
         ]
     total = sum(s["count"] for s in summaries)
@@ -148,11 +182,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- client train
 
 
-def _train_config(args: argparse.Namespace):
-    from feds2r.config import from_dict, load_toml
+def _train_config(args: argparse.Namespace, data: dict):
+    """The TrainConfig of a command: the config file's ``[train]`` table ``data``, then flags."""
+    from feds2r.config import from_dict
     from feds2r.engine.train import TrainConfig
 
-    data = load_toml(args.config, section="train") if args.config else {}
+    data = dict(data)
     overrides = {
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -162,26 +197,43 @@ def _train_config(args: argparse.Namespace):
         "crop": args.crop,
         "device": args.device,
         "warmup_steps": args.warmup_steps,
+        "backbone_lr_mult": getattr(args, "backbone_lr_mult", None),
     }
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(TrainConfig, data, source=str(args.config or "arguments"))
 
 
 def cmd_client_train(args: argparse.Namespace) -> int:
-    from feds2r.client import train_client
-    from feds2r.config import load_toml
+    from feds2r.client import ClientSettings, train_client
+    from feds2r.config import from_dict, load_tables
+    from feds2r.engine.train import TrainConfig
 
-    preset = args.preset
-    if preset is None and args.config:
-        preset = load_toml(args.config).get("preset")
-    config = _train_config(args)
+    tables = {"client": {}, "train": {}}
+    if args.config:
+        tables = load_tables(
+            args.config,
+            {"client": ClientSettings, "train": TrainConfig},
+            top_level={"preset": "client"},
+        )
+    flags = {
+        "data": args.data,
+        "preset": args.preset,
+        "backbone_weights": "" if args.no_pretrained else args.backbone_weights,
+        "init": args.init,
+    }
+    client = {**tables["client"], **{k: v for k, v in flags.items() if v is not None}}
+    settings = from_dict(ClientSettings, client, source=str(args.config or "arguments"))
+    if not settings.data:
+        raise Feds2rError("client train: give --data FORMAT:PATH (or data in the [client] table)")
+    config = _train_config(args, tables["train"])
     summary = train_client(
-        args.data,
-        preset or "m2f-cpu",
+        settings.data,
+        settings.preset,
         args.out,
         config,
-        backbone_weights=args.backbone_weights,
-        init=args.init,
+        backbone_weights=settings.backbone_weights or None,
+        init=settings.init or None,
+        on_error="skip" if args.skip_bad else "raise",
         progress=not args.quiet,
     )
     print(
@@ -207,6 +259,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from feds2r.data import open_dataset
     from feds2r.data.labels import CLASS_NAMES
     from feds2r.engine.evaluate import evaluate
+
+    _check_json_dest(args.json)
 
     model, meta, dev = _load_model(args.model, args.device)
     sliding = args.crop if args.sliding else None
@@ -257,7 +311,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from feds2r.data import open_dataset
     from feds2r.engine.evaluate import write_predictions
+    from feds2r.io import check_output_dir
 
+    check_output_dir(args.out)  # before any work; write_predictions claims it
     model, _, dev = _load_model(args.model, args.device)
     ds = open_dataset(args.data, labels=False, on_error="skip" if args.skip_bad else "raise")
     n = write_predictions(
@@ -318,9 +374,11 @@ def cmd_server_inconsistency(args: argparse.Namespace) -> int:
 
 
 def cmd_server_augment(args: argparse.Namespace) -> int:
+    from feds2r.io import check_output_dir
     from feds2r.server.generators import augment, make_generator
     from feds2r.server.prompts import builtin_prompts, llm_prompts, prompt_counts
 
+    check_output_dir(args.out)  # before any work; augment() claims it
     source = Path(args.inconsistency)
     if source.is_dir():
         source = source / "inconsistency.json"
@@ -362,13 +420,42 @@ def cmd_server_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class _ServerSettings:
+    """The ``[server]`` table of `server distill`'s config.toml: defaults for its flags."""
+
+    clients: tuple[str, ...] = ()
+    data: str = ""
+    generated: str = ""
+    inconsistency: str = ""
+
+    def __post_init__(self) -> None:
+        from feds2r.config import check_types
+
+        check_types(self)
+
+
 def cmd_server_distill(args: argparse.Namespace) -> int:
-    from feds2r.config import from_dict, load_toml, to_toml
+    from feds2r.config import from_dict, load_tables, to_toml
     from feds2r.data.world.writers import write_atomic
+    from feds2r.engine.train import TrainConfig
     from feds2r.server.distill import DistillConfig, run_distill
 
-    file = load_toml(args.config) if args.config else {}
-    distill_data = file.get("distill", {})
+    file = {"server": {}, "distill": {}, "train": {}}
+    if args.config:
+        file = load_tables(
+            args.config,
+            {"server": _ServerSettings, "distill": DistillConfig, "train": TrainConfig},
+        )
+    server = from_dict(_ServerSettings, file["server"], source=str(args.config or "arguments"))
+    for key in ("clients", "data", "generated", "inconsistency"):  # flags win over [server]
+        if getattr(args, key) is None and getattr(server, key):
+            setattr(args, key, getattr(server, key))
+    if not args.clients or not args.data:
+        raise Feds2rError(
+            "server distill: give --clients and --data (or clients and data in [server])"
+        )
+    distill_data = dict(file["distill"])
     flags = {
         "student": args.student,
         "kd": args.kd,
@@ -387,7 +474,7 @@ def cmd_server_distill(args: argparse.Namespace) -> int:
     if args.inconsistency_weighted:
         distill_data["inconsistency_weighting"] = True
     dcfg = from_dict(DistillConfig, distill_data, source=str(args.config or "arguments"))
-    tcfg = _train_config(args)
+    tcfg = _train_config(args, file["train"])
     report = None
     if args.inconsistency:
         source = Path(args.inconsistency)
@@ -435,13 +522,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from feds2r.demo import results_table, run_demo
 
     results = run_demo(
-        args.profile, args.out, seed=args.seed, world=args.world, progress=not args.quiet
+        args.profile,
+        args.out,
+        seed=args.seed,
+        world=args.world,
+        progress=not args.quiet,
+        pretrained=not args.no_pretrained,
     )
     print()
     print(results_table(results))
     print(f"\nunstable classes: {', '.join(results['unstable_classes'])}")
     print(
         f"total time {results['timing_s']['total']:.0f} s; report: {Path(args.out) / 'report.md'}"
+    )
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from feds2r.pretrain import PretrainConfig, pretrain
+
+    base = PretrainConfig(preset=args.preset)
+    flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    flags = {k: v for k, v in {**flags, "device": args.device}.items() if v is not None}
+    try:
+        recipe = dataclasses.replace(base.train, **flags)
+        config = dataclasses.replace(base, images=args.images or base.images, train=recipe)
+    except ValueError as exc:
+        raise Feds2rError(str(exc)) from None
+    summary = pretrain(config, args.out, world=args.world, progress=not args.quiet)
+    print(
+        f"pretrained the {config.preset} backbone for {summary['steps']} steps in "
+        f"{summary['seconds']:.0f} s; weights: {summary['weights']}"
     )
     return 0
 
@@ -629,8 +742,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="write every domain with default splits")
     p.add_argument("--domain", help="write one domain (see --list)")
     p.add_argument("--split", default="train", help="split for --domain (default: train)")
-    p.add_argument("--num", type=int, help="images for --domain (default: the domain's size)")
-    p.add_argument("--out", help="output folder (for --all: one sub-folder per domain)")
+    p.add_argument(
+        "--num", type=_count(1), help="images for --domain (default: the domain's size)"
+    )
+    p.add_argument(
+        "--out",
+        help="output folder (for --all: one sub-folder per domain); new, empty, or a set of the "
+        "same domain (another split is added; the same split is rewritten with the same --num, "
+        "--size and --seed)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing set of another domain, or a split written with other settings",
+    )
     p.add_argument("--size", type=_size, default=(256, 512), help="HxW (default 256x512)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     p.add_argument("--scale", type=float, default=1.0, help="for --all: multiply split sizes")
@@ -660,8 +785,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of every method (the world: 0)")
     p.add_argument("--world", type=Path, help="reuse a demo world folder (default OUT/world)")
+    p.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="start every model from random weights instead of the shipped public backbone",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a preset's backbone on the built-in world's public domain",
+        formatter_class=fmt,
+        description="Pretrain the backbone of a preset on the `public` domain of the built-in "
+        "world (a randomised style per image; docs/world.md) from image-level labels only "
+        "(which classes an image shows: multi-label classification), the offline stand-in for "
+        "ImageNet weights. Writes OUT/backbone.safetensors (what --backbone-weights loads), "
+        "OUT/pretrain.json, OUT/config.toml, OUT/train_log.jsonl and OUT/loss_curve.png; the "
+        "public images go to OUT/public unless --world names a folder. Run the same command "
+        "again to resume. The weights feds2r ships were made with the defaults (docs/models.md).",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r pretrain --preset m2f-cpu --out runs/pretrain-m2f-cpu
+              feds2r pretrain --preset segformer-cpu --steps 500 --out /tmp/pt --world /tmp/public
+            """),
+    )
+    p.add_argument("--preset", default="m2f-cpu", help="model preset (default m2f-cpu)")
+    p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
+    p.add_argument("--world", help="folder of the public images (default OUT/public)")
+    p.add_argument("--images", type=int, help="public images to write and train on (4000)")
+    p.add_argument("--steps", type=int, help="optimizer steps (3000)")
+    p.add_argument("--batch-size", type=int, help="batch size (16)")
+    p.add_argument("--lr", type=float, help="learning rate (0.001)")
+    p.add_argument("--seed", type=int, help="seed of the training run (0)")
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
         "models",
@@ -688,8 +847,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Supervised training of one client model. Writes OUT/model.safetensors + "
         "OUT/model.json (the checkpoint), OUT/config.toml (the resolved config), "
         "OUT/train_log.jsonl and OUT/loss_curve.png. Run the same command again to resume a "
-        "stopped run. Settings come from --config (a TOML file with a [train] table and an "
-        "optional top-level preset) and are overridden by the flags.",
+        "stopped run; an OUT holding another run (other data, preset or config) is refused "
+        "and left as it is. Settings come from --config (a TOML file with [client] and [train] "
+        "tables, such as a run's own config.toml; the preset may also be given at the top "
+        "level) and are overridden by the flags.",
         epilog=textwrap.dedent("""\
             examples:
               feds2r client train --data gta5:data/world/gta5-like?split=train --out runs/gta5
@@ -697,13 +858,19 @@ def build_parser() -> argparse.ArgumentParser:
                   --out runs/synthia
               feds2r client train --data gta5:/data/gta5 --preset m2f-swin-t --height 512 \\
                   --crop 512x1024 --backbone-weights swin_tiny.safetensors --out runs/gta5-swin
+              feds2r client train --data gta5:/data/gta5 --preset m2f-swin-t --height 512 \\
+                  --crop 512x1024 --init hf/mask2former-swin-tiny-cityscapes --out runs/gta5-hf
+              feds2r client train --data gta5:/data/gta5 --no-pretrained --backbone-lr-mult 1 \\
+                  --out runs/gta5-random
               feds2r client train --data gta5:/data/gta5 --config recipe.toml --out runs/gta5
             """),
     )
-    p.add_argument("--data", required=True, help="labelled dataset spec FORMAT:PATH")
+    p.add_argument("--data", help="labelled dataset spec FORMAT:PATH (or data in [client])")
     p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
     p.add_argument("--preset", help="model preset (default m2f-cpu; see `feds2r models`)")
-    p.add_argument("--config", help="TOML file with a [train] table")
+    p.add_argument(
+        "--config", help="TOML file with [client] and [train] tables (e.g. a run's config.toml)"
+    )
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -712,8 +879,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="resize images to this height (aspect kept)")
     p.add_argument("--crop", type=_size, help="training crop HxW")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
-    p.add_argument("--backbone-weights", help="local .safetensors backbone weights")
-    p.add_argument("--init", help="checkpoint to start from (the server's initial model)")
+    p.add_argument(
+        "--backbone-weights",
+        help="where the backbone starts: 'public' (default: the pretrained backbone feds2r "
+        "ships for the CPU presets), a .safetensors file or a Hugging Face model directory",
+    )
+    p.add_argument(
+        "--no-pretrained", action="store_true", help="start from random weights instead"
+    )
+    p.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        help="backbone learning rate = lr x this (default 0.1, for a pretrained backbone)",
+    )
+    p.add_argument(
+        "--init",
+        help="model to start from instead: a feds2r checkpoint (the server's initial model) or "
+        "a Hugging Face model directory of the preset's architecture with 19 classes",
+    )
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable samples out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_client_train)
 
@@ -765,8 +949,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_inference_args(p)
     p.add_argument("--data", required=True, help="dataset spec (labels not needed)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--limit", type=int, help="predict at most this many images")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new, empty, or an earlier predict output (replaced)",
+    )
+    p.add_argument("--limit", type=_count(1), help="predict at most this many images")
     p.set_defaults(func=cmd_predict)
 
     server = sub.add_parser(
@@ -821,8 +1009,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inconsistency", required=True, help="inconsistency.json, or the folder holding it"
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num", type=int, default=200, help="number of images (default 200)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new, empty, or an earlier augment output (replaced)",
+    )
+    p.add_argument(
+        "--num", type=_count(1), default=200, help="number of images, exactly (default 200)"
+    )
     p.add_argument("--prompts", choices=("builtin", "llm"), default="builtin")
     p.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--llm-model", help="model name for the chat endpoint")
@@ -860,8 +1054,8 @@ def build_parser() -> argparse.ArgumentParser:
                   --no-fusion --combine mean --out runs/feddf
             """),
     )
-    p.add_argument("--clients", nargs="+", required=True, help="client checkpoints")
-    p.add_argument("--data", required=True, help="the server's real images (labels unused)")
+    p.add_argument("--clients", nargs="+", help="client checkpoints (or clients in [server])")
+    p.add_argument("--data", help="the server's real images (labels unused; or data in [server])")
     p.add_argument("--generated", help="generated images: a spec or a `server augment` folder")
     p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
     p.add_argument("--inconsistency", help="inconsistency report (for --inconsistency-weighted)")
@@ -898,7 +1092,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight teachers per class by their agreement",
     )
     p.add_argument("--temperature", type=float)
-    p.add_argument("--config", help="TOML with [distill] and [train] tables")
+    p.add_argument(
+        "--config", help="TOML with [server], [distill] and [train] tables (e.g. its config.toml)"
+    )
     for flag, kind in (
         ("--steps", int),
         ("--batch-size", int),
@@ -1051,11 +1247,21 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args([args.command, "--help"])
         parser.print_help()
         return 2
+    from feds2r.signals import Terminated, cancel_on_signals
+
     try:
-        return func(args)
+        with cancel_on_signals():  # SIGTERM/SIGHUP cancel as Ctrl-C does (feds2r/signals.py)
+            return func(args)
     except Feds2rError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path given that cannot be read or written (feds2r/io.py checks most)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Terminated as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

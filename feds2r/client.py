@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from feds2r.config import to_toml
+from feds2r.config import check_types, to_toml
 from feds2r.data import open_dataset
 from feds2r.data.world.writers import write_atomic
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.data import ResizedCache
-from feds2r.engine.train import TrainConfig, train
+from feds2r.engine.train import TrainConfig, check_resume, train
 from feds2r.errors import Feds2rError
 from feds2r.losses import supervised_loss
 from feds2r.models import SegModel, create_model
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a client trains from: the ``[client]`` table of a config file and of ``config.toml``."""
+
+    data: str = ""
+    """Labelled dataset spec ``FORMAT:PATH`` (``--data``)."""
+    preset: str = "m2f-cpu"
+    """Model preset (``--preset``; see ``feds2r models``)."""
+    backbone_weights: str = ""
+    """Local ``.safetensors`` backbone weights ("" = none)."""
+    init: str = ""
+    """Checkpoint to start from, e.g. the server's initial model ("" = none)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
 
 def supervised_step(model: SegModel, batch: dict) -> dict:
@@ -31,15 +49,38 @@ def train_client(
     *,
     backbone_weights: str | Path | None = None,
     init: str | Path | None = None,
+    on_error: str = "raise",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train one client model on labelled data ``data`` (a dataset spec); write it to ``out``.
 
     ``init``: a checkpoint to start from (the common initial model the server sends), whose
-    preset must be ``preset``. Resumes if ``out`` holds an unfinished run of the same config.
+    preset must be ``preset``. ``on_error="skip"`` leaves unreadable samples out (with a
+    warning). Resumes if ``out`` holds an unfinished run of the same config, preset and inputs;
+    an ``out`` holding another run (other data, fingerprint, preset or init) is refused before
+    anything in it is written.
     """
     out = Path(out)
-    dataset = open_dataset(data, labels=True)
+    dataset = open_dataset(data, labels=True, on_error=on_error)
+    if not dataset.with_labels:
+        raise Feds2rError(
+            f"{dataset.spec} has no labels (format {dataset.spec.format!r} holds images only); "
+            "client training needs a labelled dataset such as gta5:PATH (see `feds2r data formats`)"
+        )
+    settings = ClientSettings(
+        data=str(dataset.spec),
+        preset=preset,
+        backbone_weights=str(backbone_weights or ""),
+        init=str(init or ""),
+    )
+    identity = {
+        "data": settings.data,
+        "fingerprint": dataset.fingerprint(),
+        "preset": preset,
+        "init": settings.init,
+        "backbone_weights": settings.backbone_weights,
+    }
+    check_resume(out, config, preset=preset, identity=identity)  # before anything is written
     torch.manual_seed(config.seed)  # the initial weights follow from the seed too
     if init is not None:
         model, meta = load_checkpoint(init)
@@ -47,12 +88,6 @@ def train_client(
             raise Feds2rError(f"initial model {init} is a {meta['preset']!r}, not a {preset!r}")
     else:
         model = create_model(preset, backbone_weights=backbone_weights)
-    settings = {
-        "data": str(dataset.spec),
-        "preset": preset,
-        "backbone_weights": str(backbone_weights or ""),
-        "init": str(init or ""),
-    }
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.toml", to_toml({"client": settings, "train": config}).encode())
     cache = ResizedCache(dataset, config.height, progress=progress, desc="loading data")
@@ -60,10 +95,19 @@ def train_client(
         "role": "client",
         "data": {
             "spec": str(dataset.spec),
-            "fingerprint": dataset.fingerprint(),
+            "fingerprint": identity["fingerprint"],
             "num_images": len(dataset),
         },
         "init": str(init) if init else None,
     }
-    summary = train(model, supervised_step, cache, config, out, meta=meta, progress=progress)
+    summary = train(
+        model,
+        supervised_step,
+        cache,
+        config,
+        out,
+        meta=meta,
+        identity=identity,
+        progress=progress,
+    )
     return {**summary, "data": str(dataset.spec), "preset": preset}

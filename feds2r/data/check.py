@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from feds2r.data.dataset import DatasetSpec, open_dataset, parse_spec
+from feds2r.data.dataset import DatasetSpec, list_dataset, parse_spec
 from feds2r.data.formats import Defect, get_format
 from feds2r.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from feds2r.errors import DataError
+from feds2r.io import read_state
 
 
 @dataclass
@@ -94,18 +95,36 @@ def check_dataset(
     progress: bool = True,
     **options: str,
 ) -> CheckReport:
-    """Pair, read and validate every file of a dataset split; never raises on bad data."""
+    """Pair, read and validate every file of a dataset split; never raises on bad data.
+
+    Raises :class:`DataError` (kind ``bad_spec``) only for a bad request: an unknown format,
+    split or option. A folder that a feds2r command was still writing when it stopped (its
+    ``.feds2r_output.json`` says ``"complete": false``) is reported as an ``incomplete`` defect.
+    """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     fmt = get_format(parsed.format)
     chosen = split or parsed.split or fmt.default_split
     labelled = labels and fmt.kind != "unlabelled"
     report = CheckReport(str(parsed), fmt.name, chosen, labelled)
+    state = read_state(parsed.path)
+    if state is not None and state.get("complete") is not True:
+        report.defects.append(
+            Defect(
+                "incomplete",
+                str(parsed.path),
+                f"{parsed.path} is a partial output: `feds2r {state.get('kind', '?')}` stopped "
+                "before it finished writing it (killed?); run that command again",
+            )
+        )
     try:
-        # on_error="skip" lists unpaired files as defects instead of stopping at the first.
+        # on_error="skip" lists unpaired files as defects instead of stopping at the first;
+        # list_dataset reads no file, so every unreadable one is found below.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = open_dataset(parsed, chosen, labels=labelled, on_error="skip", **options)
+            ds = list_dataset(parsed, chosen, labels=labelled, on_error="skip", **options)
     except DataError as exc:
+        if exc.kind == "bad_spec":
+            raise
         report.defects.append(Defect(exc.kind, exc.path or str(parsed.path), str(exc)))
         return report
     report.spec = str(ds.spec)

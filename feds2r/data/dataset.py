@@ -128,8 +128,10 @@ class SegmentationDataset(Dataset):
     Items are dicts with ``image`` (uint8 tensor ``(3, H, W)``, RGB), ``name`` (str) and, when
     opened with labels, ``label`` (int64 tensor ``(H, W)`` of train ids, 255 = ignore).
 
-    ``on_error="raise"`` stops at the first bad sample with a :class:`DataError` naming it;
-    ``"skip"`` warns and serves the next readable sample instead.
+    ``on_error="raise"`` stops at the first bad sample with a :class:`DataError` naming it.
+    Opened with ``on_error="skip"`` by :func:`open_dataset`, every sample was read once and the
+    unreadable ones were left out (``len`` counts only readable samples, each served once); a
+    sample that still fails later raises.
     """
 
     def __init__(
@@ -184,20 +186,37 @@ class SegmentationDataset(Dataset):
             item["label"] = _native_to_train(native, self.format, sample.label)
         return item
 
-    def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            index += len(self)
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
+    def drop_unreadable(self) -> list[Defect]:
+        """Read every sample once and leave out the bad ones (with a warning each).
+
+        Returns the defects found (also appended to ``defects``); raises :class:`DataError` if
+        no sample is readable. This is what ``on_error="skip"`` does on opening, so that a bad
+        sample is left out rather than replaced by another (which would count that one twice).
+        """
+        kept, found = [], []
+        for i, sample in enumerate(self.samples):
             try:
-                item = self.read(i)
-                break
+                self.read(i)
             except DataError as exc:
-                if self.on_error != "skip":
-                    raise
-                warnings.warn(f"skipping bad sample: {exc}", stacklevel=2)
-        else:
-            raise DataError(f"every sample of {self.spec} is unreadable", kind="empty")
+                warnings.warn(f"skipping bad sample: {exc}", stacklevel=3)
+                found.append(Defect(exc.kind, exc.path or str(sample.image), str(exc)))
+                continue
+            kept.append(sample)
+        self.samples = kept
+        self.defects.extend(found)
+        if not kept:
+            raise DataError(
+                f"every sample of {self.spec} is unreadable ({len(found)} bad); run "
+                f"`feds2r data check {self.spec}` for the list",
+                kind="empty",
+                path=str(self.spec.path),
+            )
+        return found
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} of a dataset of {len(self)}")
+        item = self.read(index)
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(item["image"].transpose(2, 0, 1))),
             "name": item["name"],
@@ -221,6 +240,27 @@ def open_dataset(
     such as ACDC's ``condition`` come as keywords or spec options. ``labels=False`` reads images
     only (the server's unlabelled data) and does not need the label folders. ``on_error`` is
     ``"raise"`` or ``"skip"``; with ``"skip"``, unpaired files are left out with a warning too.
+    With ``"skip"`` every sample is also read once on opening (its image decoded, its label
+    checked) and the bad ones are left out, so ``len`` is the number of samples really served.
+    """
+    ds = list_dataset(spec, split, labels=labels, on_error=on_error, **options)
+    if on_error == "skip":
+        ds.drop_unreadable()
+    return ds
+
+
+def list_dataset(
+    spec: str | DatasetSpec,
+    split: str | None = None,
+    *,
+    labels: bool = True,
+    on_error: str = "raise",
+    **options: str,
+) -> SegmentationDataset:
+    """Like :func:`open_dataset` but reads no file: pairs and lists the samples only.
+
+    With ``on_error="skip"`` unpaired files are left out (as ``defects``) but unreadable files are
+    not looked for; ``feds2r data check`` reads them itself.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -255,5 +295,5 @@ def open_dataset(
         samples=listing.samples,
         with_labels=labels,
         on_error=on_error,
-        defects=listing.defects,
+        defects=list(listing.defects),
     )

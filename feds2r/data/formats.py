@@ -279,11 +279,38 @@ def _folder_lister(root: Path, split: str, options: dict[str, str], with_labels:
             "format 'folder' holds images only; open it without labels (labels=False)",
             kind="bad_spec",
         )
-    images = {}
-    for path in _files(root, IMAGE_SUFFIXES, recursive=True):
-        images[path.relative_to(root).with_suffix("").as_posix()] = path
-    names = {k: k.replace("/", "_") for k in images}
-    return _pair(images, None, names)
+    # key: the path under the root with its suffix, so that a.png and a.jpg are two samples
+    files = _files(root, IMAGE_SUFFIXES, recursive=True)
+    images = {path.relative_to(root).as_posix(): path for path in files}
+    return _pair(images, None, _folder_names(images))
+
+
+def _folder_names(images: dict[str, Path]) -> dict[str, str]:
+    """Flat, distinct sample names for a folder tree (they become output file names).
+
+    A file's name is its path without the suffix, ``/`` replaced by ``_`` (``sub/x.png`` ->
+    ``sub_x``). Where several files would get one name (``sub/x.png`` and ``sub_x.png``, or
+    ``x.png`` and ``x.jpg``), each of them gets a short hash of its path appended instead
+    (``sub_x-1f0c3a9e``), so no sample is dropped and no output overwrites another.
+    """
+    import hashlib
+
+    plain = {k: k.rsplit(".", 1)[0].replace("/", "_") for k in images}
+    taken: dict[str, int] = {}
+    for name in plain.values():
+        taken[name] = taken.get(name, 0) + 1
+    names = {}
+    for key, name in plain.items():
+        if taken[name] > 1:
+            name = f"{name}-{hashlib.blake2b(key.encode(), digest_size=4).hexdigest()}"
+        names[key] = name
+    if len(set(names.values())) != len(names):  # a hashed name equal to a real file's name
+        raise DataError(
+            f"folder {next(iter(images.values())).parent}: sample names collide even after "
+            "disambiguation; rename the image files so that their names differ",
+            kind="bad_spec",
+        )
+    return names
 
 
 def _ids(n: int, extra: tuple[int, ...] = ()) -> np.ndarray:

@@ -15,6 +15,7 @@ from feds2r.data.dataset import SegmentationDataset
 from feds2r.data.labels import CLASS_NAMES, colorize
 from feds2r.engine.data import resize_images
 from feds2r.errors import Feds2rError
+from feds2r.io import prepare_output, write_atomic, write_json
 from feds2r.metrics import ConfusionMatrix
 from feds2r.models import SegModel
 
@@ -81,11 +82,14 @@ def evaluate(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """mIoU, pixel accuracy and per-class IoU (percent) of ``model`` on a labelled dataset.
 
     Predictions are made at ``height`` and resized to each label's size; the confusion matrix is
-    accumulated over the whole set (see :mod:`feds2r.metrics.miou`).
+    accumulated over the whole set (see :mod:`feds2r.metrics.miou`). ``per_image``: also return
+    ``per_image_confusion``, an int64 array (N, K, K) of each image's confusion matrix (their sum
+    is the set's), for paired bootstrap intervals (:mod:`feds2r.metrics.bootstrap`).
     """
     if not dataset.with_labels:
         raise Feds2rError(
@@ -93,6 +97,7 @@ def evaluate(
             "(feds2r predict writes predictions for unlabelled images)"
         )
     cm = ConfusionMatrix()
+    images_cm: list[np.ndarray] = []
     bar = tqdm(
         total=len(dataset), desc=f"eval {dataset.spec.format}", unit="img", disable=not progress
     )
@@ -102,10 +107,18 @@ def evaluate(
         probs = predict_probs(
             model, images, height=height, out_size=tuple(labels.shape[-2:]), sliding=sliding
         )
-        cm.update(probs.argmax(1).cpu(), labels)
+        preds = probs.argmax(1).cpu()
+        cm.update(preds, labels)
+        if per_image:
+            for pred, label in zip(preds, labels, strict=True):
+                one = ConfusionMatrix()
+                one.update(pred, label)
+                images_cm.append(one.matrix.numpy())
         bar.update(len(group))
     bar.close()
     summary = cm.summary()
+    if per_image:
+        summary["per_image_confusion"] = np.stack(images_cm)
     summary["num_images"] = len(dataset)
     summary["per_class"] = dict(zip(CLASS_NAMES, summary["per_class"], strict=True))
     return summary
@@ -123,13 +136,40 @@ def write_predictions(
     limit: int | None = None,
     progress: bool = True,
 ) -> int:
-    """Write ``OUT/NAME.png`` (train ids) and ``OUT/overlay/NAME.png`` (colour over the image)."""
+    """Write ``OUT/NAME.png`` (train ids) and ``OUT/overlay/NAME.png`` (colour over the image).
+
+    ``OUT`` must be new, empty or an earlier ``predict`` output, which is replaced (see
+    :func:`feds2r.io.prepare_output`); ``OUT/predictions.json`` (the count and the names) is
+    written last. Returns the number of images written.
+    """
+    if limit is not None and limit < 1:
+        raise Feds2rError(f"limit must be at least 1, got {limit}")
+    with prepare_output(out, "predict", marker="predictions.json") as dest:
+        if dest.previous:
+            dest.clear()  # never mix these predictions with an earlier run's
+        names = _write_predictions(
+            model, dataset, Path(out), height, sliding, device, limit, progress
+        )
+        summary = {"data": str(dataset.spec), "num_images": len(names), "names": names}
+        write_json(Path(out) / "predictions.json", summary)
+        dest.finish()
+    return len(names)
+
+
+def _write_predictions(
+    model: SegModel | Any,
+    dataset: SegmentationDataset,
+    out: Path,
+    height: int,
+    sliding: tuple[int, int] | None,
+    device: torch.device | str,
+    limit: int | None,
+    progress: bool,
+) -> list[str]:
     import cv2
 
-    from feds2r.data.world.writers import write_atomic
-
-    out = Path(out)
     n = min(len(dataset), limit or len(dataset))
+    names = []
     for i in tqdm(range(n), desc="predict", unit="img", disable=not progress):
         item = dataset[i]
         image = item["image"][None].to(device)
@@ -143,7 +183,8 @@ def write_predictions(
         blend = (0.45 * rgb + 0.55 * colorize(pred)).astype(np.uint8)
         ok, over = cv2.imencode(".png", blend[..., ::-1])
         write_atomic(out / "overlay" / f"{item['name']}.png", over.tobytes())
-    return n
+        names.append(item["name"])
+    return names
 
 
 __all__ = ["evaluate", "predict_probs", "write_predictions"]

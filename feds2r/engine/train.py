@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from feds2r.config import check_types
 from feds2r.engine.checkpoint import save_checkpoint
 from feds2r.engine.data import ResizedCache, make_batch
 from feds2r.errors import Feds2rError
@@ -64,6 +66,7 @@ class TrainConfig:
     """"auto" (CUDA if available), "cpu" or "cuda[:N]"."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if self.lr <= 0:
@@ -73,12 +76,15 @@ class TrainConfig:
                 f"warmup_steps ({self.warmup_steps}) must be between 0 and steps ({self.steps}); "
                 "set warmup_steps (--warmup-steps) too"
             )
-        if len(self.crop) != 2 or min(self.crop) < 16 or self.height < 16:
-            raise ValueError("crop must be (H, W) and sizes >= 16")
+        if self.height < 16:
+            raise ValueError(f"height must be >= 16 pixels, got {self.height}")
+        if min(self.crop) < 16:
+            raise ValueError(f"crop sides must be >= 16 pixels, got {self.crop[0]}x{self.crop[1]}")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError("scale must be (low, high) with 0 < low <= high")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        check_device_name(self.device)
 
     # fields that may change between a run and its resumption
     RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "device")
@@ -87,11 +93,29 @@ class TrainConfig:
 LossFn = Callable[[SegModel, dict[str, Tensor]], dict[str, Tensor]]
 
 
+def check_device_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is "auto", "cpu", "cuda" or "cuda:N"."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device for "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"."""
+    try:
+        check_device_name(name)
+    except ValueError as exc:
+        raise Feds2rError(str(exc)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Feds2rError(f"device {name!r} asked for, but no CUDA device is available")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise Feds2rError(f"device {name!r} asked for, but no CUDA device is available")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise Feds2rError(
+                f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible (cuda:0 ...)"
+            )
     return torch.device(name)
 
 
@@ -131,8 +155,12 @@ def _save_state(
     g: torch.Generator,
     config: TrainConfig,
     done: bool,
+    run: dict[str, Any],
 ) -> None:
-    """Write model, optimizer and generators to OUT/state atomically (temp folder + rename)."""
+    """Write model, optimizer and generators to OUT/state atomically (temp folder + rename).
+
+    ``run`` (the preset and identity that :func:`check_resume` compares) goes into state.json.
+    """
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd = opt.state_dict()
     scalars = {}
@@ -152,6 +180,7 @@ def _save_state(
         "config": dataclasses.asdict(config),
         "param_groups": sd["param_groups"],
         "opt_scalars": scalars,
+        **run,
     }
     tmp = out / "state.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -170,20 +199,14 @@ def _load_state(
     out: Path, model: SegModel, opt: torch.optim.Optimizer, g: torch.Generator, config: TrainConfig
 ) -> tuple[int, bool]:
     info = json.loads((out / "state" / "state.json").read_text())
-    saved = info["config"]
-    now = dataclasses.asdict(config)
-    changed = [
-        k
-        for k in now
-        if k not in TrainConfig.RESUMABLE_CHANGES and json.dumps(saved.get(k)) != json.dumps(now[k])
-    ]
-    if changed:
-        raise Feds2rError(
-            f"{out} holds a run started with a different config ({', '.join(changed)} differ); "
-            "resume it with the same config, or use another output folder"
-        )
     tensors = load_file(str(out / "state" / "state.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError:  # a state written before the preset was recorded in state.json
+        raise Feds2rError(
+            f"the run state in {out} does not fit this model (another preset?); resume it with "
+            "the preset it was started with, or use another output folder"
+        ) from None
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
@@ -198,6 +221,62 @@ def _load_state(
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return int(info["step"]), bool(info["done"])
+
+
+def check_resume(
+    out: str | Path,
+    config: TrainConfig,
+    *,
+    preset: str | None = None,
+    identity: dict[str, Any] | None = None,
+) -> bool:
+    """Whether ``out`` holds a run to continue; raise if that run is not this one.
+
+    Refused (a :class:`Feds2rError`, nothing touched): a different config (other than
+    ``RESUMABLE_CHANGES``), another model ``preset``, or another ``identity`` (what the run learns
+    from, e.g. the client's data spec and fingerprint): continuing, or re-saving a finished run,
+    would label the old weights with the new inputs. Only reads ``out``.
+    """
+    path = Path(out) / "state" / "state.json"
+    if not path.is_file():
+        return False
+    try:
+        info = json.loads(path.read_text())
+        saved = info["config"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise Feds2rError(
+            f"{path} is damaged, so the run in {out} cannot be resumed; use another output folder"
+        ) from None
+    defaults = dataclasses.asdict(TrainConfig())
+    now = dataclasses.asdict(config)
+    changed = [
+        k
+        for k in now
+        if k not in TrainConfig.RESUMABLE_CHANGES
+        and json.dumps(saved.get(k, defaults[k])) != json.dumps(now[k])
+    ]
+    if changed:
+        raise Feds2rError(
+            f"{out} holds a run started with a different config ({', '.join(changed)} differ); "
+            "resume it with the same config, or use another output folder"
+        )
+    what = "finished" if info.get("done") else "stopped"
+    if preset is not None and info.get("preset") not in (None, preset):
+        raise Feds2rError(
+            f"{out} holds a {what} run of preset {info['preset']!r}, not {preset!r}; resume it "
+            f"with --preset {info['preset']}, or use another output folder"
+        )
+    saved_id = info.get("identity")
+    if identity is not None and isinstance(saved_id, dict):
+        differ = [k for k in identity if json.dumps(saved_id.get(k)) != json.dumps(identity[k])]
+        if differ:
+            was = "; ".join(f"{k} {saved_id.get(k)!r}, now {identity[k]!r}" for k in differ)
+            raise Feds2rError(
+                f"{out} holds a {what} run trained on other inputs ({was}); its weights and "
+                "model.json are left as they are. Give the same inputs to resume it, or use "
+                "another output folder"
+            )
+    return True
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -225,15 +304,24 @@ def train(
     out: str | Path,
     *,
     meta: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    batch_fn: Callable[..., dict[str, Tensor]] = make_batch,
+    save_fn: Callable[[Any, Path, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` with ``loss_fn``; write the checkpoint, log and plot to ``out``.
 
-    Resumes from ``out/state`` if a run with the same config stopped there. ``on_step(step)`` is
-    called after each step (tests use it to stop a run). Returns a summary.
+    Resumes from ``out/state`` if a run with the same config, preset and ``identity`` (JSON values
+    naming what the run learns from, see :func:`check_resume`) stopped there. ``on_step(step)`` is
+    called after each step (tests use it to stop a run). ``batch_fn(data, indices, generator,
+    **augmentation)`` makes a batch (default: images and labels); ``save_fn(model, out, meta)``
+    writes the result (default: a feds2r checkpoint). Returns a summary.
     """
     out = Path(out)
+    preset = getattr(getattr(model, "preset", None), "name", None)
+    resuming = check_resume(out, config, preset=preset, identity=identity)
+    run = {"preset": preset, "identity": identity}
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     model.to(device).train()
@@ -242,7 +330,7 @@ def train(
     torch.manual_seed(config.seed)
     step, done = 0, False
     log_path = out / "train_log.jsonl"
-    if (out / "state" / "state.json").is_file():
+    if resuming:
         step, done = _load_state(out, model, opt, g, config)
         _trim_log(log_path, step)
     elif log_path.exists():
@@ -261,7 +349,7 @@ def train(
     start, seen, last = time.perf_counter(), 0, {}
     while step < config.steps and not done:
         idx = torch.randint(len(data), (config.batch_size,), generator=g).tolist()
-        batch = {k: v.to(device) for k, v in make_batch(data, idx, g, **aug).items()}
+        batch = {k: v.to(device) for k, v in batch_fn(data, idx, g, **aug).items()}
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(step, config)
         try:
@@ -295,17 +383,19 @@ def train(
             )
         bar.update(1)
         if step % config.checkpoint_every == 0 and step < config.steps:
-            _save_state(out, model, opt, step, g, config, done=False)
+            _save_state(out, model, opt, step, g, config, done=False, run=run)
         if on_step is not None:
             on_step(step)
     bar.close()
     seconds = time.perf_counter() - start
     if not done:
-        _save_state(out, model, opt, step, g, config, done=True)
+        _save_state(out, model, opt, step, g, config, done=True, run=run)
     model.eval()
-    save_checkpoint(
-        model, out, meta={**(meta or {}), "steps": step, "train_config": dataclasses.asdict(config)}
-    )
+    final_meta = {**(meta or {}), "steps": step, "train_config": dataclasses.asdict(config)}
+    if save_fn is None:
+        save_checkpoint(model, out, meta=final_meta)
+    else:
+        save_fn(model, out, final_meta)
     plot_losses(log_path, out / "loss_curve.png")
     return {"steps": step, "seconds": round(seconds, 2), "final": last, "out": str(out)}
 

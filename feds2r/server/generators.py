@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from feds2r.data.world import SceneSpec, render_scene
-from feds2r.data.world.writers import write_atomic
 from feds2r.errors import Feds2rError
+from feds2r.io import prepare_output, write_atomic
 from feds2r.server.prompts import Prompt
 
 
@@ -121,11 +121,30 @@ def augment(
     """Generate one image per prompt into ``OUT/images/`` (an unlabelled ``folder:`` dataset).
 
     Writes ``OUT/prompts.jsonl`` (one line per image: file, seed and the prompt) and
-    ``OUT/generated.json`` (summary). Each file is written atomically.
+    ``OUT/generated.json`` (summary, written last). ``OUT`` must be new, empty or an earlier
+    ``augment`` output, which is replaced (see :func:`feds2r.io.prepare_output`); each file is
+    written atomically, and a run that stops midway leaves ``OUT`` marked incomplete.
     """
+    out = Path(out)
+    with prepare_output(out, "server augment", marker="generated.json") as dest:
+        if dest.previous:
+            dest.clear()  # never mix the new images with an earlier run's
+        summary = _generate(prompts, generator, out, size=size, seed=seed, progress=progress)
+        dest.finish()
+    return summary
+
+
+def _generate(
+    prompts: list[Prompt],
+    generator: ImageGenerator,
+    out: Path,
+    *,
+    size: tuple[int, int],
+    seed: int,
+    progress: bool,
+) -> dict:
     import cv2
 
-    out = Path(out)
     lines = []
     for k, prompt in enumerate(
         tqdm(prompts, desc=f"generating ({generator.name})", unit="img", disable=not progress)

@@ -9,10 +9,13 @@ inconsistency: ``n_c = round(N * s_c / sum_u s_u)``, at least one each.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,15 +39,30 @@ class Prompt:
 
 
 def prompt_counts(scores: dict[str, float], unstable: list[str], total: int) -> dict[str, int]:
-    """Prompts per unstable class, proportional to its inconsistency, at least one each."""
-    if not unstable:
+    """Prompts per unstable class, proportional to its inconsistency; they sum to ``total``.
+
+    Every class gets at least one while ``total`` allows; with fewer prompts than unstable
+    classes, the ``total`` most inconsistent classes get one each (the others none).
+    """
+    if total < 0:
+        raise ValueError(f"total must be >= 0, got {total}")
+    if not unstable or total == 0:
         return {}
     weights = np.array([max(scores[c] or 0.0, 1e-6) for c in unstable])
+    if total < len(unstable):
+        top = set(np.argsort(-weights, kind="stable")[:total].tolist())
+        return {c: 1 for k, c in enumerate(unstable) if k in top}
     raw = total * weights / weights.sum()
     counts = np.maximum(np.floor(raw).astype(int), 1)
+    remainder = raw - np.floor(raw)
     # hand out what rounding down left, largest remainders first
-    for k in np.argsort(-(raw - np.floor(raw)))[: max(total - counts.sum(), 0)]:
+    for k in np.argsort(-remainder)[: max(total - counts.sum(), 0)]:
         counts[k] += 1
+    # "at least one each" may have handed out too many: take them back from the classes with
+    # more than one, smallest remainders first
+    while counts.sum() > total:
+        k = min((k for k in range(len(counts)) if counts[k] > 1), key=lambda k: remainder[k])
+        counts[k] -= 1
     return dict(zip(unstable, counts.tolist(), strict=True))
 
 
@@ -116,6 +134,43 @@ def _scene_from_text(text: str) -> tuple[str, str, str]:
     return weather, time, layout
 
 
+class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: following one would send the ``Authorization`` header elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        fp.close()
+        raise Feds2rError(
+            f"the LLM endpoint {req.full_url} answered with a redirect ({code}) to {newurl}; "
+            "feds2r does not follow redirects, so that the API key is never sent to another "
+            "address. Give the final address as --llm-url if you trust it"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_endpoint(url: str, api_key: str | None) -> None:
+    """Refuse a non-HTTP(S) URL; warn when a key would travel unencrypted to another machine."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Feds2rError(
+            f"--llm-url {url!r} is not an http:// or https:// address; give the base URL of an "
+            "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+        )
+    if api_key and parts.scheme == "http" and not _is_loopback(parts.hostname):
+        warnings.warn(
+            f"the API key goes over plain http to {parts.hostname}, where anyone on the network "
+            "path can read it; use https:// for a server on another machine",
+            stacklevel=3,
+        )
+
+
 def llm_prompts(
     counts: dict[str, int],
     *,
@@ -124,7 +179,13 @@ def llm_prompts(
     api_key: str | None = None,
     timeout: float = 60.0,
 ) -> list[Prompt]:
-    """Ask an OpenAI-compatible chat endpoint (``URL/chat/completions``) for the prompts."""
+    """Ask an OpenAI-compatible chat endpoint (``URL/chat/completions``) for the prompts.
+
+    The API key (``Authorization: Bearer``) goes only to ``url``'s host: redirects are refused,
+    and a warning is given when it would travel over plain http to a non-loopback host.
+    """
+    _check_endpoint(url, api_key)
+    opener = urllib.request.build_opener(_RefuseRedirect)
     out = []
     endpoint = url.rstrip("/") + "/chat/completions"
     for cls, n in counts.items():
@@ -150,7 +211,7 @@ def llm_prompts(
             headers["Authorization"] = f"Bearer {api_key}"
         req = urllib.request.Request(endpoint, json.dumps(request).encode(), headers)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with opener.open(req, timeout=timeout) as resp:
                 body = json.loads(resp.read())
             text = body["choices"][0]["message"]["content"]
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:

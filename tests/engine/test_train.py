@@ -218,3 +218,49 @@ def test_trim_log_drops_lines_past_the_state_and_a_line_cut_short(tmp_path):
     log.write_text("\n".join(lines) + '\n{"step": 20, "lo')
     _trim_log(log, 10)
     assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [5, 10]
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_resume_with_other_data_is_refused_and_touches_nothing(tiny, tmp_path):
+    from feds2r.errors import Feds2rError
+
+    other = tmp_path / "other"
+    synth_domain("synthia-like", other, split="train", num=4, size=(64, 128), progress=False)
+    out = tmp_path / "run"
+    train_client(tiny, "segformer-cpu", out, cfg(steps=2), progress=False)
+    before = _snapshot(out)
+    with pytest.raises(Feds2rError, match="holds a finished run trained on other inputs .*data"):
+        train_client(f"synthia:{other}?split=train", "segformer-cpu", out, cfg(steps=2))
+    assert _snapshot(out) == before  # model.json, weights, config.toml, log: all untouched
+
+
+def test_resume_with_another_fingerprint_is_refused(tmp_path):
+    from feds2r.errors import Feds2rError
+
+    root = tmp_path / "gta"
+    synth_domain("gta5-like", root, split="train", num=4, size=(64, 128), progress=False)
+    out = tmp_path / "run"
+    train_client(f"gta5:{root}?split=train", "segformer-cpu", out, cfg(steps=2), progress=False)
+    before = _snapshot(out)
+    synth_domain("gta5-like", root, split="train", num=6, size=(64, 128), progress=False)
+    with pytest.raises(Feds2rError, match="fingerprint"):  # same spec, other files behind it
+        train_client(f"gta5:{root}?split=train", "segformer-cpu", out, cfg(steps=2))
+    assert _snapshot(out) == before
+
+
+def test_resume_with_another_preset_is_a_clear_message(tiny, tmp_path, capsys):
+    from feds2r.cli import main
+    from tests.conftest import train_tiny_client
+
+    out = tmp_path / "run"
+    assert train_tiny_client(tiny, out, steps=2) == 0  # a segformer-cpu
+    before = _snapshot(out)
+    flags = ["--steps", "2", "--warmup-steps", "1", *TINY_RECIPE, "--out", str(out), "--quiet"]
+    code = main(["client", "train", "--data", tiny, "--preset", "m2f-cpu", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "run of preset 'segformer-cpu', not 'm2f-cpu'" in err, err
+    assert "--preset segformer-cpu" in err and "Traceback" not in err
+    assert _snapshot(out) == before

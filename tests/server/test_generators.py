@@ -18,11 +18,8 @@ def test_prompt_counts_grow_with_inconsistency():
     counts = prompt_counts(scores, ["bus", "train", "rider"], total=18)
     assert counts == {"bus": 9, "train": 6, "rider": 3}
     assert sum(prompt_counts(scores, ["bus", "train", "rider"], total=10).values()) == 10
-    assert prompt_counts(scores, ["bus", "train", "rider"], total=2) == {
-        "bus": 1,
-        "train": 1,
-        "rider": 1,
-    }
+    # fewer images than unstable classes: exactly that many, for the most inconsistent classes
+    assert prompt_counts(scores, ["bus", "train", "rider"], total=2) == {"bus": 1, "train": 1}
     assert prompt_counts(scores, [], 10) == {}
 
 

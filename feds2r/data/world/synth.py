@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import zlib
 from dataclasses import asdict
@@ -11,13 +12,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from feds2r.data.formats import get_format
 from feds2r.data.labels import IGNORE_INDEX
 from feds2r.data.world.appearance import compose
 from feds2r.data.world.domains import ACDC_CONDITIONS, DOMAINS, Domain, get_domain
 from feds2r.data.world.render import Camera, Canvas, Layout, Painter, SceneSpec
 from feds2r.data.world.scene import Scene, _choice, required_labels
 from feds2r.data.world.styles import NUM_SCENE_LABELS, Style, get_style, random_style
-from feds2r.data.world.writers import encode, entry, write_atomic
+from feds2r.data.world.writers import encode, entry
+from feds2r.errors import Feds2rError
+from feds2r.io import Output, prepare_output, read_state, write_atomic
 
 DEFAULT_SIZE = (256, 512)
 WORLD_VERSION = 1
@@ -98,17 +102,137 @@ def synth_domain(
     size: tuple[int, int] = DEFAULT_SIZE,
     seed: int = 0,
     progress: bool = True,
+    force: bool = False,
 ) -> dict:
     """Write ``num`` samples of one split of a domain under ``out`` in the domain's format.
 
     Deterministic: the same domain, split, index, size and seed always give the same bytes.
     Returns a summary (domain, format, spec string, split, count, seconds).
+
+    ``out`` must be new, empty or a set of the same domain (``feds2r_world.json``); another
+    split is added beside the existing ones, and the same split is rewritten only with the same
+    count, size and seed. Anything else is refused unless ``force``, which replaces the set (or
+    that split). The manifest marks a split complete only once its last file is written, and a
+    run that stops midway leaves the folder marked incomplete (``feds2r data check`` says so).
     """
     dom = get_domain(domain) if isinstance(domain, str) else domain
     root = Path(out)
-    if dom.kind == "public":
-        return _synth_public(dom, root, split=split, num=num, size=size, seed=seed,
-                             progress=progress)  # fmt: skip
+    _check_request(dom, split, num)
+    with prepare_output(root, "data synth", marker=MANIFEST) as dest:
+        _prepare_split(dest, dom, split=split, num=num, size=size, seed=seed, force=force)
+        if dom.kind == "public":
+            summary = _synth_public(dom, root, split=split, num=num, size=size, seed=seed,
+                                    progress=progress)  # fmt: skip
+        else:
+            summary = _synth_files(dom, root, split=split, num=num, size=size, seed=seed,
+                                   progress=progress)  # fmt: skip
+        _update_manifest(root, dom, summary, complete=True)  # last: the completion marker
+        dest.finish()
+    return summary
+
+
+MANIFEST = "feds2r_world.json"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _check_request(dom: Domain, split: str, num: int) -> None:
+    """Refuse a split that is not a plain name the domain's format reads, or a count below 1."""
+    valid = dict.fromkeys((*dom.splits, *get_format(dom.format).splits))
+    named = dom.kind == "public"  # its files are named SPLIT_NNNNNN.png: any plain name works
+    if not _PLAIN_NAME.fullmatch(split) or not (named or split in valid):
+        raise Feds2rError(
+            f"split {split!r} is not one of {dom.name}'s splits ({', '.join(valid)}); a split "
+            "is a plain name, not a path"
+        )
+    if num < 1:
+        raise Feds2rError(f"the number of images must be at least 1, got {num}")
+
+
+def _read_manifest(root: Path) -> dict:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _prepare_split(
+    dest: Output,
+    dom: Domain,
+    *,
+    split: str,
+    num: int,
+    size: tuple[int, int],
+    seed: int,
+    force: bool,
+) -> None:
+    """Check that ``split`` may be written into ``dest`` and clear what it replaces."""
+    root = dest.path
+    manifest = _read_manifest(root) if dest.previous else {}
+    state = read_state(root) or {}
+    if dest.previous and not manifest:
+        if not (force or state.get("complete") is False):
+            raise Feds2rError(
+                f"{root}/{MANIFEST} is unreadable, so what {root} holds is unknown; give a new "
+                "folder, or add --force to replace its contents"
+            )
+        dest.clear()  # our own run, stopped before its first manifest
+        return
+    held = (manifest.get("domain"), manifest.get("format"))
+    if manifest and held != (dom.name, dom.format):
+        if not force:
+            raise Feds2rError(
+                f"--out {root} holds the world domain {held[0]} (format {held[1]}), not "
+                f"{dom.name}; give another folder, or add --force to replace it"
+            )
+        dest.clear()
+        manifest = {}
+    old = manifest.get("splits", {}).get(split)
+    if isinstance(old, dict):
+        same = (old.get("count"), list(old.get("size") or ()), old.get("seed")) == (
+            num,
+            list(size),
+            seed,
+        )
+        complete = old.get("complete", True) is not False
+        if complete and not same and not force:
+            shape = "x".join(str(v) for v in old.get("size") or ())
+            raise Feds2rError(
+                f"--out {root} already holds {dom.name}/{split} with {old.get('count')} images "
+                f"at {shape}, seed {old.get('seed')}; give the same --num, --size and --seed to "
+                "rewrite it, another folder, or add --force to replace it"
+            )
+        if not (same and complete):
+            _remove_split(root, dom, split, int(old.get("count") or 0))
+    summary = {"split": split, "count": num, "size": list(size), "seed": seed}
+    _update_manifest(root, dom, summary, complete=False)
+
+
+def _remove_split(root: Path, dom: Domain, split: str, count: int) -> None:
+    """Delete the files an earlier run wrote for ``split`` (``count`` samples)."""
+    paths = []
+    for index in range(count):
+        if dom.kind == "public":
+            paths.append(f"images/{split}_{index:06d}.png")
+            continue
+        condition = ACDC_CONDITIONS[index % 4] if dom.format == "acdc" else None
+        where = entry(dom.format, dom.name, split, index // 4 if condition else index, condition)
+        paths += [where.image, where.label]
+    for rel in (*paths, f"{split}.txt"):
+        (root / rel).unlink(missing_ok=True)
+
+
+def _synth_files(
+    dom: Domain,
+    root: Path,
+    *,
+    split: str,
+    num: int,
+    size: tuple[int, int],
+    seed: int,
+    progress: bool,
+) -> dict:
+    """Write one split of a labelled domain in its format (see :func:`synth_domain`)."""
     start = time.perf_counter()
     names = []
     bar = tqdm(range(num), desc=f"{dom.name}/{split}", unit="img", disable=not progress)
@@ -140,7 +264,6 @@ def synth_domain(
         "seed": seed,
         "seconds": round(seconds, 3),
     }
-    _update_manifest(root, dom, summary)
     return summary
 
 
@@ -188,7 +311,6 @@ def _synth_public(
         "seed": seed,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    _update_manifest(root, dom, summary)
     return summary
 
 
@@ -199,9 +321,9 @@ def _recompress(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
 
 
-def _update_manifest(root: Path, dom: Domain, summary: dict) -> None:
-    path = root / "feds2r_world.json"
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
+def _update_manifest(root: Path, dom: Domain, summary: dict, *, complete: bool) -> None:
+    path = root / MANIFEST
+    manifest = _read_manifest(root)
     manifest.update(
         {
             "world_version": WORLD_VERSION,
@@ -212,7 +334,8 @@ def _update_manifest(root: Path, dom: Domain, summary: dict) -> None:
         }
     )
     manifest.setdefault("splits", {})[summary["split"]] = {
-        k: summary[k] for k in ("count", "size", "seed")
+        **{k: summary[k] for k in ("count", "size", "seed")},
+        "complete": complete,
     }
     write_atomic(path, json.dumps(manifest, indent=2).encode())
 
@@ -225,12 +348,33 @@ def synth_all(
     scale: float = 1.0,
     domains: tuple[str, ...] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> list[dict]:
     """Write the whole built-in benchmark: every domain and its default splits under ``out``.
 
     ``scale`` multiplies every split's default size (e.g. 0.1 for a tiny world in tests).
+    ``out`` must be new, empty or an earlier world; each domain folder follows
+    :func:`synth_domain`'s rules (``force`` replaces what differs). ``world.json`` is written
+    last.
     """
+    if not scale > 0:
+        raise Feds2rError(f"scale must be positive, got {scale}")
     root = Path(out)
+    with prepare_output(root, "data synth --all", marker="world.json") as dest:
+        summaries = _synth_world(root, size, seed, scale, domains, progress, force)
+        dest.finish()
+    return summaries
+
+
+def _synth_world(
+    root: Path,
+    size: tuple[int, int],
+    seed: int,
+    scale: float,
+    domains: tuple[str, ...] | None,
+    progress: bool,
+    force: bool,
+) -> list[dict]:
     summaries = []
     for name in domains or tuple(DOMAINS):
         dom = get_domain(name)
@@ -238,7 +382,14 @@ def synth_all(
             num = max(int(round(count * scale)), 4 if dom.format == "acdc" else 1)
             summaries.append(
                 synth_domain(
-                    dom, root / name, split=split, num=num, size=size, seed=seed, progress=progress
+                    dom,
+                    root / name,
+                    split=split,
+                    num=num,
+                    size=size,
+                    seed=seed,
+                    progress=progress,
+                    force=force,
                 )
             )
     index = {

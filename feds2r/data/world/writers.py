@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,6 +19,7 @@ from PIL import Image
 from feds2r.data.formats import MAPILLARY_ID_TO_TRAIN, SYNTHIA_ID_TO_TRAIN
 from feds2r.data.labels import CITYSCAPES_ID_TO_TRAIN, IGNORE_INDEX, PALETTE
 from feds2r.data.world.styles import EGO, MARKING, NUM_SCENE_LABELS, VOID
+from feds2r.io import write_atomic  # noqa: F401  (re-exported: it used to live here)
 
 
 def _table(inverse: dict[int, int], extra: dict[int, int], dtype=np.uint8) -> np.ndarray:
@@ -71,14 +70,6 @@ def _jpg(rgb: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _key(*parts: object, n: int = 16) -> str:

@@ -1,0 +1,320 @@
+"""Writing outputs safely: atomic files and one output-folder policy for every command.
+
+Every feds2r command that writes goes through this module, so that they all behave alike:
+
+- :func:`write_atomic` writes a file through a uniquely named temporary file (``O_EXCL``) and a
+  rename, so a reader never sees half a file, and removes the temporary file when it fails.
+- :func:`check_output_file` checks a file destination such as ``--json PATH`` *before* the work
+  starts (not a folder, in a writable place), so a bad path costs nothing.
+- :func:`prepare_output` checks and claims an output folder such as ``--out DIR``: it must be new,
+  empty, or an earlier output of the same command; it is locked (``DIR/.feds2r.lock`` holds the
+  writer's PID, created with ``O_EXCL``; a lock left by a dead process is taken over) so that two
+  runs cannot write into one folder; and it is marked in progress (``DIR/.feds2r_output.json``,
+  ``"complete": false``) until :meth:`Output.finish` marks it complete, so a run killed midway
+  leaves a folder that ``feds2r data check`` reports as incomplete.
+
+Every problem a user can cause is a :class:`OutputError` (a :class:`Feds2rError`: one message,
+exit status 2 in the CLI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from feds2r.errors import Feds2rError
+
+LOCK_NAME = ".feds2r.lock"
+STATE_NAME = ".feds2r_output.json"
+_OURS = (LOCK_NAME, STATE_NAME)
+
+
+class OutputError(Feds2rError):
+    """An output path that cannot be used: a file where a folder is needed, read-only, taken."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable(path: Path, flag: str, what: str) -> None:
+    """Raise unless ``path`` (not existing yet) could be created: a writable folder above it."""
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise OutputError(
+            f"{flag} {path}: {base} is a file, not a folder, so the {what} cannot be created "
+            "there; give a path inside a folder"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{flag} {path}: the folder {base} is not writable; give a path you may write to"
+        )
+
+
+def check_output_file(path: str | Path, flag: str = "--json") -> Path:
+    """Check a file destination before any work: not a folder, and creatable or writable.
+
+    Returns the path. An existing file is fine (it is replaced atomically at the end).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(
+            f"{flag} {path} is a folder; give a file path such as {path / 'report.json'}"
+        )
+    if path.exists():
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise OutputError(
+                f"{flag} {path}: its folder {path.parent} is not writable; give another path"
+            )
+        return path
+    _check_creatable(path, flag, "file")
+    return path
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Check a folder destination before any work, without creating anything.
+
+    Refuses a file at ``path``, a folder that is not writable, or a place where it cannot be
+    created. Whether its contents may be replaced is :func:`prepare_output`'s business.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file, not a folder; give a new or empty folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{flag} {path} is not writable; give a folder you may write to")
+    else:
+        _check_creatable(path, flag, "folder")
+    return path
+
+
+def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename: never a half-written file.
+
+    The temporary file (``.NAME.RANDOM.tmp`` beside ``path``) is created with ``O_EXCL`` and
+    ``mode`` (less the umask) and is removed if anything fails. Raises :class:`OutputError` with
+    the cause when ``path`` is a folder or cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the folder {path.parent} for {path.name}: {_reason(exc)}"
+        ) from None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+        raise
+
+
+def write_json(path: str | Path, data: object) -> None:
+    """Write ``data`` as indented JSON (with a final newline) atomically."""
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _take_lock(lock: Path, flag: str, folder: Path) -> None:
+    """Create ``lock`` holding our PID (``O_EXCL``); take over a lock whose process is dead."""
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                text = lock.read_text().strip()
+            except OSError:
+                text = ""
+            pid = int(text) if text.isdigit() else -1
+            if pid == os.getpid() or _pid_alive(pid):
+                raise OutputError(
+                    f"{flag} {folder} is in use by another feds2r run (PID {pid}, lock file "
+                    f"{lock}); wait for it to finish or give another folder"
+                ) from None
+            # stale: its writer died. Remove it and retry the exclusive create; if two runs race
+            # here, only one O_EXCL create succeeds and the other sees a live PID.
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        except OSError as exc:
+            raise OutputError(
+                f"{flag} {folder} is not writable ({_reason(exc)}); give a folder you may write to"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return
+    raise OutputError(f"{flag} {folder}: could not take the lock {lock}; try again")
+
+
+@dataclass
+class Output:
+    """A claimed output folder (see :func:`prepare_output`); release it with :meth:`close`.
+
+    ``previous`` is True when the folder held an earlier output of the same kind (complete or
+    not); ``entries`` lists what it held (names, without feds2r's own lock and state files).
+    """
+
+    path: Path
+    kind: str
+    previous: bool
+    entries: list[str] = field(default_factory=list)
+    created: bool = False
+    _closed: bool = False
+    _finished: bool = False
+
+    def clear(self) -> None:
+        """Remove everything in the folder except the lock (only for its own earlier output)."""
+        for name in os.listdir(self.path):
+            if name == LOCK_NAME:
+                continue
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        self.entries = []
+        self._mark(complete=False)
+
+    def _mark(self, *, complete: bool) -> None:
+        write_json(self.path / STATE_NAME, {"kind": self.kind, "complete": complete})
+
+    def finish(self) -> None:
+        """Mark the output complete (call after the last file) and release the lock."""
+        self._mark(complete=True)
+        self._finished = True
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock; the folder stays marked incomplete unless :meth:`finish` ran.
+
+        A folder this run created and left empty (it failed before writing anything) is removed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / LOCK_NAME).unlink()
+        if self.created and not self._finished:
+            with contextlib.suppress(OSError):
+                if set(os.listdir(self.path)) <= {STATE_NAME}:
+                    shutil.rmtree(self.path)
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_state(folder: str | Path) -> dict | None:
+    """The in-progress/complete marker of an output folder, or None if it has none."""
+    try:
+        state = json.loads((Path(folder) / STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def prepare_output(
+    path: str | Path,
+    kind: str,
+    *,
+    marker: str | None = None,
+    flag: str = "--out",
+    command: str | None = None,
+) -> Output:
+    """Check, create, lock and mark an output folder for one run of ``kind``.
+
+    The folder must be new, empty, or hold an earlier output of the same ``kind`` (its state file
+    says so, or it holds ``marker``, the kind's own manifest such as ``predictions.json``); any
+    other content is refused, so that no command writes over another's files. A file at ``path``,
+    a read-only place, or a folder locked by a live run is refused too. The caller decides what
+    to do with an earlier output (:meth:`Output.clear` to replace it, or resume it), writes its
+    files, then calls :meth:`Output.finish`; on failure :meth:`Output.close` (or ``with``)
+    releases the lock and leaves the folder marked incomplete.
+    """
+    path = check_output_dir(path, flag)
+    command = command or f"feds2r {kind}"
+    created = not path.exists()
+    if created:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {flag} {path}: {_reason(exc)}") from None
+    _take_lock(path / LOCK_NAME, flag, path)
+    try:
+        entries = sorted(n for n in os.listdir(path) if n not in _OURS)
+        state = read_state(path)
+        previous = (state is not None and state.get("kind") == kind) or (
+            marker is not None and marker in entries
+        )
+        if entries and not previous:
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise OutputError(
+                f"{flag} {path} already holds other files ({shown}), not an earlier "
+                f"`{command}` output; give a new or empty folder so that nothing is overwritten"
+            )
+        out = Output(path, kind, previous, entries, created)
+        out._mark(complete=False)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            (path / LOCK_NAME).unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(path)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise OutputError(f"{flag} {path} is not writable: {_reason(exc)}") from None
+        raise
+    return out
+
+
+__all__ = [
+    "LOCK_NAME",
+    "STATE_NAME",
+    "Output",
+    "OutputError",
+    "check_output_dir",
+    "check_output_file",
+    "prepare_output",
+    "read_state",
+    "write_atomic",
+    "write_json",
+]

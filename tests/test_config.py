@@ -1,0 +1,119 @@
+"""One config loader: unknown tables and keys, wrong types and unreadable files are one message;
+the tool's own config.toml loads back and trains the run it records."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from feds2r.cli import main
+from feds2r.client import ClientSettings
+from feds2r.config import from_dict, load_tables
+from feds2r.data.world import synth_domain
+from feds2r.engine.train import TrainConfig
+from feds2r.errors import Feds2rError
+from tests.conftest import train_tiny_client
+
+TABLES = {"client": ClientSettings, "train": TrainConfig}
+
+
+@pytest.fixture(scope="module")
+def gta(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("gta")
+    synth_domain("gta5-like", root, split="train", num=4, size=(64, 128), progress=False)
+    return f"gta5:{root}?split=train"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('presett = "m2f-cpu"\n[train]\nsteps = 3\n', "unknown key(s) or table(s) presett"),
+        ("[distil]\nkd = 'mask'\n", "unknown key(s) or table(s) distil"),
+        ("[client]\npresett = 'm2f-cpu'\n", "unknown key(s) presett in [client]"),
+        ("[train]\nstepz = 3\n", "unknown key(s) stepz in [train]"),
+        ("steps = 3\n", "unknown key(s) or table(s) steps"),
+        ("train = 3\n", "train must be a table"),
+        ('preset = "a"\n[client]\npreset = "b"\n', "preset is given twice"),
+    ],
+)
+def test_unknown_tables_and_keys_are_one_message(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(Feds2rError) as err:
+        load_tables(path, TABLES, top_level={"preset": "client"})
+    assert message in str(err.value)
+    assert "unknown" not in message or "valid" in str(err.value)  # and lists the valid keys
+
+
+def test_top_level_preset_goes_to_its_table(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('preset = "segformer-cpu"\n[train]\nsteps = 3\n')
+    tables = load_tables(path, TABLES, top_level={"preset": "client"})
+    assert tables == {"client": {"preset": "segformer-cpu"}, "train": {"steps": 3}}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("2.5", "steps must be an integer, got 2.5"),
+        ("true", "steps must be an integer, got True"),
+        ('"3"', "steps must be an integer, got '3'"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_refused(tmp_path, value, message):
+    path = tmp_path / "c.toml"
+    path.write_text(f"[train]\nsteps = {value}\nwarmup_steps = 1\n")
+    data = load_tables(path, TABLES)["train"]
+    with pytest.raises(Feds2rError, match=message):
+        from_dict(TrainConfig, data, source=str(path))
+
+
+def test_types_are_checked_and_normalised_in_python_too():
+    with pytest.raises(TypeError, match="flip must be true or false"):
+        TrainConfig(flip=1)
+    with pytest.raises(TypeError, match="crop must be a list of 2 integers"):
+        TrainConfig(crop=(32.5, 64))
+    config = TrainConfig(lr=1, crop=[64, 128])
+    assert isinstance(config.lr, float) and config.crop == (64, 128)
+
+
+def test_height_below_the_minimum_names_the_height_not_the_crop():
+    with pytest.raises(ValueError, match="height must be >= 16 pixels, got 7"):
+        TrainConfig(height=7)
+    with pytest.raises(ValueError, match="crop sides must be >= 16 pixels, got 8x64"):
+        TrainConfig(crop=(8, 64))
+
+
+@pytest.mark.parametrize("kind", ["directory", "binary", "missing", "bad toml"])
+def test_unreadable_config_files_are_one_message(tmp_path, gta, capsys, kind):
+    path = tmp_path / "c.toml"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    elif kind == "bad toml":
+        path.write_text("[train\n")
+    code = main(["client", "train", "--data", gta, "--config", str(path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: config file") and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_a_runs_own_config_toml_trains_the_same_run(gta, tmp_path, capsys):
+    assert train_tiny_client(gta, tmp_path / "a", steps=2) == 0
+    recorded = tomllib.loads((tmp_path / "a/config.toml").read_text())
+    assert recorded["client"]["preset"] == "segformer-cpu"  # not the default m2f-cpu
+    args = ["client", "train", "--config", str(tmp_path / "a/config.toml"), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0  # no --data, --preset: the file's
+    meta_a = json.loads((tmp_path / "a/model.json").read_text())
+    meta_b = json.loads((tmp_path / "b/model.json").read_text())
+    assert meta_b["preset"] == "segformer-cpu" and meta_b["data"] == meta_a["data"]
+    assert meta_b["train_config"] == meta_a["train_config"]
+    assert (tmp_path / "b/config.toml").read_text() == (tmp_path / "a/config.toml").read_text()
+    a = load_file(str(tmp_path / "a/model.safetensors"))
+    b = load_file(str(tmp_path / "b/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
