@@ -245,7 +245,9 @@ def test_resume_with_another_fingerprint_is_refused(tmp_path):
     out = tmp_path / "run"
     train_client(f"gta5:{root}?split=train", "segformer-cpu", out, cfg(steps=2), progress=False)
     before = _snapshot(out)
-    synth_domain("gta5-like", root, split="train", num=6, size=(64, 128), progress=False)
+    synth_domain(
+        "gta5-like", root, split="train", num=6, size=(64, 128), progress=False, force=True
+    )
     with pytest.raises(Feds2rError, match="fingerprint"):  # same spec, other files behind it
         train_client(f"gta5:{root}?split=train", "segformer-cpu", out, cfg(steps=2))
     assert _snapshot(out) == before
