@@ -5,6 +5,13 @@ separate machines), optionally with TLS and SuperNode authentication, submits th
 with ``flwr run``, waits for the run's final status (``flwr list``, not ``flwr run``'s exit
 code), stops every process it started by its id, and raises :class:`FederationError` with the
 reason when the run did not complete.
+
+Signals: every process starts in its own session, with the kernel told to kill it when the
+launcher dies uncleanly (``PR_SET_PDEATHSIG``, Linux), and the launcher turns SIGTERM and
+SIGHUP into the same cancellation as Ctrl-C (:mod:`feds2r.signals`). However the launcher ends
+(Ctrl-C, ``kill``, an error or a normal exit), it stops every process it started and their
+children, and removes the staging folder of a run that did not complete: a cancelled run
+writes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from feds2r.federation.protocol import (
     check_server_inputs,
     crop_text,
 )
+from feds2r.signals import cancel_on_signals, signals_deferred
 
 CLIENT_APP = "feds2r.federation.client_app:app"
 SERVER_APP = "feds2r.federation.server_app:app"
@@ -119,17 +127,20 @@ class LocalDeployment:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        """Start ``args`` in its own session; Linux kills it if this process dies uncleanly."""
         log = open(self.home / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
-        proc = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.home,
-            start_new_session=True,
-        )
-        proc.log = log  # type: ignore[attr-defined]
-        self.procs[name] = proc
+        with signals_deferred():  # a cancellation never finds a started process unrecorded
+            proc = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.home,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+            proc.log = log  # type: ignore[attr-defined]
+            self.procs[name] = proc
         return proc
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
@@ -165,6 +176,27 @@ class LocalDeployment:
             time.sleep(0.1)
         for pid in pids:
             _signal(pid, signal.SIGKILL)
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when the launcher dies without its
+    cleanup, as by ``kill -9`` (``prctl(PR_SET_PDEATHSIG)``); None elsewhere. SIGKILL, not
+    SIGTERM: a SuperLink with a run under way does not exit on SIGTERM within seconds. Their own
+    helpers (flower-superexec, the apps) exit when they see their parent gone. libc is looked up
+    before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = ctypes.c_int(1)
+    sigkill = ctypes.c_ulong(int(signal.SIGKILL))
+    zero = ctypes.c_ulong(0)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigkill, zero, zero, zero)
+
+    return preexec
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -220,8 +252,34 @@ def federate_local(
     """Run the federation over loopback: ``clients`` is a list of (name, dataset spec).
 
     Returns ``results.json``'s content. The deployment's logs are copied to ``OUT/logs`` (or,
-    when the run fails, kept in the temporary folder the error message names).
+    when the run fails, kept in the temporary folder the error message names). SIGTERM and
+    SIGHUP raise :class:`feds2r.signals.Terminated` (a ``KeyboardInterrupt``), as Ctrl-C does;
+    either way every process is stopped and nothing is written to ``OUT``.
     """
+    with cancel_on_signals():
+        return _federate_local(
+            clients,
+            config,
+            tls=tls,
+            auth=auth,
+            client_app=client_app,
+            run_timeout=run_timeout,
+            keep_logs=keep_logs,
+            log=log,
+        )
+
+
+def _federate_local(
+    clients: list[tuple[str, str]],
+    config: FederationConfig,
+    *,
+    tls: bool,
+    auth: bool,
+    client_app: str,
+    run_timeout: float,
+    keep_logs: bool,
+    log,
+) -> dict[str, Any]:
     if not clients:
         raise FederationError("give at least one --client SPEC")
     # the SuperLink and SuperNodes run in a temporary folder: every path must be absolute
@@ -239,6 +297,8 @@ def federate_local(
     # before any process starts; the ServerApp checks again
     check_new_output(out)
     check_server_inputs(config)
+    staging = f".{out.name}.partial-*"  # the ServerApp's (protocol.run_federation)
+    old_stages = set(out.parent.glob(staging))
     home = Path(tempfile.mkdtemp(prefix="feds2r-federation-"))
     (home / "logs").mkdir()
     env = {
@@ -336,7 +396,11 @@ def federate_local(
         ok = True
         return json.loads(results_path.read_text())
     finally:
-        deploy.stop()
+        with signals_deferred():  # a second Ctrl-C or SIGTERM does not cut the stop short
+            deploy.stop()
+            if not ok:  # a ServerApp stopped midway may leave its staging folder
+                for stage in set(out.parent.glob(staging)) - old_stages:
+                    shutil.rmtree(stage, ignore_errors=True)
         if ok and keep_logs:
             shutil.copytree(home / "logs", out / "logs", dirs_exist_ok=True)
             if server_log:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from feds2r.federation.local import _descendants
+from feds2r.federation.local import _descendants, _zombie
 from tests.federation.conftest import TINY_FLAGS, tiny_config
 
 pytest.importorskip("flwr")
@@ -139,3 +141,54 @@ def test_too_few_clients_fail_the_run_with_the_reason_and_write_nothing(tiny_wor
     assert not out.exists()
     assert not any(p.name.startswith(".too-few") for p in tmp_path.iterdir())
     assert_no_flower_processes_left()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_sigterm_stops_every_process_and_the_cancelled_run_writes_nothing(tiny_world, tmp_path):
+    """SIGTERM (kill, timeout, CI) cancels as Ctrl-C does: no process outlives the launcher."""
+    out = tmp_path / "cancelled"
+    flags = [
+        *client_flags(tiny_world, ("gta5", "synthia")), "--min-clients", "1",
+        "--server-data", tiny_world["server"], "--out", str(out), *TINY_FLAGS,
+        "--client-steps", "100000",  # still training when the signal comes
+    ]  # fmt: skip
+    log = tmp_path / "launcher.log"
+    with open(log, "wb") as sink:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "feds2r.cli", "federate", "local", *flags],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        # wait until both SuperNodes run their ClientApp (training has begun)
+        while sum("clientapp" in _cmdline(p) for p in _descendants(launcher.pid)) < 2:
+            assert launcher.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the ClientApps did not start\n" + log.read_text()
+            time.sleep(0.5)
+        started = _descendants(launcher.pid)
+        assert any("flower-superlink" in _cmdline(p) for p in started)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()
+        time.sleep(1.0)
+        alive = [p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        assert alive == [], [_cmdline(p) for p in alive]
+        assert "cancelled: received SIGTERM" in log.read_text()
+        time.sleep(2.0)  # nothing left to finish the run later
+        assert not out.exists()
+        assert not any(p.name.startswith(".cancelled") for p in tmp_path.iterdir())
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for pid in started:  # a failing run must not leave its processes behind either
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
