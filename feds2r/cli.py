@@ -903,7 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_inference_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="checkpoint folder or .safetensors file")
-        p.add_argument("--height", type=int, default=128, help="inference height (default 128)")
+        p.add_argument(
+            "--height", type=_count(16), default=128, help="inference height (>= 16; default 128)"
+        )
         p.add_argument("--sliding", action="store_true", help="sliding-window inference")
         p.add_argument("--crop", type=_size, default=(128, 256), help="sliding window HxW")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -928,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_inference_args(p)
     p.add_argument("--data", required=True, action="append", help="labelled spec (repeatable)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_count(1), default=8, help="images per batch (default 8)")
     p.add_argument("--per-class", action="store_true", help="print per-class IoU columns")
     p.add_argument("--json", metavar="PATH", help="write results as JSON ('-': stdout)")
     p.set_defaults(func=cmd_eval)
@@ -981,7 +983,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", nargs="+", required=True, help="client checkpoints (2 or more)")
     p.add_argument("--data", required=True, help="the server's images (labels are not used)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--height", type=int, default=128, help="inference height (default 128)")
+    p.add_argument(
+        "--height", type=_count(16), default=128, help="inference height (>= 16; default 128)"
+    )
     p.add_argument("--std-factor", type=float, default=0.5)
     p.add_argument("--min-unstable", type=int, default=3)
     p.add_argument("--max-unstable", type=int, default=6)

@@ -3,9 +3,9 @@
 A checkpoint is a folder holding ``model.safetensors`` and ``model.json`` (or the two files side by
 side, ``NAME.safetensors`` + ``NAME.json``). Loading reads the sidecar, checks that it names a known
 preset and feds2r's 19-class label space, checks every tensor's name and shape against the model
-the preset builds, and only then reads the tensors. Files that are pickles (``torch.save``,
-``.pt``/``.pth``/``.ckpt``/``.bin``) are refused before anything is read from them: unpickling can
-run arbitrary code.
+the preset builds, and only then reads the tensors, refusing NaN or infinite values. Files that are
+pickles (``torch.save``, ``.pt``/``.pth``/``.ckpt``/``.bin``) are refused before anything is read
+from them: unpickling can run arbitrary code.
 """
 
 from __future__ import annotations
@@ -34,13 +34,32 @@ class CheckpointError(Feds2rError):
     """A checkpoint is missing, corrupt, a pickle, or does not fit feds2r's models or labels."""
 
 
+_MAX_HEADER = 100_000_000  # the largest JSON header the safetensors library itself accepts
+
+
+def is_safetensors_head(head: bytes, size: int) -> bool:
+    """Whether ``head``, the first 9 bytes of a file of ``size`` bytes, starts a safetensors file.
+
+    A safetensors file is an 8-byte little-endian header length N, then N bytes of JSON that
+    begin with ``{``. N is a multiple of 8 (the header is padded), so its first byte is 0x80 for
+    about 1 file in 32: the same byte as pickle's protocol-2 magic. Checking the whole shape first
+    tells the two apart.
+    """
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{"
+
+
 def refuse_pickle(path: Path) -> None:
     """Raise if ``path`` is (or looks like) a pickle or a ``torch.save`` zip archive."""
-    head = b""
+    head, size = b"", 0
     if path.is_file():
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(4)
-    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK\x03\x04":
+            head = f.read(9)
+    pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+    if path.suffix.lower() in _PICKLE_SUFFIXES or (pickled and not is_safetensors_head(head, size)):
         raise CheckpointError(
             f"refusing to load {path}: it is a pickle (torch.save) file, and unpickling runs "
             "whatever code the file contains. feds2r loads only .safetensors weights with a JSON "
@@ -75,18 +94,29 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         meta = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(
+            f"checkpoint sidecar {sidecar} is nested too deeply to be a feds2r sidecar"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{sidecar} is not a feds2r checkpoint sidecar (no format={FORMAT})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(
+            f"{sidecar}: format_version must be an integer, got {version!r}; the sidecar is "
+            "damaged or was not written by feds2r"
+        )
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{sidecar} was written by a newer feds2r (checkpoint format "
             f"{meta['format_version']}); upgrade feds2r to load it"
         )
-    if meta.get("preset") not in PRESETS:
+    preset = meta.get("preset")
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise CheckpointError(
-            f"{sidecar}: unknown preset {meta.get('preset')!r}; valid presets: {', '.join(PRESETS)}"
+            f"{sidecar}: unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}"
         )
-    if list(meta.get("class_names", [])) != list(CLASS_NAMES):
+    if not isinstance(meta.get("class_names"), list) or meta["class_names"] != list(CLASS_NAMES):
         raise CheckpointError(
             f"{sidecar}: the checkpoint's classes {meta.get('class_names')} are not feds2r's 19 "
             "Cityscapes train classes in order; mismatched class sets cannot be combined"
@@ -159,5 +189,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         state = load_file(str(weights))
     except Exception as exc:
         raise CheckpointError(f"checkpoint {weights} is corrupt or truncated: {exc}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {weights} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. "
+            f"{bad[0]}): the run that wrote it diverged. Retrain it (with a lower --lr)"
+        )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta

@@ -91,6 +91,10 @@ def evaluate(
     ``per_image_confusion``, an int64 array (N, K, K) of each image's confusion matrix (their sum
     is the set's), for paired bootstrap intervals (:mod:`feds2r.metrics.bootstrap`).
     """
+    if height < 16 or batch_size < 1:
+        raise Feds2rError(
+            f"evaluate: height must be >= 16 and batch_size >= 1, got {height}, {batch_size}"
+        )
     if not dataset.with_labels:
         raise Feds2rError(
             f"{dataset.spec} has no labels to evaluate against; give a labelled dataset "

@@ -357,17 +357,24 @@ def train(
                 parts = loss_fn(model, batch)
             loss = parts["loss"]
             if not torch.isfinite(loss):
-                raise Feds2rError(f"loss became {float(loss)} at step {step}; lower the lr")
+                raise FloatingPointError(f"loss is {float(loss.detach())}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if not torch.isfinite(norm):
+                    raise FloatingPointError(f"gradient norm is {float(norm)}")
+        except FloatingPointError as exc:  # also raised by losses that see non-finite outputs
+            raise Feds2rError(
+                f"training diverged at step {step + 1} ({exc}); lower --lr (now {config.lr:g}) "
+                "and start a new run (another --out)"
+            ) from None
         except torch.OutOfMemoryError:
             raise Feds2rError(
                 f"out of {device.type} memory at step {step} with batch {config.batch_size} and "
                 f"crop {config.crop[0]}x{config.crop[1]}; lower --batch-size or --crop and "
                 "start a new run (another --out)"
             ) from None
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
         step += 1
         seen += config.batch_size

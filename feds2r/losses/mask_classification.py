@@ -81,6 +81,7 @@ def hungarian_match(
 
     ``class_logits`` (Q, K+1), ``mask_logits`` (Q, h, w), ``target_masks`` (T, H, W) in [0, 1].
     Cost = -2 p(class) + 5 BCE + 5 Dice, masks compared on the same uniform random points.
+    Raises FloatingPointError if the cost is not finite (NaN or infinite predictions).
     """
     prob = class_logits.softmax(-1)[:, target_classes]  # (Q, T)
     coords = torch.rand(1, num_points, 2, device=mask_logits.device)
@@ -92,6 +93,8 @@ def hungarian_match(
     p = pred.sigmoid()
     dice = 1 - (2 * p @ tgt.T + 1) / (p.sum(-1)[:, None] + tgt.sum(-1)[None] + 1)
     cost = -CLASS_WEIGHT * prob + MASK_WEIGHT * bce + DICE_WEIGHT * dice
+    if not torch.isfinite(cost).all():  # the matcher cannot rank NaNs; the training loop reports it
+        raise FloatingPointError("the matching cost is not finite: NaN or infinite predictions")
     rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
     return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 

@@ -266,3 +266,22 @@ def test_resume_with_another_preset_is_a_clear_message(tiny, tmp_path, capsys):
     assert code == 2 and "run of preset 'segformer-cpu', not 'm2f-cpu'" in err, err
     assert "--preset segformer-cpu" in err and "Traceback" not in err
     assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("preset", ["segformer-cpu", "m2f-cpu"])
+def test_a_diverging_run_names_the_step_and_the_fix(tiny, tmp_path, preset):
+    """lr 1e6: NaN outputs end in one message (not the Hungarian matcher's ValueError)."""
+    from feds2r.errors import Feds2rError
+
+    data = ResizedCache(open_dataset(tiny), 32, progress=False)
+    with pytest.raises(Feds2rError, match=r"training diverged at step \d \(.*lower --lr \(now 1e"):
+        train(create_model(preset), supervised_step, data, cfg(lr=1e6), tmp_path, progress=False)
+
+
+def test_non_finite_matching_costs_raise_floating_point_error():
+    from feds2r.losses.mask_classification import hungarian_match
+
+    logits = torch.full((4, 20), float("nan"))
+    masks = torch.zeros(4, 8, 8)
+    with pytest.raises(FloatingPointError, match="matching cost is not finite"):
+        hungarian_match(logits, masks, torch.tensor([0, 1]), torch.ones(2, 8, 8), num_points=16)
