@@ -48,11 +48,20 @@ def _write_json(data: dict, dest: str) -> None:
     write_atomic(Path(dest), (text + "\n").encode())
 
 
-def _check_json_dest(dest: str | None) -> None:
-    """Refuse a bad ``--json PATH`` before any work (a folder, a read-only place)."""
-    if dest and dest != "-":
-        from feds2r.io import check_output_file
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--out``/``--app`` folder or ``--json`` file before any work, for every
+    command (a file where a folder is needed, a folder where a file is, a read-only place)."""
+    from feds2r.io import check_output_dir, check_output_file
 
+    if getattr(args, "federate_command", None) == "app":
+        folders = {"--app": args.app}  # its --out is a path on the SuperLink's machine
+    else:
+        folders = {"--out": getattr(args, "out", None)}
+    for flag, folder in folders.items():
+        if isinstance(folder, str | Path):
+            check_output_dir(folder, flag)
+    dest = getattr(args, "json", None)
+    if isinstance(dest, str) and dest != "-":
         check_output_file(dest, "--json")
 
 
@@ -101,7 +110,6 @@ def cmd_data_formats(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from feds2r.data.check import check_dataset
 
-    _check_json_dest(args.json)
     options = {"condition": args.condition} if args.condition else {}
     report = check_dataset(
         args.spec, args.split, labels=not args.no_labels, progress=not args.quiet, **options
@@ -260,8 +268,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from feds2r.data.labels import CLASS_NAMES
     from feds2r.engine.evaluate import evaluate
 
-    _check_json_dest(args.json)
-
     model, meta, dev = _load_model(args.model, args.device)
     sliding = args.crop if args.sliding else None
     rows = []
@@ -311,9 +317,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from feds2r.data import open_dataset
     from feds2r.engine.evaluate import write_predictions
-    from feds2r.io import check_output_dir
 
-    check_output_dir(args.out)  # before any work; write_predictions claims it
     model, _, dev = _load_model(args.model, args.device)
     ds = open_dataset(args.data, labels=False, on_error="skip" if args.skip_bad else "raise")
     n = write_predictions(
@@ -374,11 +378,9 @@ def cmd_server_inconsistency(args: argparse.Namespace) -> int:
 
 
 def cmd_server_augment(args: argparse.Namespace) -> int:
-    from feds2r.io import check_output_dir
     from feds2r.server.generators import augment, make_generator
     from feds2r.server.prompts import builtin_prompts, llm_prompts, prompt_counts
 
-    check_output_dir(args.out)  # before any work; augment() claims it
     source = Path(args.inconsistency)
     if source.is_dir():
         source = source / "inconsistency.json"
@@ -706,7 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pair every image with its label, read every file, and report counts, image "
         "sizes and the class pixel histogram. Names each defect: missing folders, unpaired files, "
         "unreadable or truncated images, label values outside the format's id table, image/label "
-        "size mismatch. Exit status 0: clean; 1: defects found; 2: bad arguments.",
+        "size mismatch, a partial output that a feds2r command stopped writing. Exit status 0: "
+        "clean; 1: defects found; 2: a bad request (format, split, option, --json path).",
         epilog=textwrap.dedent("""\
             examples:
               feds2r data check gta5:/data/gta5
@@ -940,7 +943,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write predicted label maps and colour overlays",
         formatter_class=fmt,
         description="Predict every image of a dataset: OUT/NAME.png holds train ids (0-18), "
-        "OUT/overlay/NAME.png the prediction in Cityscapes colours over the image.",
+        "OUT/overlay/NAME.png the prediction in Cityscapes colours over the image, and "
+        "OUT/predictions.json (written last) the count and the names.",
         epilog=textwrap.dedent("""\
             examples:
               feds2r predict --model runs/gta5 \\
@@ -1254,6 +1258,7 @@ def main(argv: list[str] | None = None) -> int:
     from feds2r.signals import Terminated, cancel_on_signals
 
     try:
+        _check_outputs(args)
         with cancel_on_signals():  # SIGTERM/SIGHUP cancel as Ctrl-C does (feds2r/signals.py)
             return func(args)
     except Feds2rError as exc:

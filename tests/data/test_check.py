@@ -135,3 +135,110 @@ def test_colour_label_is_refused_with_hint(tmp_path):
     write_rgb(lbl(root, GOOD))  # an RGB image where ids are expected
     with pytest.raises(DataError, match="expected single-channel ids"):
         open_dataset(f"cityscapes:{root}")[0]
+
+
+# ----------------------------------------------------------------------------- partial outputs
+
+
+class Stop(Exception):
+    """Stands in for a kill: raised midway through writing."""
+
+
+def synth_stopped_midway(root: Path, monkeypatch, after: int = 3) -> None:
+    from feds2r.data.world import synth, synth_domain
+
+    real, calls = synth.encode, []
+
+    def encode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise Stop
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synth, "encode", encode)
+    with pytest.raises(Stop):
+        synth_domain("cityscapes-like", root, split="val", num=8, size=(32, 64), progress=False)
+    monkeypatch.setattr(synth, "encode", real)
+
+
+def test_synth_stopped_midway_is_reported_incomplete_until_rerun(tmp_path, monkeypatch):
+    from feds2r.data.world import synth_domain
+
+    root = tmp_path / "cs"
+    synth_stopped_midway(root, monkeypatch)
+    report = check_dataset(f"cityscapes:{root}?split=val", progress=False)
+    assert not report.ok and [d.kind for d in report.defects] == ["incomplete"]
+    assert "data synth" in report.defects[0].message and report.num_read == 3
+    # running it again (other settings too: the stopped split is ours and incomplete) completes
+    synth_domain("cityscapes-like", root, split="val", num=5, size=(32, 64), progress=False)
+    report = check_dataset(f"cityscapes:{root}?split=val", progress=False)
+    assert report.ok and report.num_samples == 5, report.to_text()
+
+
+def test_synth_killed_with_sigkill_leaves_a_set_check_calls_incomplete(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "cs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "feds2r.cli", "data", "synth", "--domain", "cityscapes-like",
+         "--split", "val", "--num", "2000", "--size", "32x64", "--out", str(root), "--quiet"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(root.rglob("*_gtFine_labelIds.png"))) < 2:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    report = check_dataset(f"cityscapes:{root}?split=val", progress=False)
+    assert "incomplete" in [d.kind for d in report.defects], report.to_text()
+
+
+def test_predict_stopped_midway_is_reported_incomplete(tmp_path):
+    import torch
+
+    from feds2r.data.world import synth_domain
+    from feds2r.engine.evaluate import write_predictions
+
+    synth_domain("cityscapes-like", tmp_path / "cs", split="val", num=4, size=(32, 64),
+                 progress=False)  # fmt: skip
+    ds = open_dataset(f"cityscapes:{tmp_path / 'cs'}?split=val", labels=False)
+
+    class Model:
+        calls = 0
+
+        def predict(self, images, size):
+            Model.calls += 1
+            if Model.calls > 2:
+                raise Stop
+            return torch.full((images.shape[0], 19, *size), 1 / 19)
+
+    with pytest.raises(Stop):
+        write_predictions(Model(), ds, tmp_path / "pred", height=32, progress=False)
+    report = check_dataset(f"folder:{tmp_path / 'pred'}", progress=False)
+    assert "incomplete" in [d.kind for d in report.defects] and "predict" in report.to_text()
+    Model.calls = -100
+    assert write_predictions(Model(), ds, tmp_path / "pred", height=32, progress=False) == 4
+    assert check_dataset(f"folder:{tmp_path / 'pred'}", progress=False).ok
+
+
+def test_data_check_exit_codes(tmp_path, capsys):
+    from feds2r.cli import main
+
+    root = tmp_path / "cs"
+    cityscapes_tree(root, [GOOD])
+    assert main(["data", "check", f"cityscapes:{root}", "--quiet"]) == 0
+    # a bad request is a user error (2), like a bad format, whatever the data holds
+    assert main(["data", "check", f"cityscapes:{root}", "--split", "nope", "--quiet"]) == 2
+    assert main(["data", "check", f"cityscapes:{root}?split=nope", "--quiet"]) == 2
+    assert main(["data", "check", f"nosuchformat:{root}", "--quiet"]) == 2
+    assert main(["data", "check", f"acdc:{root}", "--condition", "hail", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no split 'nope'" in err and "unknown dataset format" in err
+    make_defect("unreadable_image", root)
+    assert main(["data", "check", f"cityscapes:{root}", "--quiet"]) == 1  # defects: 1

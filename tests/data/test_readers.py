@@ -215,3 +215,35 @@ def test_bad_split_and_option(tmp_path):
         open_dataset(spec, split="dev")
     with pytest.raises(DataError, match="has no option 'condition'"):
         open_dataset(spec, condition="fog")
+
+
+def test_folder_names_never_collide_and_no_image_is_dropped(tmp_path):
+    root = tmp_path / "imgs"
+    write_rgb(root / "sub" / "x.png")
+    write_rgb(root / "sub_x.png")
+    write_rgb(root / "sub_x.jpg", fmt="JPEG")
+    write_rgb(root / "other.png")
+    ds = open_dataset(f"folder:{root}")
+    names = [ds[i]["name"] for i in range(len(ds))]
+    assert len(ds) == 4 and len(set(names)) == 4
+    assert "other" in names  # a name without a clash keeps its plain form
+    by_file = {s.image.relative_to(root).as_posix(): s.name for s in ds.samples}
+    assert set(by_file) == {"sub/x.png", "sub_x.png", "sub_x.jpg", "other.png"}
+    assert all(by_file[k].startswith("sub_x-") for k in ("sub/x.png", "sub_x.png", "sub_x.jpg"))
+
+
+def test_skip_bad_leaves_a_bad_sample_out_instead_of_serving_another_twice(tmp_path):
+    from feds2r.data.world import synth_domain
+
+    root = tmp_path / "cs"
+    synth_domain("cityscapes-like", root, split="val", num=8, size=(32, 64), progress=False)
+    ds = open_dataset(f"cityscapes:{root}?split=val")
+    bad = ds.samples[3]
+    bad.image.write_bytes(bad.image.read_bytes()[:200])  # truncated
+    with pytest.warns(UserWarning, match="skipping bad sample"):
+        ds = open_dataset(f"cityscapes:{root}?split=val", on_error="skip")
+    names = [ds[i]["name"] for i in range(len(ds))]
+    assert len(ds) == 7 and len(set(names)) == 7 and bad.name not in names
+    assert [d.kind for d in ds.defects] == ["unreadable_image"]
+    with pytest.raises(IndexError):
+        ds[7]

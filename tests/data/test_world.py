@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,73 @@ def test_rare_classes_are_rare_in_cityscapes_like(tmp_path):
     for name in RARE_CLASSES:
         assert frac[name] < 0.02, name
     assert set(frac) == set(CLASS_NAMES)
+
+
+# ----------------------------------------------------------------------------- output policy
+
+
+def manifest(root: Path) -> dict:
+    return json.loads((root / "feds2r_world.json").read_text())
+
+
+def test_synth_never_mixes_sets(tmp_path):
+    from feds2r.errors import Feds2rError
+
+    root = tmp_path / "gta"
+    synth_domain("gta5-like", root, split="train", num=6, size=SIZE, progress=False)
+    before = sorted(p.name for p in (root / "images").iterdir())
+    # another domain, or the same split at another size or count: refused, nothing touched
+    with pytest.raises(Feds2rError, match="holds the world domain gta5-like .*--force"):
+        synth_domain("synthia-like", root, split="train", num=2, size=SIZE, progress=False)
+    with pytest.raises(Feds2rError, match="already holds gta5-like/train with 6 images"):
+        synth_domain("gta5-like", root, split="train", num=3, size=(64, 128), progress=False)
+    assert sorted(p.name for p in (root / "images").iterdir()) == before
+    assert manifest(root)["domain"] == "gta5-like"
+    # the same settings rewrite it; another split is added beside it
+    synth_domain("gta5-like", root, split="train", num=6, size=SIZE, progress=False)
+    synth_domain("gta5-like", root, split="val", num=2, size=SIZE, progress=False)
+    assert set(manifest(root)["splits"]) == {"train", "val"}
+    # --force replaces: a split with fewer images leaves none of the old ones behind
+    synth_domain("gta5-like", root, split="train", num=2, size=SIZE, progress=False, force=True)
+    assert len(open_dataset(f"gta5:{root}?split=train")) == 2
+    assert len(list((root / "images").iterdir())) == 2 + 2  # 2 train + 2 val
+    # --force with another domain replaces the whole set
+    synth_domain("synthia-like", root, split="train", num=2, size=SIZE, progress=False, force=True)
+    assert manifest(root)["domain"] == "synthia-like" and not (root / "images").exists()
+    assert check_dataset(f"synthia:{root}?split=train", progress=False).ok
+
+
+def test_synth_refuses_a_folder_of_other_files(tmp_path):
+    from feds2r.errors import Feds2rError
+
+    (tmp_path / "mine.txt").write_text("keep")
+    for force in (False, True):
+        with pytest.raises(Feds2rError, match="already holds other files .*mine.txt"):
+            synth_domain("gta5-like", tmp_path, split="train", num=1, size=SIZE,
+                         progress=False, force=force)  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--split", "../../x"], "invalid choice|not one of|plain name"),
+        (["--split", "sub/train"], "plain name"),
+        (["--num", "-3"], "must be at least 1"),
+        (["--num", "0"], "must be at least 1"),
+        (["--scale", "-1", "--all"], "positive"),
+    ],
+)
+def test_synth_arguments_are_checked(args, match, tmp_path, capsys):
+    from feds2r.cli import main
+
+    base = ["data", "synth", "--out", str(tmp_path / "o"), "--size", "32x64", "--quiet"]
+    if "--all" not in args:
+        base += ["--domain", "gta5-like"]
+    try:
+        code = main([*base, *args])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    assert code == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists() and not (tmp_path.parent / "x").exists()

@@ -174,3 +174,117 @@ def test_diffusers_generator_errors(tmp_path):
         make_generator("diffusers", model_dir=tmp_path)
     with pytest.raises(Feds2rError, match="unknown generator 'dalle'"):
         make_generator("dalle")
+
+
+# ----------------------------------------------------------------------------- the API key
+
+
+def _serve(handler_cls):
+    import threading
+    from http.server import HTTPServer
+
+    server = HTTPServer(("127.0.0.1", 0), handler_cls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_llm_key_does_not_follow_a_redirect():
+    """A 302 to another address is refused; the second server never sees the Bearer key."""
+    from http.server import BaseHTTPRequestHandler
+
+    seen: list[dict] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def _answer(self):
+            seen.append(dict(self.headers))
+            data = json.dumps({"choices": [{"message": {"content": "A bus"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    other = _serve(Elsewhere)
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{other.server_port}/v1/chat/completions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    first = _serve(Redirecting)
+    try:
+        with pytest.raises(Feds2rError, match="redirect \\(302\\).*never sent to another"):
+            llm_prompts(
+                {"bus": 1},
+                url=f"http://127.0.0.1:{first.server_port}/v1",
+                model="tiny",
+                api_key="sk-secret",
+            )
+    finally:
+        for server in (first, other):
+            server.shutdown()
+            server.server_close()
+    assert not any("sk-secret" in str(h) for h in seen)
+    assert seen == []  # the redirect is not followed at all
+
+
+def test_llm_key_over_plain_http_to_another_host_warns():
+    from feds2r.server import prompts
+
+    with pytest.warns(UserWarning, match="plain http to 10.1.2.3"):
+        prompts._check_endpoint("http://10.1.2.3:8000/v1", "sk-secret")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prompts._check_endpoint("http://127.0.0.1:8000/v1", "sk-secret")  # loopback
+        prompts._check_endpoint("http://localhost:8000/v1", "sk-secret")
+        prompts._check_endpoint("https://api.example.org/v1", "sk-secret")  # encrypted
+        prompts._check_endpoint("http://10.1.2.3:8000/v1", None)  # no key to leak
+    with pytest.raises(Feds2rError, match="not an http:// or https:// address"):
+        llm_prompts({"bus": 1}, url="file:///etc/passwd", model="x")
+
+
+# ----------------------------------------------------------------------------- output policy
+
+
+def test_augment_replaces_its_own_output_and_refuses_other_files(tmp_path):
+    six = builtin_prompts({"bus": 4, "rider": 2}, seed=0)
+    augment(six, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False)
+    three = builtin_prompts({"bus": 3}, seed=1)
+    summary = augment(three, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False)
+    assert summary["num_images"] == 3
+    assert len(list((tmp_path / "gen" / "images").iterdir())) == 3  # not 6
+    assert len((tmp_path / "gen" / "prompts.jsonl").read_text().splitlines()) == 3
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.json").write_text("{}")
+    with pytest.raises(Feds2rError, match="already holds other files .*model.json"):
+        augment(three, BuiltinGenerator(), ckpt, size=(32, 64), progress=False)
+    assert [p.name for p in ckpt.iterdir()] == ["model.json"]
+
+
+@pytest.mark.parametrize("num", [1, 2, 3, 4, 7])
+def test_augment_cli_makes_exactly_num_images(num, tmp_path):
+    from feds2r.cli import main
+
+    scores = {c: None for c in ("road", "bus", "train", "rider", "motorcycle")}
+    scores.update({"bus": 0.9, "train": 0.6, "rider": 0.35, "motorcycle": 0.3})
+    report = tmp_path / "inconsistency.json"
+    report.write_text(
+        json.dumps({"scores": scores, "unstable_classes": ["bus", "train", "rider", "motorcycle"]})
+    )
+    out = tmp_path / "gen"
+    args = ["server", "augment", "--inconsistency", str(report), "--num", str(num)]
+    assert main([*args, "--out", str(out), "--size", "32x64", "--quiet"]) == 0
+    assert len(list((out / "images").iterdir())) == num
+    assert json.loads((out / "generated.json").read_text())["num_images"] == num
