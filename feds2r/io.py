@@ -196,6 +196,7 @@ class Output:
     previous: bool
     entries: list[str] = field(default_factory=list)
     created: bool = False
+    _top: Path | None = None  # the highest folder this run created (``path`` or an ancestor)
     _closed: bool = False
     _finished: bool = False
 
@@ -234,13 +235,26 @@ class Output:
         if self.created and not self._finished:
             with contextlib.suppress(OSError):
                 if set(os.listdir(self.path)) <= {STATE_NAME}:
-                    shutil.rmtree(self.path)
+                    _remove_created(self.path, self._top or self.path)
 
     def __enter__(self) -> Output:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remove_created(path: Path, top: Path) -> None:
+    """Remove ``path`` and the (empty) folders above it up to ``top``, which this run created."""
+    path, top = path.absolute(), top.absolute()
+    shutil.rmtree(path, ignore_errors=True)
+    parent = path.parent
+    while parent != top.parent and parent.is_relative_to(top):
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+        parent = parent.parent
 
 
 def read_state(folder: str | Path) -> dict | None:
@@ -273,6 +287,9 @@ def prepare_output(
     path = check_output_dir(path, flag)
     command = command or f"feds2r {kind}"
     created = not path.exists()
+    top = path.absolute()
+    while not top.parent.exists():
+        top = top.parent
     if created:
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -291,14 +308,13 @@ def prepare_output(
                 f"{flag} {path} already holds other files ({shown}), not an earlier "
                 f"`{command}` output; give a new or empty folder so that nothing is overwritten"
             )
-        out = Output(path, kind, previous, entries, created)
+        out = Output(path, kind, previous, entries, created, top if created else None)
         out._mark(complete=False)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             (path / LOCK_NAME).unlink()
         if created:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(path)
+            _remove_created(path, top)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise OutputError(f"{flag} {path} is not writable: {_reason(exc)}") from None

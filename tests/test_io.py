@@ -82,6 +82,10 @@ def test_prepare_output_removes_a_folder_it_created_when_nothing_was_written(tmp
     with prepare_output(tmp_path / "o", "predict"):
         pass
     assert not (tmp_path / "o").exists()
+    (tmp_path / "keep").mkdir()
+    with prepare_output(tmp_path / "keep" / "a" / "b", "predict"):
+        pass
+    assert listing(tmp_path) == {"keep"}  # the folders above it that it created are gone too
 
 
 def test_prepare_output_refuses_another_commands_folder(tmp_path):
