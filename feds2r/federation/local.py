@@ -126,7 +126,9 @@ class LocalDeployment:
     connection: str = "feds2r-local"
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         """Start ``args`` in its own session; Linux kills it if this process dies uncleanly."""
         log = open(self.home / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
         with signals_deferred():  # a cancellation never finds a started process unrecorded
@@ -134,7 +136,7 @@ class LocalDeployment:
                 args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env or self.env,
                 cwd=self.home,
                 start_new_session=True,
                 preexec_fn=_die_with_parent(),
@@ -238,6 +240,25 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def client_threads(num_clients: int, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Thread settings for each of ``num_clients`` SuperNodes training at once on this machine.
+
+    Every local SuperNode trains at the same time; with PyTorch's default (one thread per core
+    each) they thrash. Each gets a fair share, ``max(1, cores // num_clients)`` threads, through
+    ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, which its ClientApp process inherits and PyTorch
+    reads at start. An ``OMP_NUM_THREADS`` already set in ``env`` is kept.
+    """
+    env = os.environ if env is None else env
+    if env.get("OMP_NUM_THREADS"):
+        return {}
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    threads = str(max(1, cores // max(1, num_clients)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def federate_local(
     clients: list[tuple[str, str]],
     config: FederationConfig,
@@ -311,7 +332,8 @@ def _federate_local(
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     deploy = LocalDeployment(home, env)
-    ok = False
+    node_threads = client_threads(len(clients), env)  # the ServerApp keeps every core
+    ok = cancelled = False
     server_log = ""
     try:
         port = free_port()
@@ -358,6 +380,8 @@ def _federate_local(
                 done = deploy.flwr("supernode", "register", str(public), deploy.connection)
                 if done.returncode != 0:
                     raise FederationError(f"registering {name}'s public key failed: {_tail(done)}")
+        if node_threads:
+            log(f"each SuperNode trains with {node_threads['OMP_NUM_THREADS']} threads")
         for k, (name, spec) in enumerate(clients):
             node_args = [
                 _bin("flower-supernode"),
@@ -374,7 +398,7 @@ def _federate_local(
             if auth:
                 node_args += ["--auth-supernode-private-key", str(keys[k][0])]
             log(f"starting SuperNode {name} ({spec})")
-            deploy.start(f"supernode-{k}-{name}", node_args)
+            deploy.start(f"supernode-{k}-{name}", node_args, env={**env, **node_threads})
         app = home / "app"
         write_atomic(
             app / "pyproject.toml",
@@ -395,18 +419,21 @@ def _federate_local(
             raise FederationError(f"the run completed but wrote no {results_path}")
         ok = True
         return json.loads(results_path.read_text())
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: nothing of the run is kept
+        cancelled = True
+        raise
     finally:
         with signals_deferred():  # a second Ctrl-C or SIGTERM does not cut the stop short
             deploy.stop()
             if not ok:  # a ServerApp stopped midway may leave its staging folder
                 for stage in set(out.parent.glob(staging)) - old_stages:
                     shutil.rmtree(stage, ignore_errors=True)
-        if ok and keep_logs:
-            shutil.copytree(home / "logs", out / "logs", dirs_exist_ok=True)
-            if server_log:
-                write_atomic(out / "logs" / "serverapp.log", server_log.encode())
-        if ok:
-            shutil.rmtree(home, ignore_errors=True)
+            if ok and keep_logs:
+                shutil.copytree(home / "logs", out / "logs", dirs_exist_ok=True)
+                if server_log:
+                    write_atomic(out / "logs" / "serverapp.log", server_log.encode())
+            if ok or cancelled:  # a failed run keeps its logs there (the error names them)
+                shutil.rmtree(home, ignore_errors=True)
 
 
 def _write_connection(home: Path, name: str, connection: dict[str, Any]) -> None:

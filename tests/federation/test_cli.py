@@ -86,3 +86,17 @@ def test_federate_local_refuses_bad_client_names_and_server_data_before_starting
     out, err = capsys.readouterr()
     assert "--server-data cityscapes:/nonexistent" in err and "starting" not in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_local_supernodes_share_the_cores():
+    import os
+
+    from feds2r.federation.local import client_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert client_threads(3, {}) == {
+        "OMP_NUM_THREADS": str(max(1, cores // 3)),
+        "MKL_NUM_THREADS": str(max(1, cores // 3)),
+    }
+    assert client_threads(cores * 4, {})["OMP_NUM_THREADS"] == "1"
+    assert client_threads(3, {"OMP_NUM_THREADS": "5"}) == {}  # the user's setting is kept
