@@ -56,10 +56,30 @@ def cancel_on_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back during this block; they arrive when it ends."""
-    held = {signal.SIGINT, *CANCEL_SIGNALS}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold SIGINT, SIGTERM and SIGHUP back during this block; they arrive when it ends.
+
+    The handlers are swapped for one that only records the signal (a signal mask would not do:
+    any other thread may take a process's signal), then put back, and the first signal that came
+    is raised again, to be handled as it would have been. Outside the main thread this does
+    nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def hold(signum: int, _frame) -> None:
+        came.append(signum)
+
+    previous = {
+        sig: signal.signal(sig, hold)
+        for sig in (signal.SIGINT, *CANCEL_SIGNALS)
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None)
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if came:
+            signal.raise_signal(came[0])
