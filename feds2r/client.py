@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from feds2r.engine.data import ResizedCache
 from feds2r.engine.train import TrainConfig, check_resume, train
 from feds2r.errors import Feds2rError
 from feds2r.losses import supervised_loss
-from feds2r.models import SegModel, create_model
+from feds2r.models import SegModel, create_model, is_hf_dir, load_hf_model
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,10 @@ class ClientSettings:
     """Labelled dataset spec ``FORMAT:PATH`` (``--data``)."""
     preset: str = "m2f-cpu"
     """Model preset (``--preset``; see ``feds2r models``)."""
-    backbone_weights: str = ""
-    """Local ``.safetensors`` backbone weights ("" = none)."""
+    backbone_weights: str = "public"
+    """Where the backbone starts: "public" (the pretrained backbone feds2r ships for the CPU
+    presets, docs/models.md), a local ``.safetensors`` file or a Hugging Face model directory
+    ("" = random weights, ``--no-pretrained``). Ignored when ``init`` is given."""
     init: str = ""
     """Checkpoint to start from, e.g. the server's initial model ("" = none)."""
 
@@ -51,14 +54,18 @@ def train_client(
     init: str | Path | None = None,
     on_error: str = "raise",
     progress: bool = True,
+    on_step: Callable[[SegModel, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train one client model on labelled data ``data`` (a dataset spec); write it to ``out``.
 
-    ``init``: a checkpoint to start from (the common initial model the server sends), whose
-    preset must be ``preset``. ``on_error="skip"`` leaves unreadable samples out (with a
-    warning). Resumes if ``out`` holds an unfinished run of the same config, preset and inputs;
-    an ``out`` holding another run (other data, fingerprint, preset or init) is refused before
-    anything in it is written.
+    ``backbone_weights``: where the backbone starts (``"public"``: the pretrained backbone feds2r
+    ships; a ``.safetensors`` file or a Hugging Face model directory; None: random).
+    ``init``: the model to start from instead: a feds2r checkpoint (the common initial model the
+    server sends), whose preset must be ``preset``, or a Hugging Face model directory of the
+    preset's architecture and classes. ``on_step(model, step)`` is called after every step.
+    ``on_error="skip"`` leaves unreadable samples out (with a warning). Resumes if ``out`` holds
+    an unfinished run of the same config, preset and inputs; an ``out`` holding another run
+    (other data, fingerprint, preset or init) is refused before anything in it is written.
     """
     out = Path(out)
     dataset = open_dataset(data, labels=True, on_error=on_error)
@@ -82,7 +89,10 @@ def train_client(
     }
     check_resume(out, config, preset=preset, identity=identity)  # before anything is written
     torch.manual_seed(config.seed)  # the initial weights follow from the seed too
-    if init is not None:
+    if init is not None and is_hf_dir(init):
+        model = create_model(preset)
+        load_hf_model(model, init)
+    elif init is not None:
         model, meta = load_checkpoint(init)
         if meta["preset"] != preset:
             raise Feds2rError(f"initial model {init} is a {meta['preset']!r}, not a {preset!r}")
@@ -109,5 +119,6 @@ def train_client(
         meta=meta,
         identity=identity,
         progress=progress,
+        on_step=None if on_step is None else (lambda step: on_step(model, step)),
     )
     return {**summary, "data": str(dataset.spec), "preset": preset}

@@ -46,8 +46,10 @@ class TrainConfig:
     scale: tuple[float, float] = (0.75, 1.5)
     """Random rescaling range before the crop."""
     lr: float = 6e-4
-    backbone_lr_mult: float = 1.0
-    """Backbone learning rate = lr x this (0.1 is usual with pretrained backbones)."""
+    backbone_lr_mult: float = 0.1
+    """Backbone learning rate = lr x this. 0.1 because every model starts from a pretrained
+    backbone by default (Mask2Former's and DAFormer's recipes use 0.1 for ImageNet backbones):
+    the clients keep the shared features they start from. Use 1.0 with random weights."""
     weight_decay: float = 0.01
     warmup_steps: int = 100
     poly_power: float = 0.9

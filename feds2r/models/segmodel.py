@@ -145,26 +145,129 @@ class SegModel(nn.Module):
         return self.net.segformer
 
 
+SHIPPED_DIR = Path(__file__).parent / "weights"
+"""The package's pretrained backbones, ``<preset>-public.safetensors`` (docs/models.md)."""
+
+PUBLIC = "public"
+"""``backbone_weights=PUBLIC``: the backbone feds2r ships for the preset, pretrained on the
+built-in world's `public` domain (the offline stand-in for ImageNet weights)."""
+
+
+def shipped_weights(preset: str) -> Path:
+    """The shipped pretrained backbone of ``preset``, or a clear error naming the alternatives."""
+    path = SHIPPED_DIR / f"{preset}-public.safetensors"
+    if not path.is_file():
+        have = sorted(
+            p.name.removesuffix("-public.safetensors") for p in SHIPPED_DIR.glob("*.safetensors")
+        )
+        raise Feds2rError(
+            f"feds2r ships no pretrained backbone for preset {preset!r} (it has: "
+            f"{', '.join(have) or 'none'}); pass --backbone-weights FILE_OR_HF_DIR, train one "
+            f"with `feds2r pretrain --preset {preset}`, or start from random weights "
+            "(--no-pretrained)"
+        )
+    return path
+
+
 def create_model(
     preset: str, num_classes: int = NUM_CLASSES, backbone_weights: str | Path | None = None
 ) -> SegModel:
     """Build a model from a preset name (see :data:`PRESETS`); nothing is downloaded.
 
-    ``backbone_weights``: a local ``.safetensors`` file of pretrained backbone weights.
+    ``backbone_weights``: ``"public"`` (the backbone feds2r ships for the preset), a local
+    ``.safetensors`` file of backbone weights, or a Hugging Face model directory (``config.json``
+    + safetensors, as ``save_pretrained`` writes) whose backbone is taken. ``None``: random.
     """
     if preset not in PRESETS:
         raise Feds2rError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     model = SegModel(PRESETS[preset], num_classes)
     if backbone_weights is not None:
+        if str(backbone_weights) == PUBLIC:
+            backbone_weights = shipped_weights(preset)
         load_backbone_weights(model, backbone_weights)
     return model
+
+
+_HF_TYPES = {"mask2former": "mask2former", "segformer": "segformer"}
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a Hugging Face model directory (config.json, no feds2r sidecar)."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "model.json").exists()
+
+
+def _read_hf_dir(path: Path, family: str) -> tuple[dict, dict[str, Tensor]]:
+    """The config and the state dict of a Hugging Face model directory of ``family``.
+
+    The network is built by ``transformers`` itself (``from_pretrained``, offline, safetensors
+    only), so the key renames between its saved format and its modules are its own; the state
+    dict returned uses the module names ``SegModel.net`` has.
+    """
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise Feds2rError(f"{path}/config.json is not a readable JSON config: {exc}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != _HF_TYPES[family]:
+        raise Feds2rError(
+            f"{path} holds a {model_type!r} model; this preset is a {family} model "
+            f"(config.json model_type {_HF_TYPES[family]!r}). Pick a preset of that family"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise Feds2rError(
+            f"{path} has no .safetensors weights (pickled .bin weights are refused); save the "
+            "model with save_pretrained(..., safe_serialization=True)"
+        )
+    cls = (
+        Mask2FormerForUniversalSegmentation
+        if family == "mask2former"
+        else SegformerForSemanticSegmentation
+    )
+    try:
+        net = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    except Exception as exc:  # transformers raises many types for unreadable folders
+        raise Feds2rError(f"cannot load the Hugging Face model in {path}: {exc}") from None
+    return config, net.state_dict()
+
+
+def load_hf_model(model: SegModel, path: str | Path) -> None:
+    """Load a whole Hugging Face model directory into ``model`` (the starting model).
+
+    Its architecture must be the preset's (every tensor present, same shapes) and its classes
+    feds2r's 19; otherwise one message says what does not fit.
+    """
+    path = Path(path)
+    config, weights = _read_hf_dir(path, model.preset.family)
+    labels = config.get("num_labels", len(config.get("id2label") or {}))
+    if labels != model.num_classes:
+        raise Feds2rError(
+            f"{path} predicts {labels} classes; feds2r models predict the {model.num_classes} "
+            "Cityscapes train classes. Take only its backbone with --backbone-weights "
+            f"{path} instead"
+        )
+    expected = model.net.state_dict()
+    missing = sorted(k for k in expected if k not in weights)
+    wrong = sorted(k for k in expected if k in weights and weights[k].shape != expected[k].shape)
+    if missing or wrong:
+        raise Feds2rError(
+            f"{path} does not fit preset {model.preset.name!r}: {len(missing)} tensors missing, "
+            f"{len(wrong)} wrongly shaped (e.g. {(missing + wrong)[:3]}); pick the preset of its "
+            "architecture, or take only its backbone with --backbone-weights"
+        )
+    model.net.load_state_dict({k: weights[k] for k in expected}, strict=True)
 
 
 _PREFIXES = ("backbone.", "model.", "encoder.", "swin.", "resnet.", "segformer.", "module.")
 
 
 def load_backbone_weights(model: SegModel, path: str | Path) -> None:
-    """Load a ``.safetensors`` state dict into the model's backbone, strictly.
+    """Load backbone weights into the model's backbone, strictly.
+
+    ``path``: a ``.safetensors`` state dict, or a Hugging Face model directory (its tensors
+    under the backbone's module path are taken).
 
     Key prefixes that public checkpoints commonly carry (``backbone.``, ``swin.``, ...) are
     stripped until the keys match. Pickle files are refused.
@@ -174,12 +277,26 @@ def load_backbone_weights(model: SegModel, path: str | Path) -> None:
     from feds2r.engine.checkpoint import refuse_pickle
 
     path = Path(path)
-    refuse_pickle(path)
-    try:
-        weights = load_file(str(path))
-    except Exception as exc:  # safetensors raises several types for bad files
-        raise Feds2rError(f"cannot read backbone weights {path}: {exc}") from None
     backbone = model.backbone()
+    if is_hf_dir(path):
+        _, full = _read_hf_dir(path, model.preset.family)
+        prefix = next(
+            name + "." for name, module in model.net.named_modules() if module is backbone
+        )
+        weights = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+        if not weights:
+            raise Feds2rError(f"{path}: no tensors under {prefix!r}, the preset's backbone")
+    else:
+        refuse_pickle(path)
+        if not path.is_file():
+            raise Feds2rError(
+                f"backbone weights {path} not found (a .safetensors file or a Hugging Face "
+                "model directory)"
+            )
+        try:
+            weights = load_file(str(path))
+        except Exception as exc:  # safetensors raises several types for bad files
+            raise Feds2rError(f"cannot read backbone weights {path}: {exc}") from None
     expected = set(backbone.state_dict())
     for _ in range(3):
         if set(weights) >= expected:

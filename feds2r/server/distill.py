@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -467,8 +468,12 @@ def distill(
     weights: Tensor | None = None,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
+    on_step: Callable[[SegModel, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train the global model on the server images ``data`` (a :class:`ResizedCache`)."""
+    """Train the global model on the server images ``data`` (a :class:`ResizedCache`).
+
+    ``on_step(student, step)`` is called after every step (the demo records learning curves).
+    """
     from feds2r.engine.train import train
 
     device = train_config.device
@@ -509,7 +514,10 @@ def distill(
         "student_init": init_record,
         **(meta or {}),
     }
-    return train(student, loss_fn, data, train_config, out, meta=info, progress=progress)
+    hook = None if on_step is None else (lambda step: on_step(student, step))
+    return train(
+        student, loss_fn, data, train_config, out, meta=info, progress=progress, on_step=hook
+    )
 
 
 def run_distill(
@@ -522,6 +530,7 @@ def run_distill(
     generated: str | None = None,
     inconsistency: dict | None = None,
     progress: bool = True,
+    on_step: Callable[[SegModel, int], None] | None = None,
 ) -> dict[str, Any]:
     """Load the clients and the server images (real, plus ``generated`` if given) and distil.
 
@@ -569,5 +578,13 @@ def run_distill(
         weights = agreement_weights(inconsistency["agreement"])
     meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
     return distill(
-        teachers, cache, config, train_config, out, weights=weights, meta=meta, progress=progress
+        teachers,
+        cache,
+        config,
+        train_config,
+        out,
+        weights=weights,
+        meta=meta,
+        progress=progress,
+        on_step=on_step,
     )

@@ -211,8 +211,8 @@ def test_bad_specs_are_explained(spec, match):
 
 def test_bad_split_and_option(tmp_path):
     spec, _, _ = build("cityscapes", tmp_path / "cs")
-    with pytest.raises(DataError, match="has no split 'dev'; valid splits: train, val, test"):
-        open_dataset(spec, split="dev")
+    with pytest.raises(DataError, match="no split 'extra'; valid splits: train, val, test, dev"):
+        open_dataset(spec, split="extra")
     with pytest.raises(DataError, match="has no option 'condition'"):
         open_dataset(spec, condition="fog")
 

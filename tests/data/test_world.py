@@ -31,7 +31,8 @@ def test_same_seed_same_bytes(domain, tmp_path):
         synth_domain(domain, tmp_path / run, split="val", num=4, size=SIZE, seed=3,
                      progress=False)  # fmt: skip
     a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
-    assert len(a) >= 9 and a == b
+    # public: images, tags.json and the manifest (no labels); the others: images and labels
+    assert len(a) >= (5 if DOMAINS[domain].kind == "public" else 9) and a == b
     synth_domain(domain, tmp_path / "c", split="val", num=4, size=SIZE, seed=4, progress=False)
     images = [k for k in a if "label" not in k.lower() and "gt" not in k.lower()]
     assert any(a[k] != digest(tmp_path / "c").get(k) for k in images)
@@ -48,10 +49,14 @@ def test_synth_all_writes_every_domain_in_its_format(tiny_world):
     assert {s["domain"] for s in summaries} == set(DOMAINS)
     assert (root / "world.json").is_file()
     for s in summaries:
-        ds = open_dataset(s["spec"])
+        public = s["kind"] == "public"
+        ds = open_dataset(s["spec"], labels=not public)
         assert len(ds) == s["count"], s
         item = ds[0]
         assert item["image"].shape == (3, *SIZE)
+        if public:  # image-level labels only
+            assert "label" not in item
+            continue
         labels = set(np.unique(item["label"].numpy()).tolist())
         assert labels <= set(range(19)) | {255}
         report = check_dataset(s["spec"], progress=False)
@@ -190,3 +195,55 @@ def test_synth_arguments_are_checked(args, match, tmp_path, capsys):
     assert code == 2
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "o").exists() and not (tmp_path.parent / "x").exists()
+
+
+def _colour_spread(root: Path, spec: str) -> float:
+    """Spread over images of each image's mean chromaticity (r, g, b) / (r + g + b): how varied a
+    domain's colour cast is, whatever its brightness (night scenes are dark, not differently
+    tinted)."""
+    ds = open_dataset(spec, labels=False)
+    means = np.stack([ds[i]["image"].float().mean(dim=(1, 2)).numpy() for i in range(len(ds))])
+    chroma = means / means.sum(axis=1, keepdims=True).clip(1e-6)
+    return float(chroma.std(axis=0).sum())
+
+
+def test_public_style_differs_from_every_other_domain(tmp_path):
+    """The randomised public look is none of the clients' or test domains' (docs/world.md)."""
+    spread = {}
+    for name, dom in DOMAINS.items():
+        split = "train" if dom.kind == "public" else next(iter(dom.splits))
+        s = synth_domain(name, tmp_path / name, split=split, num=32, size=SIZE, seed=0,
+                         progress=False)  # fmt: skip
+        spread[name] = _colour_spread(tmp_path / name, s["spec"])
+    others = {k: v for k, v in spread.items() if k != "public"}
+    assert spread["public"] > 1.1 * max(others.values()), spread
+
+
+def test_public_has_image_level_tags_and_no_pixel_labels(tmp_path):
+    synth_domain("public", tmp_path, split="train", num=6, size=SIZE, seed=0, progress=False)
+    tags = json.loads((tmp_path / "tags.json").read_text())
+    images = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert images == sorted(tags) and len(images) == 6  # every file is an image with its tags
+    for tag in tags.values():
+        assert len(tag["shares"]) == 19 and 0.9 < sum(tag["shares"]) <= 1.0 + 1e-3
+        assert tag["classes"] == [k for k, v in enumerate(tag["shares"]) if v >= 0.001]
+    assert {p.name for p in tmp_path.iterdir() if p.is_file()} <= {
+        "tags.json", "feds2r_world.json", ".feds2r_output.json"
+    }
+
+
+def test_dev_split_is_disjoint_from_the_test_split(tmp_path):
+    """Choices are made on dev; the cityscapes-like test split (val) shares no image with it."""
+    root = tmp_path / "cs"
+    for split in ("dev", "val"):
+        synth_domain("cityscapes-like", root, split=split, num=12, size=SIZE, seed=0,
+                     progress=False)  # fmt: skip
+    dev = open_dataset(f"cityscapes:{root}?split=dev")
+    val = open_dataset(f"cityscapes:{root}?split=val")
+    assert len(dev) == len(val) == 12
+    digests = {
+        split: {hashlib.sha256(ds[i]["image"].numpy().tobytes()).hexdigest() for i in range(12)}
+        for split, ds in (("dev", dev), ("val", val))
+    }
+    assert not digests["dev"] & digests["val"]
+    assert not {dev[i]["name"] for i in range(12)} & {val[i]["name"] for i in range(12)}

@@ -365,7 +365,7 @@ def _public_layout() -> Layout:
 
 # The stand-in for ImageNet (docs/world.md): image-level labels only, a randomised style per image.
 DOMAINS["public"] = Domain(
-    name="public", kind="public", format="folder", layout=_public_layout(), splits={"train": 2000}
+    name="public", kind="public", format="folder", layout=_public_layout(), splits={"train": 4000}
 )
 
 SYNTHETIC_DOMAINS = tuple(n for n, d in DOMAINS.items() if d.kind == "synthetic")

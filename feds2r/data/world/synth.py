@@ -283,7 +283,7 @@ def _synth_public(
 ) -> dict:
     """Write the `public` domain: images with a randomised style each, and image-level tags."""
     start = time.perf_counter()
-    tags: dict[str, list[int]] = {}
+    tags: dict[str, dict] = {}
     bar = tqdm(range(num), desc=f"{dom.name}/{split}", unit="img", disable=not progress)
     for index in bar:
         rng = _rng(seed, dom.name, split, index, size)
@@ -293,8 +293,11 @@ def _synth_public(
         train_ids = _SCENE_TO_TRAIN[scene_lbl]
         counts = np.bincount(train_ids.ravel(), minlength=256)[:19]
         name = f"images/{split}_{index:06d}.png"
-        present = np.flatnonzero(counts >= PUBLIC_TAG_MIN_SHARE * scene_lbl.size)
-        tags[name] = [int(c) for c in present]
+        shares = counts / scene_lbl.size
+        tags[name] = {
+            "classes": [int(c) for c in np.flatnonzero(shares >= PUBLIC_TAG_MIN_SHARE)],
+            "shares": [round(float(v), 4) for v in shares],
+        }
         write_atomic(root / name, encode("cityscapes", image, scene_lbl, 0)[0])
     path = root / "tags.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
