@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,6 +141,11 @@ def test_too_few_clients_fail_the_run_with_the_reason_and_write_nothing(tiny_wor
     # keyed by its name; the server learnt a category, not the client's path
     assert "broken: client failed: data error on the client; see the client's log" in done.stderr
     assert "/nonexistent" not in done.stderr  # (stdout: the launcher names the SuperNodes' data)
+    logs = Path(re.search(r"\(logs: (.+)\)", done.stderr).group(1))
+    for server_side in ("superlink.log", "serverapp.log"):
+        assert "/nonexistent" not in (logs / server_side).read_text()
+    assert "/nonexistent/gta5" in (logs / "supernode-1-broken.log").read_text()  # its own log
+    shutil.rmtree(logs.parent)  # the failed run's temporary folder, kept for its logs
     assert not out.exists()
     assert not any(p.name.startswith(".too-few") for p in tmp_path.iterdir())
     assert_no_flower_processes_left()
