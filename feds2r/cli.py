@@ -1160,7 +1160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "augmentation and distillation on the server), wait for the run's final status, stop "
         "every process it started, and exit non-zero with the reason if the run failed. OUT "
         "(new or empty) receives results.json, the global model (global/), the client models "
-        "(clients/) and the logs; a failed run leaves it untouched.",
+        "(clients/) and the logs; a failed run leaves it untouched. Ctrl-C, SIGTERM and SIGHUP "
+        "stop every process and write nothing (exit 128 + signal). Each SuperNode trains with "
+        "max(1, cores // clients) threads unless OMP_NUM_THREADS is set.",
         epilog=textwrap.dedent("""\
             examples:
               feds2r federate local \\
