@@ -205,6 +205,7 @@ def _train_config(args: argparse.Namespace, data: dict):
         "crop": args.crop,
         "device": args.device,
         "warmup_steps": args.warmup_steps,
+        "threads": getattr(args, "threads", None),
         "backbone_lr_mult": getattr(args, "backbone_lr_mult", None),
     }
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -901,6 +902,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a Hugging Face model directory of the preset's architecture with 19 classes",
     )
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable samples out")
+    p.add_argument(
+        "--threads",
+        type=_count(0),
+        help="CPU threads (default 0: PyTorch's default; model.json records the count used, "
+        "give it to rerun bit for bit)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_client_train)
 

@@ -16,7 +16,7 @@ from feds2r.config import from_dict, load_tables
 from feds2r.data.world import synth_domain
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import Feds2rError
-from tests.conftest import train_tiny_client
+from tests.conftest import TINY_RECIPE
 
 TABLES = {"client": ClientSettings, "train": TrainConfig}
 
@@ -104,7 +104,9 @@ def test_unreadable_config_files_are_one_message(tmp_path, gta, capsys, kind):
 
 
 def test_a_runs_own_config_toml_trains_the_same_run(gta, tmp_path, capsys):
-    assert train_tiny_client(gta, tmp_path / "a", steps=2) == 0
+    flags = ["--steps", "2", "--warmup-steps", "1", *TINY_RECIPE, "--no-pretrained"]
+    first = ["client", "train", "--data", gta, "--preset", "segformer-cpu", *flags]
+    assert main([*first, "--out", str(tmp_path / "a"), "--quiet"]) == 0
     recorded = tomllib.loads((tmp_path / "a/config.toml").read_text())
     assert recorded["client"]["preset"] == "segformer-cpu"  # not the default m2f-cpu
     args = ["client", "train", "--config", str(tmp_path / "a/config.toml"), "--quiet"]
@@ -117,3 +119,21 @@ def test_a_runs_own_config_toml_trains_the_same_run(gta, tmp_path, capsys):
     a = load_file(str(tmp_path / "a/model.safetensors"))
     b = load_file(str(tmp_path / "b/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_server_distill_config_toml_loads_back(tmp_path):
+    from feds2r.cli import _ServerSettings
+    from feds2r.config import to_toml
+    from feds2r.server.distill import DistillConfig
+
+    server = {"clients": ["runs/a", "runs/b"], "data": "cityscapes:x", "generated": ""}
+    path = tmp_path / "config.toml"
+    path.write_text(
+        to_toml({"server": server, "distill": DistillConfig(), "train": TrainConfig(steps=700)})
+    )
+    tables = load_tables(
+        path, {"server": _ServerSettings, "distill": DistillConfig, "train": TrainConfig}
+    )
+    assert from_dict(_ServerSettings, tables["server"]).clients == ("runs/a", "runs/b")
+    assert from_dict(DistillConfig, tables["distill"]) == DistillConfig()
+    assert from_dict(TrainConfig, tables["train"]) == TrainConfig(steps=700)

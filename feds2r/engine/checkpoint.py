@@ -142,6 +142,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``out_dir`` (each atomically)."""
     from feds2r import __version__
+    from feds2r.engine.repro import environment
 
     out_dir = Path(out_dir)
     sidecar = {
@@ -152,6 +153,7 @@ def save_checkpoint(
         "family": model.preset.family,
         "num_classes": model.num_classes,
         "class_names": list(CLASS_NAMES),
+        "environment": environment(),  # training passes its own, with its device
         **(meta or {}),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

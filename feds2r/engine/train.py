@@ -28,6 +28,7 @@ from tqdm import tqdm
 from feds2r.config import check_types
 from feds2r.engine.checkpoint import save_checkpoint
 from feds2r.engine.data import ResizedCache, make_batch
+from feds2r.engine.repro import deterministic, environment
 from feds2r.errors import Feds2rError
 from feds2r.models import SegModel
 
@@ -66,6 +67,11 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     """"auto" (CUDA if available), "cpu" or "cuda[:N]"."""
+    threads: int = 0
+    """Intra-op CPU threads (0: PyTorch's default here, its core count or OMP_NUM_THREADS; a
+    resumed run keeps the count it started with). Sums are split by thread, so the count changes
+    the last bits of a run: give the value recorded in model.json (environment.threads) to rerun
+    one bit for bit."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -87,9 +93,11 @@ class TrainConfig:
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
         check_device_name(self.device)
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
 
     # fields that may change between a run and its resumption
-    RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "device")
+    RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "device", "threads")
 
 
 LossFn = Callable[[SegModel, dict[str, Tensor]], dict[str, Tensor]]
@@ -298,13 +306,41 @@ def _trim_log(path: Path, step: int) -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _saved_threads(out: Path) -> int:
+    """The thread count a stopped run in ``out`` used (0 if none is recorded)."""
+    try:
+        return int(json.loads((out / "state" / "state.json").read_text()).get("threads") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0  # no state, or a damaged one that check_resume reports
+
+
 def train(
     model: SegModel,
     loss_fn: LossFn,
     data: ResizedCache,
     config: TrainConfig,
     out: str | Path,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on ``data`` with ``loss_fn``; write the checkpoint, log and plot to ``out``.
+
+    The run uses ``config.threads`` CPU threads (or those of the run it resumes) and
+    deterministic kernels (:func:`feds2r.engine.repro.deterministic`), restored afterwards; the
+    sidecar records the environment. ``options`` are those of :func:`_train_loop`.
+    """
+    out = Path(out)
+    with deterministic(config.threads or _saved_threads(out)) as threads:
+        return _train_loop(model, loss_fn, data, config, out, threads=threads, **options)
+
+
+def _train_loop(
+    model: SegModel,
+    loss_fn: LossFn,
+    data: ResizedCache,
+    config: TrainConfig,
+    out: str | Path,
     *,
+    threads: int = 0,
     meta: dict[str, Any] | None = None,
     identity: dict[str, Any] | None = None,
     progress: bool = True,
@@ -323,9 +359,10 @@ def train(
     out = Path(out)
     preset = getattr(getattr(model, "preset", None), "name", None)
     resuming = check_resume(out, config, preset=preset, identity=identity)
-    run = {"preset": preset, "identity": identity}
+    run = {"preset": preset, "identity": identity, "threads": threads}
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
+    meta = {**(meta or {}), "environment": environment(device)}
     model.to(device).train()
     opt = build_optimizer(model, config)
     g = torch.Generator().manual_seed(config.seed)

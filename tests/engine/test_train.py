@@ -255,12 +255,12 @@ def test_resume_with_another_fingerprint_is_refused(tmp_path):
 
 def test_resume_with_another_preset_is_a_clear_message(tiny, tmp_path, capsys):
     from feds2r.cli import main
-    from tests.conftest import train_tiny_client
 
     out = tmp_path / "run"
-    assert train_tiny_client(tiny, out, steps=2) == 0  # a segformer-cpu
+    flags = ["--steps", "2", "--warmup-steps", "1", *TINY_RECIPE, "--no-pretrained"]
+    flags += ["--out", str(out), "--quiet"]
+    assert main(["client", "train", "--data", tiny, "--preset", "segformer-cpu", *flags]) == 0
     before = _snapshot(out)
-    flags = ["--steps", "2", "--warmup-steps", "1", *TINY_RECIPE, "--out", str(out), "--quiet"]
     code = main(["client", "train", "--data", tiny, "--preset", "m2f-cpu", *flags])
     err = capsys.readouterr().err
     assert code == 2 and "run of preset 'segformer-cpu', not 'm2f-cpu'" in err, err
