@@ -509,6 +509,7 @@ def cmd_server_distill(args: argparse.Namespace) -> int:
         tcfg,
         generated=generated,
         inconsistency=report,
+        on_error="skip" if args.skip_bad else "raise",
         progress=not args.quiet,
     )
     print(
@@ -1107,6 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight teachers per class by their agreement",
     )
     p.add_argument("--temperature", type=float)
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
     p.add_argument(
         "--config", help="TOML with [server], [distill] and [train] tables (e.g. its config.toml)"
     )

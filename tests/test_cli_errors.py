@@ -102,3 +102,18 @@ def test_client_train_advertises_and_has_skip_bad(ckpt, tmp_path, capsys):
     _fails_cleanly(capsys, [*base, "--out", str(tmp_path / "a")], "--skip-bad")
     with pytest.warns(UserWarning, match="skipping"):
         assert main([*base, "--skip-bad", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_server_distill_has_skip_bad_too(ckpt, tmp_path, capsys):
+    """Every command that reads a dataset and may advise --skip-bad has it."""
+    root = tmp_path / "cs"
+    synth_domain("cityscapes-like", root, split="train", num=3, size=(64, 128), progress=False)
+    victim = sorted((root / "leftImg8bit").rglob("*.png"))[0]
+    victim.write_bytes(b"not a png")
+    base = ["server", "distill", "--clients", str(ckpt), str(ckpt), "--student", "segformer-cpu"]
+    base += ["--data", f"cityscapes:{root}?split=train", "--kd", "pixel", "--no-fusion"]
+    base += ["--steps", "1", "--warmup-steps", "0", "--batch-size", "1", "--height", "32"]
+    base += ["--crop", "32x64", "--device", "cpu", "--quiet"]
+    _fails_cleanly(capsys, [*base, "--out", str(tmp_path / "a")], "--skip-bad")
+    with pytest.warns(UserWarning, match="skipping"):
+        assert main([*base, "--skip-bad", "--out", str(tmp_path / "b")]) == 0

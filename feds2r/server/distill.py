@@ -529,10 +529,13 @@ def run_distill(
     *,
     generated: str | None = None,
     inconsistency: dict | None = None,
+    on_error: str = "raise",
     progress: bool = True,
     on_step: Callable[[SegModel, int], None] | None = None,
 ) -> dict[str, Any]:
     """Load the clients and the server images (real, plus ``generated`` if given) and distil.
+
+    ``on_error="skip"`` leaves unreadable server images out (with a warning).
 
     ``data`` and ``generated`` are dataset specs (labels are never read). ``inconsistency`` is an
     inconsistency report (its per-client ``agreement`` weights the teachers when
@@ -545,7 +548,7 @@ def run_distill(
     teachers = [load_checkpoint(p)[0] for p in client_paths]
     if len(teachers) < 1:
         raise Feds2rError("distillation needs at least one client model")
-    real = open_dataset(data, labels=False)
+    real = open_dataset(data, labels=False, on_error=on_error)
     cache = ResizedCache(
         real,
         train_config.height,
@@ -557,7 +560,7 @@ def run_distill(
         "real": {"spec": str(real.spec), "num_images": len(real), "fingerprint": real.fingerprint()}
     }
     if generated:
-        gen = open_dataset(generated, labels=False)
+        gen = open_dataset(generated, labels=False, on_error=on_error)
         cache.extend(
             ResizedCache(
                 gen,
