@@ -1058,7 +1058,8 @@ def build_parser() -> argparse.ArgumentParser:
         "targets (KL on classes, BCE + Dice on masks). Switches for the ablations: --no-fusion, "
         "--kd pixel --combine mean (FedDF-style per-pixel KD of the plain mean), "
         "--inconsistency-weighted. Settings: a TOML with "
-        "[distill] and [train] tables (--config), overridden by flags. Writes the checkpoint, "
+        "[server], [distill] and [train] tables (--config; its own config.toml is one), "
+        "overridden by flags. Writes the checkpoint, "
         "config.toml, train_log.jsonl and loss_curve.png to OUT. See docs/method.md.",
         epilog=textwrap.dedent("""\
             examples:
