@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import tomllib
 import types
 import typing
@@ -74,13 +75,13 @@ def _checked(value: Any, hint: Any) -> Any:
             raise TypeError
         return value
     if hint is int:  # bool is a subclass of int, but `steps = true` is no step count
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError
-        return value
+        return value if type(value) is int else int(value)  # numpy integers too
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError
-        return float(value)
+        return value if type(value) is float else float(value)
     if hint is str:
         if not isinstance(value, str):
             raise TypeError

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tomllib
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -77,8 +78,9 @@ def test_types_are_checked_and_normalised_in_python_too():
         TrainConfig(flip=1)
     with pytest.raises(TypeError, match="crop must be a list of 2 integers"):
         TrainConfig(crop=(32.5, 64))
-    config = TrainConfig(lr=1, crop=[64, 128])
+    config = TrainConfig(lr=1, crop=[64, 128], steps=np.int64(200))
     assert isinstance(config.lr, float) and config.crop == (64, 128)
+    assert type(config.steps) is int and config.steps == 200
 
 
 def test_height_below_the_minimum_names_the_height_not_the_crop():
