@@ -156,6 +156,7 @@ def test_cli_run_killed_with_sigkill_resumes_to_the_same_model(tiny, tmp_path):
         "--steps",
         "40",
         *TINY_RECIPE,
+        "--no-pretrained",
         "--quiet",
     ]
     toml = tmp_path / "r.toml"
