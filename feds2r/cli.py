@@ -582,6 +582,7 @@ def _federation_config(args: argparse.Namespace, num_clients: int):
         "server_data": args.server_data,
         "num_clients": num_clients,
         "evaluate": ";".join(args.evaluate or []),
+        "pretrained": not getattr(args, "no_pretrained", False),
     }
     for name in (
         "preset",
@@ -1160,6 +1161,12 @@ def build_parser() -> argparse.ArgumentParser:
         ):
             q.add_argument(flag, type=kind, help=text)
         q.add_argument("--crop", type=_size, help="training crop HxW (default 128x256)")
+        q.add_argument(
+            "--no-pretrained",
+            action="store_true",
+            help="start the common initial model from random weights instead of the shipped "
+            "public backbone",
+        )
 
     p = fed_sub.add_parser(
         "local",

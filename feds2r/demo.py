@@ -90,7 +90,16 @@ PROFILES: dict[str, Profile] = {
         "default", (128, 256), 400, 400, 80, 150, 300, 300, height=96, crop=(96, 192)
     ),
     "full": Profile(
-        "full", (256, 512), 800, 600, 200, 300, 1000, 1000, warmup_steps=100, dev_images=200,
+        "full",
+        (256, 512),
+        800,
+        600,
+        200,
+        300,
+        1000,
+        1000,
+        warmup_steps=100,
+        dev_images=200,
         curve_every=250,
     ),  # fmt: skip
 }
@@ -534,10 +543,14 @@ def write_report(results: dict, out: Path, models: dict, tests: dict, profile: P
     agree = ", ".join(f"{k} {100 * v:.0f} %" for k, v in premise["client_agreement"].items())
     st = results["start"]
     start_line = (
-        f"the pretrained `public` backbone shipped with feds2r ({Path(st['backbone']).name}); "
-        if st["pretrained"]
-        else "random weights (--no-pretrained); "
-    ) + st["rows"] + "."
+        (
+            f"the pretrained `public` backbone shipped with feds2r ({Path(st['backbone']).name}); "
+            if st["pretrained"]
+            else "random weights (--no-pretrained); "
+        )
+        + st["rows"]
+        + "."
+    )
     inc = results["inconsistency"]
     inc_line = ", ".join(
         f"{k} {v:.2f}"

@@ -149,9 +149,7 @@ def tag_loss(model: BackboneClassifier, batch: dict[str, Tensor]) -> dict[str, T
     logits = model(batch["image"])
     k = batch["tags"].shape[1]
     tags = F.binary_cross_entropy_with_logits(logits[:, :k], batch["tags"])
-    shares = F.kl_div(
-        logits[:, k:].log_softmax(1), batch["shares"], reduction="batchmean"
-    )
+    shares = F.kl_div(logits[:, k:].log_softmax(1), batch["shares"], reduction="batchmean")
     return {"loss": tags + shares, "loss_tags": tags, "loss_shares": shares}
 
 
@@ -184,7 +182,7 @@ def pretrain(
     have = None
     if manifest.is_file():
         have = json.loads(manifest.read_text()).get("splits", {}).get("train")
-    if have != want:
+    if not have or not have.get("complete", True) or {k: have.get(k) for k in want} != want:
         synth_domain("public", root, split="train", num=config.images, size=config.size,
                      seed=config.world_seed, progress=progress)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

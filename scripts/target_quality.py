@@ -1,5 +1,6 @@
 """How good are the distillation targets? Each way of combining the teachers, used as a test-time
-predictor, scored on the five real-like test domains (measurements for docs/results.md).
+predictor, scored on the server domain's labelled dev split (``--on dev``, the default: where
+choices are made) or on the five real-like test domains (``--on test``: only to report).
 
 RUN is a folder prepared by scripts/distill_variants.py (``world``, ``clients`` and
 ``inconsistency.json``). The server images (for the feature aligner and the agreement) are the
@@ -39,18 +40,27 @@ from feds2r.server.distill import (
 
 class Target:
     """A ``predict(images, size)`` object for :func:`evaluate`: one teacher (``only``), or the
-    teachers combined as distillation combines them (``weights``, majority ``fallback``)."""
+    teachers combined as distillation combines them (``weights``, majority ``fallback``), with
+    features fused (``fusion``: "none", "raw" mean or "aligned" with ``aligner``) and optionally
+    test-time flip augmentation (``tta``: mean of the image's and its mirror's probabilities)."""
 
-    def __init__(self, teachers, *, only=None, weights=None, aligner=None, fallback=None):
+    def __init__(self, teachers, *, only=None, weights=None, aligner=None, fallback=None,
+                 fusion="none", tta=False):  # fmt: skip
         self.teachers, self.only, self.weights = teachers, only, weights
-        self.aligner, self.fallback = aligner, fallback
+        self.aligner, self.fallback, self.fusion, self.tta = aligner, fallback, fusion, tta
 
-    def predict(self, images, size):
-        if self.aligner is not None:
-            outs, _ = _teacher_outputs(self.teachers, images, DistillConfig(), self.aligner)
+    def _probs(self, images, size):
+        if self.fusion != "none":
+            aligner = self.aligner if self.fusion == "aligned" else None
+            outs, _ = _teacher_outputs(self.teachers, images, DistillConfig(), aligner)
         else:
             outs = [t(images) for t in self.teachers]
-        probs = torch.stack([o.semantic_probs(size) for o in outs])
+        return torch.stack([o.semantic_probs(size) for o in outs])
+
+    def predict(self, images, size):
+        probs = self._probs(images, size)
+        if self.tta:
+            probs = (probs + self._probs(images.flip(-1), size).flip(-1)) / 2
         if self.only is not None:
             return probs[self.only]
         return _target(probs, self.weights, self.fallback)
@@ -61,7 +71,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("run", type=Path)
+    parser.add_argument("run", type=Path, help="a demo or distill_variants output folder")
+    parser.add_argument(
+        "--on",
+        choices=("dev", "test"),
+        default="dev",
+        help="score on the server domain's labelled dev split (default: where choices are made) "
+        "or on the five test domains (only to report a choice already made)",
+    )
     args = parser.parse_args()
     height = PROFILES["default"].height
     run, world = args.run, args.run / "world"
@@ -78,24 +95,33 @@ def main() -> None:
     most = most_agreeing(agree)
     report = json.loads((run / "inconsistency.json").read_text())
     rules = {f"{d} alone": Target(teachers, only=k) for k, d in enumerate(SYNTHETIC_DOMAINS)}
+    weights = agreement_weights(report["agreement"])
     rules |= {
         "mean": Target(teachers),
-        "agreement-weighted mean": Target(teachers, weights=agreement_weights(report["agreement"])),
-        "mean, fused features": Target(teachers, aligner=aligner),
+        "agreement-weighted mean": Target(teachers, weights=weights),
+        "mean, raw fused features": Target(teachers, fusion="raw"),
+        "mean, aligned fused feat.": Target(teachers, aligner=aligner, fusion="aligned"),
         "majority": Target(teachers, fallback=most),
-        "majority, fused features": Target(teachers, aligner=aligner, fallback=most),
+        "majority, raw fused feat.": Target(teachers, fallback=most, fusion="raw"),
+        "majority, aligned fused": Target(teachers, aligner=aligner, fallback=most,
+                                          fusion="aligned"),  # fmt: skip
+        "agreement-weighted majority": Target(teachers, weights=weights, fallback=most),
+        "majority, flip TTA": Target(teachers, fallback=most, tta=True),
     }
+    domains = ["cityscapes-like"] if args.on == "dev" else list(REAL_DOMAINS)
+    split = "dev" if args.on == "dev" else "val"
     print(f"agreement with the ensemble: {[round(a, 3) for a in agree]}; fallback: client {most}")
-    print(f"{'target':26s} {'mean':>5s} " + " ".join(f"{d[:10]:>10s}" for d in REAL_DOMAINS))
+    print(f"scored on: {args.on} ({', '.join(f'{d}?split={split}' for d in domains)})")
+    print(f"{'target':28s} {'mean':>5s} " + " ".join(f"{d[:10]:>10s}" for d in domains))
     for name, target in rules.items():
         scores = [
-            evaluate(target, open_dataset(_spec(world, d, "val")), height=height, progress=False)[
+            evaluate(target, open_dataset(_spec(world, d, split)), height=height, progress=False)[
                 "miou"
             ]
-            for d in REAL_DOMAINS
+            for d in domains
         ]
         print(
-            f"{name:26s} {np.mean(scores):5.1f} " + " ".join(f"{v:10.1f}" for v in scores),
+            f"{name:28s} {np.mean(scores):5.1f} " + " ".join(f"{v:10.1f}" for v in scores),
             flush=True,
         )
 

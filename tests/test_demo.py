@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from feds2r.demo import METHODS, PROFILES, Profile, run_demo
+from feds2r.demo import COMPARISONS, LABEL_FREE, METHODS, ORACLE, PROFILES, Profile, run_demo
 from feds2r.errors import Feds2rError
 
 TINY = Profile(
@@ -22,6 +22,8 @@ TINY = Profile(
     height=32,
     crop=(32, 64),
     warmup_steps=1,
+    dev_images=4,
+    curve_every=1,
 )
 
 
@@ -32,10 +34,17 @@ def test_demo_end_to_end(tmp_path):
     assert on_disk == results
     domains = ["cityscapes-like", "bdd-like", "mapillary-like", "idd-like", "acdc-like"]
     assert results["profile"] == "tiny" and results["domains"] == domains
-    expected = {"client:gta5-like", "client:synthia-like", "client:synscapes-like", *METHODS}
-    assert set(results["methods"]) == expected
+    clients = {"client:gta5-like", "client:synthia-like", "client:synscapes-like"}
+    assert set(results["methods"]) == {*clients, *METHODS, ORACLE, LABEL_FREE}
+    rows = results["methods"]
+    assert rows[ORACLE]["picked"] in clients and rows[LABEL_FREE]["picked"] in clients
+    assert rows[ORACLE]["mean"] == max(rows[c]["mean"] for c in clients)
+    agreement = results["premise"]["client_agreement"]
+    assert rows[LABEL_FREE]["picked"] == "client:" + max(agreement, key=agreement.get)
     for name, row in results["methods"].items():
-        assert set(row) == {"miou", "mean", "per_class", "checkpoint"}
+        keys = {"miou", "mean", "per_class", "checkpoint", "dev", "classes_above_10"}
+        assert set(row) == keys | ({"picked", "how"} if name in (ORACLE, LABEL_FREE) else set())
+        assert 0 <= row["classes_above_10"] <= 19 and 0 <= row["dev"] <= 100
         assert set(row["miou"]) == set(domains)
         assert all(0 <= v <= 100 for v in row["miou"].values())
         assert all(len(v) == 19 for v in row["per_class"].values())
@@ -45,6 +54,26 @@ def test_demo_end_to_end(tmp_path):
             assert (tmp_path / row["checkpoint"] / "model.safetensors").is_file() or (
                 __import__("pathlib").Path(row["checkpoint"]) / "model.safetensors"
             ).is_file()
+    # every row starts from the shipped public backbone, and the report says so
+    assert results["start"]["pretrained"] and "m2f-cpu-public" in results["start"]["backbone"]
+    assert "pretrained `public` backbone" in (tmp_path / "report.md").read_text()
+    # learning curves: every training run, at every step (curve_every=1), ending at its budget
+    curves = results["curves"]
+    assert set(curves) == {*clients, "upper-bound-1x", "upper-bound", "feddf", "feds2r",
+                           "feds2r-no-aug", "feds2r-no-fusion"}  # fmt: skip
+    assert [p[0] for p in curves["upper-bound"]] == [1, 2, 3, 4, 5, 6]
+    assert [p[0] for p in curves["client:gta5-like"]] == [1, 2]
+    assert set(results["intervals"]) == {f"{a} - {b}" for a, b in COMPARISONS}
+    for r in results["intervals"].values():
+        assert r["lo"] <= r["diff"] + 1e-9 and r["diff"] <= r["hi"] + 1e-9
+    premise = results["premise"]
+    assert -1 <= premise["feature_cosine"]["mean"] <= 1 and 0 <= premise["fedavg_agreement"] <= 1
+    assert set(premise["change_from_start"]) == {c.split(":")[1] for c in clients}
+    import numpy as np
+
+    with np.load(tmp_path / "confusion.npz") as npz:
+        cm = npz[f"feds2r|{domains[0]}"]
+        assert cm.shape == (4, 19, 19)  # one matrix per test image
     assert (
         set(results["inconsistency"]) == set(__import__("feds2r").CLASS_NAMES)
         and results["unstable_classes"]
@@ -64,6 +93,7 @@ def test_demo_end_to_end(tmp_path):
         "report.md",
         "inconsistency.png",
         "samples.png",
+        "curves.png",
         "config.toml",
         "inconsistency.json",
     ):

@@ -149,6 +149,9 @@ class FederationConfig:
     """Optional labelled test sets for the global model: ``name=SPEC;name=SPEC``."""
     client_data: str = ""
     """Simulation only: ``SPEC;SPEC;...``, the dataset of virtual client i (its partition-id)."""
+    pretrained: bool = True
+    """The common initial model starts from the preset's shipped public backbone (docs/models.md),
+    as FedS2R's clients start from one pretrained backbone; False: random weights."""
 
     def __post_init__(self) -> None:
         if not Path(self.out).is_absolute():
@@ -378,7 +381,7 @@ def run_federation(
     """
     from feds2r.config import to_toml
     from feds2r.engine.checkpoint import save_checkpoint
-    from feds2r.models import create_model
+    from feds2r.models import PUBLIC, create_model
 
     out = Path(config.out)
     check_new_output(out)
@@ -388,7 +391,7 @@ def run_federation(
     try:
         write_atomic(stage / "config.toml", to_toml({"federation": config}).encode())
         torch.manual_seed(config.seed)
-        init = create_model(config.preset)
+        init = create_model(config.preset, backbone_weights=PUBLIC if config.pretrained else None)
         save_checkpoint(init, stage / "init", meta={"role": "initial"})
         start = time.perf_counter()
         replies = send(init.state_dict(), train_settings(config))
