@@ -498,9 +498,11 @@ def cmd_server_distill(args: argparse.Namespace) -> int:
         "generated": generated or "",
         "inconsistency": str(args.inconsistency or ""),
     }
-    write_atomic(
-        out / "config.toml", to_toml({"server": settings, "distill": dcfg, "train": tcfg}).encode()
-    )
+    resolved = to_toml({"server": settings, "distill": dcfg, "train": tcfg}).encode()
+    # a resume is checked against the stopped run first: a refused one leaves config.toml alone
+    resuming = (out / "state" / "state.json").is_file()
+    if not resuming:
+        write_atomic(out / "config.toml", resolved)
     summary = run_distill(
         args.clients,
         args.data,
@@ -512,6 +514,8 @@ def cmd_server_distill(args: argparse.Namespace) -> int:
         on_error="skip" if args.skip_bad else "raise",
         progress=not args.quiet,
     )
+    if resuming:
+        write_atomic(out / "config.toml", resolved)
     print(
         f"distilled {len(args.clients)} clients into a {dcfg.student} in "
         f"{summary['seconds']:.0f} s; global model: {out}"

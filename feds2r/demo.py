@@ -30,6 +30,7 @@ from feds2r.data.world.writers import write_atomic
 from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.evaluate import evaluate
+from feds2r.engine.repro import environment
 from feds2r.engine.train import TrainConfig, train
 from feds2r.errors import Feds2rError
 from feds2r.metrics.bootstrap import paired_bootstrap
@@ -450,6 +451,7 @@ def run_demo(
         "generated": gen,
         "student_init": student_init,
         "timing_s": {**timing, "total": round(sum(timing.values()), 2)},
+        "environment": environment(),
     }
     write_atomic(out / "results.json", json.dumps(results, indent=2).encode())
     with stage("report"):

@@ -515,8 +515,22 @@ def distill(
         **(meta or {}),
     }
     hook = None if on_step is None else (lambda step: on_step(student, step))
+    # what this run learns from: a resume into OUT with other clients or server data is refused
+    identity = {
+        "clients": (meta or {}).get("clients"),
+        "server_data": (meta or {}).get("server_data"),
+        "distill": dataclasses.asdict(config),
+    }
     return train(
-        student, loss_fn, data, train_config, out, meta=info, progress=progress, on_step=hook
+        student,
+        loss_fn,
+        data,
+        train_config,
+        out,
+        meta=info,
+        identity=identity,
+        progress=progress,
+        on_step=hook,
     )
 
 

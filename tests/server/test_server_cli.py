@@ -214,3 +214,19 @@ def test_distill_variants(setup, tmp_path, capsys):
         ["server", "distill", *common, "--inconsistency-weighted", "--out", str(tmp_path / "x")]
     )
     assert code == 2 and "needs an inconsistency report" in capsys.readouterr().err
+
+
+def test_distill_resume_with_other_clients_is_refused(setup, tmp_path, capsys):
+    """A finished distillation is not relabelled by a rerun with other clients."""
+    root, clients = setup
+    common = ["server", "distill", "--data", f"cityscapes:{root}/cs?split=train", "--steps", "1",
+              "--warmup-steps", "0", *TINY_RECIPE, "--quiet", "--student", "segformer-cpu",
+              "--init", "scratch", "--out", str(tmp_path / "g")]  # fmt: skip
+    assert main([*common, "--clients", *clients]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([*common, "--clients", clients[0]]) == 2
+    err = capsys.readouterr().err
+    assert "clients" in err and "Traceback" not in err
+    after = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir() if p.is_file()}
+    assert after == before
