@@ -1,8 +1,12 @@
 """Distillation variants on one fixed set of clients (measurements for docs/results.md).
 
-Builds (once) a demo world, the common initial model and one client per synthetic domain in RUN,
-then the inconsistency report and generated images; then distils one variant, given as
-DistillConfig overrides in JSON, and prints its mIoU on the five real-like test domains.
+RUN is a `feds2r demo` output folder (its world, clients, inconsistency report and generated
+images are reused), or a new folder where this script builds (once) a demo world, the common
+initial model (the shipped public backbone) and one client per synthetic domain, then the
+inconsistency report and generated images. Then it distils one variant, given as DistillConfig
+overrides in JSON, and prints its mIoU on the server domain's labelled dev split (``--on dev``,
+the default: where choices are made) or on the five real-like test domains (``--on test``: only
+to report a choice already made).
 
     python scripts/distill_variants.py runs/exp nofus '{"feature_fusion": false}'
     python scripts/distill_variants.py runs/exp feddf \
@@ -29,7 +33,7 @@ from feds2r.demo import PROFILES, _spec, build_world
 from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.engine.evaluate import evaluate
 from feds2r.engine.train import TrainConfig
-from feds2r.models import create_model
+from feds2r.models import PUBLIC, create_model
 from feds2r.server import UnstableRule, measure_inconsistency
 from feds2r.server.distill import DistillConfig, run_distill
 from feds2r.server.generators import BuiltinGenerator, augment
@@ -52,6 +56,7 @@ def main() -> None:
         "--teachers", help="comma-separated client domains to distil from (default: all)"
     )
     parser.add_argument("--lr", type=float, help="distillation learning rate (default: recipe's)")
+    parser.add_argument("--on", choices=("dev", "test"), default="dev", help="where to score")
     args = parser.parse_args()
     profile = dataclasses.replace(PROFILES["default"], test_images=args.test_images)
     run, world = args.run, args.run / "world"
@@ -66,13 +71,17 @@ def main() -> None:
     if not all((c / "model.safetensors").is_file() for c in clients):
         build_world(world, profile, progress=True)
         torch.manual_seed(args.seed)
-        save_checkpoint(create_model(profile.preset), run / "init", meta={"role": "initial"})
+        init = create_model(profile.preset, backbone_weights=PUBLIC)
+        save_checkpoint(init, run / "init", meta={"role": "initial"})
         tcfg = TrainConfig(steps=args.client_steps, checkpoint_every=100, **recipe)
         for domain, path in zip(SYNTHETIC_DOMAINS, clients, strict=True):
             train_client(
                 _spec(world, domain, "train"), profile.preset, path, tcfg, init=run / "init"
             )
     server = _spec(world, "cityscapes-like", "train")
+    demo_gen = run / "generated" / "generated.json"
+    if not (run / "gen.json").is_file() and demo_gen.is_file():  # a demo output folder
+        (run / "gen.json").write_text(demo_gen.read_text())
     if not (run / "gen.json").is_file():
         teachers = [load_checkpoint(c)[0] for c in clients]
         inc = measure_inconsistency(
@@ -118,9 +127,12 @@ def main() -> None:
     )
     seconds = time.perf_counter() - start
     model, meta = load_checkpoint(run / "variants" / args.name)
+    where = [("cityscapes-like", "dev")] if args.on == "dev" else [(d, "val") for d in REAL_DOMAINS]
     scores = {
-        d: evaluate(model, open_dataset(_spec(world, d, "val")), height=profile.height)["miou"]
-        for d in REAL_DOMAINS
+        f"{d}?{split}": evaluate(
+            model, open_dataset(_spec(world, d, split)), height=profile.height, progress=False
+        )["miou"]
+        for d, split in where
     }
     print(f"student init: {meta.get('student_init')}")
     print(
