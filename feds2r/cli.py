@@ -553,7 +553,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     base = PretrainConfig(preset=args.preset)
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
-    flags = {k: v for k, v in {**flags, "device": args.device}.items() if v is not None}
+    flags |= {"warmup_steps": args.warmup_steps, "device": args.device}
+    flags = {k: v for k, v in flags.items() if v is not None}
     try:
         recipe = dataclasses.replace(base.train, **flags)
         config = dataclasses.replace(base, images=args.images or base.images, train=recipe)
@@ -817,14 +818,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent("""\
             examples:
               feds2r pretrain --preset m2f-cpu --out runs/pretrain-m2f-cpu
-              feds2r pretrain --preset segformer-cpu --steps 500 --out /tmp/pt --world /tmp/public
+              feds2r pretrain --preset segformer-cpu --steps 500 --warmup-steps 50 --out /tmp/pt \\
+                  --world /tmp/public
             """),
     )
     p.add_argument("--preset", default="m2f-cpu", help="model preset (default m2f-cpu)")
     p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
     p.add_argument("--world", help="folder of the public images (default OUT/public)")
     p.add_argument("--images", type=int, help="public images to write and train on (4000)")
-    p.add_argument("--steps", type=int, help="optimizer steps (3000)")
+    p.add_argument("--steps", type=int, help="optimizer steps (2500)")
+    p.add_argument("--warmup-steps", type=int, help="warm-up steps (100)")
     p.add_argument("--batch-size", type=int, help="batch size (16)")
     p.add_argument("--lr", type=float, help="learning rate (0.001)")
     p.add_argument("--seed", type=int, help="seed of the training run (0)")
