@@ -116,6 +116,8 @@ def commands(w: dict) -> dict[str, tuple[str, list[str]]]:
         "client train": ("--out", ["client", "train", "--data", w["gta"], "--preset",
                                    "segformer-cpu", "--no-pretrained", *recipe, "--quiet"]),
         "demo": ("--out", ["demo", "--profile", "quick", "--quiet"]),
+        "pretrain": ("--out", ["pretrain", "--preset", "segformer-cpu", "--images", "2",
+                               "--steps", "1", "--warmup-steps", "0", "--quiet"]),
         "federate local": ("--out", ["federate", "local", "--client", f"a={w['gta']}",
                                      "--client", f"b={w['gta']}", "--server-data", w["cs"],
                                      "--quiet"]),
