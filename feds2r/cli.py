@@ -472,6 +472,8 @@ def cmd_server_distill(args: argparse.Namespace) -> int:
     distill_data.update({k: v for k, v in flags.items() if v is not None})
     if args.no_fusion:
         distill_data["feature_fusion"] = False
+    if args.fusion:
+        distill_data["feature_fusion"] = True
     if args.no_align:
         distill_data["fusion_align"] = False
     if args.inconsistency_weighted:
@@ -1059,11 +1061,12 @@ def build_parser() -> argparse.ArgumentParser:
         "distill",
         help="distil the client models into the global model",
         formatter_class=fmt,
-        description="Multi-client knowledge distillation with feature fusion (FedS2R). The "
-        "client models are frozen teachers; on every server image (real, plus generated with "
-        "--generated) their decoder features are averaged and decoded by each teacher's own "
-        "head, their predictions combined, and the global model learns the combined soft "
-        "targets (KL on classes, BCE + Dice on masks). Switches for the ablations: --no-fusion, "
+        description="Multi-client knowledge distillation (FedS2R). The client models are "
+        "frozen teachers; on every server image (real, plus generated with --generated) their "
+        "predictions are combined (with --fusion: from their averaged decoder features, each "
+        "decoded by the teacher's own head, as FedS2R publishes it; off by default, chosen on "
+        "the dev split: docs/method.md), and the global model learns the combined soft "
+        "targets (KL on classes, BCE + Dice on masks). Switches for the ablations: --fusion, "
         "--kd pixel --combine mean (FedDF-style per-pixel KD of the plain mean), "
         "--inconsistency-weighted. Settings: a TOML with "
         "[server], [distill] and [train] tables (--config; its own config.toml is one), "
@@ -1075,8 +1078,11 @@ def build_parser() -> argparse.ArgumentParser:
                   --data cityscapes:data/world/cityscapes-like?split=train \\
                   --generated runs/generated --out runs/global
               feds2r server distill --clients runs/gta5 runs/synthia runs/synscapes \\
+                  --data cityscapes:data/world/cityscapes-like?split=train --fusion \\
+                  --generated runs/generated --out runs/global-fused
+              feds2r server distill --clients runs/gta5 runs/synthia runs/synscapes \\
                   --data cityscapes:data/world/cityscapes-like?split=train --kd pixel \\
-                  --no-fusion --combine mean --out runs/feddf
+                  --combine mean --out runs/feddf
             """),
     )
     p.add_argument("--clients", nargs="+", help="client checkpoints (or clients in [server])")
@@ -1104,7 +1110,14 @@ def build_parser() -> argparse.ArgumentParser:
         "prediction of the teacher that agrees most with the others) or mean (everywhere)",
     )
     p.add_argument("--pixel-weight", type=float, help="add per-pixel KL to mask KD (weight)")
-    p.add_argument("--no-fusion", action="store_true", help="no feature fusion")
+    fusion = p.add_mutually_exclusive_group()
+    fusion.add_argument(
+        "--fusion",
+        action="store_true",
+        help="feature fusion, as FedS2R publishes it (off by default: chosen on dev, "
+        "docs/method.md)",
+    )
+    fusion.add_argument("--no-fusion", action="store_true", help="no feature fusion (default)")
     p.add_argument(
         "--no-align",
         action="store_true",

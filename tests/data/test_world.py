@@ -226,7 +226,9 @@ def test_public_has_image_level_tags_and_no_pixel_labels(tmp_path):
     assert images == sorted(tags) and len(images) == 6  # every file is an image with its tags
     for tag in tags.values():
         assert len(tag["shares"]) == 19 and 0.9 < sum(tag["shares"]) <= 1.0 + 1e-3
-        assert tag["classes"] == [k for k, v in enumerate(tag["shares"]) if v >= 0.001]
+        # a class is tagged when it covers >= 0.1 % of the pixels (shares are rounded to 1e-4)
+        assert {k for k, v in enumerate(tag["shares"]) if v > 0.00105} <= set(tag["classes"])
+        assert set(tag["classes"]) <= {k for k, v in enumerate(tag["shares"]) if v > 0.00095}
     assert {p.name for p in tmp_path.iterdir() if p.is_file()} <= {
         "tags.json", "feds2r_world.json", ".feds2r_output.json"
     }

@@ -126,7 +126,7 @@ def test_agreement_weights_normalise_per_class():
 def test_distill_loss_runs_and_backpropagates(student, kd):
     torch.manual_seed(0)
     teachers = [create_model("m2f-cpu"), create_model("m2f-cpu")]
-    cfg = DistillConfig(student=student, kd=kd, init="scratch")
+    cfg = DistillConfig(student=student, kd=kd, init="scratch", feature_fusion=True)
     loss_fn = make_distill_loss(teachers, cfg, agreement_weights([[0.5] * 19, [0.7] * 19]))
     model = create_model(student).train()
     parts = loss_fn(model, {"image": torch.randint(0, 255, (2, 3, 64, 128), dtype=torch.uint8)})

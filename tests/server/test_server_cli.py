@@ -183,6 +183,7 @@ def test_distill_variants(setup, tmp_path, capsys):
                 "--inconsistency-weighted",
                 "--combine",
                 "majority",
+                "--fusion",
                 "--out",
                 str(out),
             ]
@@ -195,6 +196,7 @@ def test_distill_variants(setup, tmp_path, capsys):
     assert meta["server_data"]["generated"]["num_images"] == 3
     assert meta["distill_config"]["inconsistency_weighting"] is True
     assert meta["distill_config"]["combine"] == "majority"
+    assert meta["distill_config"]["feature_fusion"] is True  # --fusion (off by default)
     agree = meta["student_init"]["agreement_clients"]
     most = max(range(len(agree)), key=lambda k: agree[k])
     assert meta["student_init"]["majority_fallback"] == f"client {most}"
