@@ -58,7 +58,7 @@ class DistillConfig:
     feature_fusion: bool = False
     """Average the teachers' decoder features and decode them with each teacher's own head
     (FedS2R's feature fusion; the demo's ``feds2r`` row turns it on). Off by default: chosen on
-    the dev split, where fusing cost 0.5-1.2 dev mIoU in every seed of the five-seed default demo
+    the dev split, where fusing cost 0.4-1.2 dev mIoU in every seed of the five-seed default demo
     (docs/results.md), its targets being no better than the unfused ones (target_quality)."""
     fusion_align: bool = True
     """Before averaging, map every teacher's features into each teacher's own feature space with a
