@@ -31,7 +31,7 @@ from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.evaluate import evaluate
 from feds2r.engine.repro import environment
-from feds2r.engine.train import TrainConfig, train
+from feds2r.engine.train import TrainConfig, save_figure, train
 from feds2r.errors import Feds2rError
 from feds2r.metrics.bootstrap import paired_bootstrap
 from feds2r.models import PUBLIC, create_model, shipped_weights
@@ -515,11 +515,7 @@ def plot_curves(curves: dict[str, list[list[float]]], dest: Path) -> None:
     ax.set_ylabel("dev mIoU (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = dest.with_name(f".{dest.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(dest)
+    save_figure(fig, dest)
 
 
 def write_report(results: dict, out: Path, models: dict, tests: dict, profile: Profile) -> None:

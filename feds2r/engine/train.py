@@ -467,6 +467,13 @@ def plot_losses(log_path: Path, dest: Path) -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    save_figure(fig, dest)
+
+
+def save_figure(fig, dest: Path) -> None:
+    """Save a matplotlib figure as a PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = dest.with_name(f".{dest.name}.tmp.png")
     fig.savefig(tmp, dpi=100)

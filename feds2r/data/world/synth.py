@@ -252,19 +252,24 @@ def _synth_files(
             names.append(where.list_name)
     if names:
         write_atomic(root / f"{split}.txt", ("\n".join(names) + "\n").encode())
-    seconds = time.perf_counter() - start
-    summary = {
+    return _summary(dom, f"{dom.format}:{root}?split={split}", split, num, size, seed, start)
+
+
+def _summary(
+    dom: Domain, spec: str, split: str, num: int, size: tuple[int, int], seed: int, start: float
+) -> dict:
+    """What :func:`synth_domain` returns for one written split."""
+    return {
         "domain": dom.name,
         "kind": dom.kind,
         "format": dom.format,
-        "spec": f"{dom.format}:{root}?split={split}",
+        "spec": spec,
         "split": split,
         "count": num,
         "size": list(size),
         "seed": seed,
-        "seconds": round(seconds, 3),
+        "seconds": round(time.perf_counter() - start, 3),
     }
-    return summary
 
 
 PUBLIC_TAG_MIN_SHARE = 0.001
@@ -303,18 +308,7 @@ def _synth_public(
     old = json.loads(path.read_text()) if path.is_file() else {}
     old = {k: v for k, v in old.items() if not k.startswith(f"images/{split}_")}
     write_atomic(path, json.dumps({**old, **tags}, indent=0, sort_keys=True).encode())
-    summary = {
-        "domain": dom.name,
-        "kind": dom.kind,
-        "format": dom.format,
-        "spec": f"folder:{root}",
-        "split": split,
-        "count": num,
-        "size": list(size),
-        "seed": seed,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    return summary
+    return _summary(dom, f"folder:{root}", split, num, size, seed, start)
 
 
 def _recompress(image: np.ndarray, quality: int) -> np.ndarray:
