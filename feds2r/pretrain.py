@@ -3,9 +3,10 @@
 FedS2R's clients fine-tune one ImageNet-pretrained backbone, so they share a feature space. With
 nothing downloadable, feds2r pretrains the CPU presets' backbones on the built-in world's `public`
 domain (a randomised style per image, ``docs/world.md``) from **image-level** labels only: which
-of the 19 classes an image shows, as ImageNet's labels say what an image shows, never where. The
-task is multi-label classification (binary cross-entropy per class) from the backbone's pooled
-multi-scale features through one linear layer; only the backbone is kept.
+of the 19 classes an image shows and what share of it each covers, as ImageNet's labels say what
+an image shows, never where. One linear layer on the backbone's pooled multi-scale features
+predicts the classes present (binary cross-entropy) and the class shares (KL divergence); only
+the backbone is kept.
 
 The loop is feds2r's one training loop (:func:`feds2r.engine.train.train`) with this loss, batch
 and save function passed in: the same progress bar, log, exact resume and refusal of a changed
@@ -80,9 +81,9 @@ class PretrainConfig:
 class BackboneClassifier(nn.Module):
     """A preset's backbone and a linear multi-label head on its pooled multi-scale features.
 
-    ``forward(images (B, 3, H, W) uint8 or float in [0, 1]) -> logits (B, K)``: each of the
+    ``forward(images (B, 3, H, W) uint8 or float in [0, 1]) -> logits (B, 2K)``: each of the
     backbone's four stages is average-pooled to (B, C_s); the concatenation goes through a linear
-    layer to one logit per class.
+    layer to K presence logits and K share logits (see :func:`tag_loss`).
     """
 
     def __init__(self, seg: SegModel) -> None:
@@ -193,7 +194,8 @@ def pretrain(
     model = BackboneClassifier(create_model(config.preset))
     meta = {
         "preset": config.preset,
-        "task": "multi-label image classification (image-level tags of the public domain)",
+        "task": "image-level labels of the public domain: classes present (multi-label BCE) and "
+        "class shares (KL)",
         "classes": list(CLASS_NAMES),
         "config": asdict(config),
         "public": {"root": str(root), **want},

@@ -188,9 +188,6 @@ def create_model(
     return model
 
 
-_HF_TYPES = {"mask2former": "mask2former", "segformer": "segformer"}
-
-
 def is_hf_dir(path: str | Path) -> bool:
     """Whether ``path`` is a Hugging Face model directory (config.json, no feds2r sidecar)."""
     path = Path(path)
@@ -211,10 +208,10 @@ def _read_hf_dir(path: Path, family: str) -> tuple[dict, dict[str, Tensor]]:
     except (OSError, ValueError) as exc:
         raise Feds2rError(f"{path}/config.json is not a readable JSON config: {exc}") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != _HF_TYPES[family]:
+    if model_type != family:  # transformers' model_type names the family, as feds2r does
         raise Feds2rError(
             f"{path} holds a {model_type!r} model; this preset is a {family} model "
-            f"(config.json model_type {_HF_TYPES[family]!r}). Pick a preset of that family"
+            f"(config.json model_type {family!r}). Pick a preset of that family"
         )
     if not any(path.glob("*.safetensors")):
         raise Feds2rError(
