@@ -158,7 +158,9 @@ def save_backbone(model: BackboneClassifier, out: Path, meta: dict[str, Any]) ->
     """``OUT/backbone.safetensors`` (the backbone's state dict) and ``OUT/pretrain.json``."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()}
     tmp = out / ".backbone.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"preset": model.preset_name, "source": "feds2r pretrain"})
+    # one metadata entry: safetensors writes a map's entries in no fixed order, and the same run
+    # must give the same bytes
+    save_file(state, str(tmp), metadata={"source": f"feds2r pretrain --preset {model.preset_name}"})
     tmp.replace(out / "backbone.safetensors")
     write_atomic(out / "pretrain.json", json.dumps(meta, indent=2).encode())
 
