@@ -13,10 +13,13 @@ from feds2r.errors import Feds2rError
 
 
 def _size(text: str) -> tuple[int, int]:
+    """An argparse type: ``HxW`` (see :func:`feds2r.config.parse_size`), both sides even, >= 32."""
+    from feds2r.config import parse_size
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x512, got {text!r}") from None
+        h, w = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if h < 32 or w < 32 or h % 2 or w % 2:
         raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be even and >= 32")
     return h, w
@@ -257,7 +260,7 @@ def cmd_client_train(args: argparse.Namespace) -> int:
 
 def _load_model(path: str, device: str):
     from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.train import resolve_device
+    from feds2r.engine.device import resolve_device
 
     dev = resolve_device(device)
     model, meta = load_checkpoint(path, dev)
@@ -379,7 +382,7 @@ def cmd_server_inconsistency(args: argparse.Namespace) -> int:
 
 
 def cmd_server_augment(args: argparse.Namespace) -> int:
-    from feds2r.server.generators import augment, make_generator
+    from feds2r.server.generators import generate_dataset, make_generator
     from feds2r.server.prompts import builtin_prompts, llm_prompts, prompt_counts
 
     source = Path(args.inconsistency)
@@ -412,7 +415,7 @@ def cmd_server_augment(args: argparse.Namespace) -> int:
             "guidance": args.guidance,
         }
     generator = make_generator(args.generator, **kwargs)
-    summary = augment(
+    summary = generate_dataset(
         prompts, generator, args.out, size=args.size, seed=args.seed, progress=not args.quiet
     )
     per = ", ".join(f"{c} {n}" for c, n in summary["per_class"].items())
@@ -440,8 +443,8 @@ class _ServerSettings:
 
 def cmd_server_distill(args: argparse.Namespace) -> int:
     from feds2r.config import from_dict, load_tables, to_toml
-    from feds2r.data.world.writers import write_atomic
     from feds2r.engine.train import TrainConfig
+    from feds2r.io import write_atomic
     from feds2r.server.distill import DistillConfig, run_distill
 
     file = {"server": {}, "distill": {}, "train": {}}
@@ -657,8 +660,8 @@ def cmd_federate_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_federate_app(args: argparse.Namespace) -> int:
-    from feds2r.data.world.writers import write_atomic
     from feds2r.federation.local import app_pyproject
+    from feds2r.io import write_atomic
 
     config = _federation_config(args, args.num_clients)
     dest = Path(args.app) / "pyproject.toml"
@@ -1155,7 +1158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fed_sub = fed.add_subparsers(dest="federate_command", metavar="COMMAND")
 
-    def add_federation_args(q: argparse.ArgumentParser, *, app: bool = False) -> None:
+    def add_federation_args(q: argparse.ArgumentParser) -> None:
         q.add_argument(
             "--server-data", required=True, help="the server's unlabelled real images (a spec)"
         )
@@ -1274,7 +1277,7 @@ def build_parser() -> argparse.ArgumentParser:
             """),
     )
     p.add_argument("--app", required=True, help="folder to write the app into")
-    add_federation_args(p, app=True)
+    add_federation_args(p)
     p.add_argument("--out", required=True, help="output folder on the SuperLink's machine")
     p.add_argument(
         "--num-clients", type=int, default=0, help="clients to wait for (0: min-clients)"

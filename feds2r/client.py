@@ -11,11 +11,11 @@ import torch
 
 from feds2r.config import check_types, to_toml
 from feds2r.data import open_dataset
-from feds2r.data.world.writers import write_atomic
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.train import TrainConfig, check_resume, train
 from feds2r.errors import Feds2rError
+from feds2r.io import write_atomic
 from feds2r.losses import supervised_loss
 from feds2r.models import SegModel, create_model, is_hf_dir, load_hf_model
 

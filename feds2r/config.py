@@ -189,6 +189,25 @@ def load_tables(
     return out
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` such as ``"256x512"`` -> ``(256, 512)``; both sides must be positive integers.
+
+    Raises ValueError, naming the text, for anything else (``"256"``, ``"256x"``, ``"0x512"``).
+    """
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"expected HxW such as 256x512, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"expected HxW with positive sides such as 256x512, got {text!r}")
+    return h, w
+
+
+def format_size(size: tuple[int, int]) -> str:
+    """``(H, W)`` -> ``"HxW"``, the form :func:`parse_size` reads."""
+    return f"{size[0]}x{size[1]}"
+
+
 def to_toml(sections: dict[str, Any]) -> str:
     """Write dataclasses and dicts of scalars, strings and lists as TOML tables."""
 

@@ -26,19 +26,19 @@ from feds2r.config import to_toml
 from feds2r.data import open_dataset
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.data.world import DOMAINS, REAL_DOMAINS, SYNTHETIC_DOMAINS, synth_domain
-from feds2r.data.world.writers import write_atomic
 from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.evaluate import evaluate
 from feds2r.engine.repro import environment
 from feds2r.engine.train import TrainConfig, save_figure, train
 from feds2r.errors import Feds2rError
+from feds2r.io import write_atomic
 from feds2r.metrics.bootstrap import paired_bootstrap
 from feds2r.models import PUBLIC, create_model, shipped_weights
 from feds2r.server import UnstableRule, measure_inconsistency, plot_inconsistency
 from feds2r.server.diagnostics import premise_diagnostics
 from feds2r.server.distill import DistillConfig, fedavg, run_distill
-from feds2r.server.generators import BuiltinGenerator, augment
+from feds2r.server.generators import BuiltinGenerator, generate_dataset
 from feds2r.server.prompts import builtin_prompts, prompt_counts
 
 
@@ -350,7 +350,7 @@ def run_demo(
         )
     with stage("augmentation"):
         counts = prompt_counts(inc.scores, inc.unstable, profile.generated_images)
-        gen = augment(
+        gen = generate_dataset(
             builtin_prompts(counts, seed=seed),
             BuiltinGenerator(),
             out / "generated",

@@ -1,4 +1,4 @@
-"""Writing outputs safely: atomic files and one output-folder policy for every command.
+"""Files in and out safely: atomic writes, pickle refusal, one output-folder policy.
 
 Every feds2r command that writes goes through this module, so that they all behave alike:
 
@@ -6,6 +6,8 @@ Every feds2r command that writes goes through this module, so that they all beha
   rename, so a reader never sees half a file, and removes the temporary file when it fails.
 - :func:`check_output_file` checks a file destination such as ``--json PATH`` *before* the work
   starts (not a folder, in a writable place), so a bad path costs nothing.
+- :func:`refuse_pickle` refuses a file that is, or looks like, a pickle (``torch.save`` output)
+  before a byte of it is interpreted: unpickling runs whatever code the file contains.
 - :func:`prepare_output` checks and claims an output folder such as ``--out DIR``: it must be new,
   empty, or an earlier output of the same command; it is locked (``DIR/.feds2r.lock`` holds the
   writer's PID, created with ``O_EXCL``; a lock left by a dead process is taken over) so that two
@@ -13,8 +15,8 @@ Every feds2r command that writes goes through this module, so that they all beha
   ``"complete": false``) until :meth:`Output.finish` marks it complete, so a run killed midway
   leaves a folder that ``feds2r data check`` reports as incomplete.
 
-Every problem a user can cause is a :class:`OutputError` (a :class:`Feds2rError`: one message,
-exit status 2 in the CLI).
+Every problem a user can cause is an :class:`OutputError` or a :class:`PickleError` (each a
+:class:`Feds2rError`: one message, exit status 2 in the CLI).
 """
 
 from __future__ import annotations
@@ -33,10 +35,52 @@ from feds2r.errors import Feds2rError
 LOCK_NAME = ".feds2r.lock"
 STATE_NAME = ".feds2r_output.json"
 _OURS = (LOCK_NAME, STATE_NAME)
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
+_MAX_HEADER = 100_000_000  # the largest JSON header the safetensors library itself accepts
 
 
 class OutputError(Feds2rError):
     """An output path that cannot be used: a file where a folder is needed, read-only, taken."""
+
+
+class PickleError(Feds2rError):
+    """A file that is, or looks like, a pickle; it is refused without being read."""
+
+
+def is_safetensors_head(head: bytes, size: int) -> bool:
+    """Whether ``head``, the first 9 bytes of a file of ``size`` bytes, starts a safetensors file.
+
+    A safetensors file is an 8-byte little-endian header length N, then N bytes of JSON that
+    begin with ``{``. N is a multiple of 8 (the header is padded), so its first byte is 0x80 for
+    about 1 file in 32: the same byte as pickle's protocol-2 magic. Checking the whole shape first
+    tells the two apart.
+    """
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{"
+
+
+def refuse_pickle(path: str | Path) -> None:
+    """Raise :class:`PickleError` if ``path`` is (or looks like) a pickle or a ``torch.save`` zip.
+
+    Judged by the suffix (``.pt``, ``.pth``, ``.ckpt``, ``.bin``, ...) and by the first bytes (a
+    pickle opcode or a zip header, unless the file has a safetensors header); nothing else of the
+    file is read. A missing file is judged by its suffix alone (the caller reports it missing).
+    """
+    path = Path(path)
+    head, size = b"", 0
+    if path.is_file():
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+    if path.suffix.lower() in _PICKLE_SUFFIXES or (pickled and not is_safetensors_head(head, size)):
+        raise PickleError(
+            f"refusing to load {path}: it is a pickle (torch.save) file, and unpickling runs "
+            "whatever code the file contains. feds2r loads only .safetensors weights with a JSON "
+            "sidecar; ask the sender for a feds2r checkpoint (feds2r client train writes one)"
+        )
 
 
 def _reason(exc: OSError) -> str:
@@ -327,10 +371,13 @@ __all__ = [
     "STATE_NAME",
     "Output",
     "OutputError",
+    "PickleError",
     "check_output_dir",
     "check_output_file",
+    "is_safetensors_head",
     "prepare_output",
     "read_state",
+    "refuse_pickle",
     "write_atomic",
     "write_json",
 ]

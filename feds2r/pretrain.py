@@ -30,10 +30,10 @@ from feds2r.config import to_toml
 from feds2r.data import open_dataset
 from feds2r.data.labels import CLASS_NAMES, NUM_CLASSES
 from feds2r.data.world import synth_domain
-from feds2r.data.world.writers import write_atomic
 from feds2r.engine.data import ResizedCache, make_batch
 from feds2r.engine.train import TrainConfig, train
 from feds2r.errors import Feds2rError
+from feds2r.io import write_atomic
 from feds2r.models import PRESETS, SegModel, create_model
 
 

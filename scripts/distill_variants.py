@@ -36,7 +36,7 @@ from feds2r.engine.train import TrainConfig
 from feds2r.models import PUBLIC, create_model
 from feds2r.server import UnstableRule, measure_inconsistency
 from feds2r.server.distill import DistillConfig, run_distill
-from feds2r.server.generators import BuiltinGenerator, augment
+from feds2r.server.generators import BuiltinGenerator, generate_dataset
 from feds2r.server.prompts import builtin_prompts, prompt_counts
 
 
@@ -93,7 +93,7 @@ def main() -> None:
         )
         (run / "inconsistency.json").write_text(json.dumps(inc.to_dict()))
         counts = prompt_counts(inc.scores, inc.unstable, profile.generated_images)
-        gen = augment(
+        gen = generate_dataset(
             builtin_prompts(counts, seed=args.seed),
             BuiltinGenerator(),
             run / "generated",

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from feds2r.cli import main
 from feds2r.client import ClientSettings
-from feds2r.config import from_dict, load_tables
+from feds2r.config import format_size, from_dict, load_tables, parse_size
 from feds2r.data.world import synth_domain
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import Feds2rError
@@ -139,3 +139,11 @@ def test_server_distill_config_toml_loads_back(tmp_path):
     assert from_dict(_ServerSettings, tables["server"]).clients == ("runs/a", "runs/b")
     assert from_dict(DistillConfig, tables["distill"]) == DistillConfig()
     assert from_dict(TrainConfig, tables["train"]) == TrainConfig(steps=700)
+
+
+def test_sizes_parse_and_format_as_hxw():
+    assert parse_size("256x512") == (256, 512) and parse_size("64X128") == (64, 128)
+    assert format_size((128, 256)) == "128x256" and parse_size(format_size((7, 9))) == (7, 9)
+    for bad in ("256", "256x", "x512", "axb", "1x2x3", "0x512", "256x-4", ""):
+        with pytest.raises(ValueError, match=f"expected HxW .*got {bad!r}"):
+            parse_size(bad)

@@ -22,49 +22,16 @@ from safetensors.torch import load_file, save_file
 
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.errors import Feds2rError
+from feds2r.io import PickleError, refuse_pickle
 from feds2r.models import PRESETS, SegModel, create_model
 
 FORMAT = "feds2r-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS, SIDECAR = "model.safetensors", "model.json"
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
 
 
 class CheckpointError(Feds2rError):
     """A checkpoint is missing, corrupt, a pickle, or does not fit feds2r's models or labels."""
-
-
-_MAX_HEADER = 100_000_000  # the largest JSON header the safetensors library itself accepts
-
-
-def is_safetensors_head(head: bytes, size: int) -> bool:
-    """Whether ``head``, the first 9 bytes of a file of ``size`` bytes, starts a safetensors file.
-
-    A safetensors file is an 8-byte little-endian header length N, then N bytes of JSON that
-    begin with ``{``. N is a multiple of 8 (the header is padded), so its first byte is 0x80 for
-    about 1 file in 32: the same byte as pickle's protocol-2 magic. Checking the whole shape first
-    tells the two apart.
-    """
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 2 <= n <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{"
-
-
-def refuse_pickle(path: Path) -> None:
-    """Raise if ``path`` is (or looks like) a pickle or a ``torch.save`` zip archive."""
-    head, size = b"", 0
-    if path.is_file():
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(9)
-    pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
-    if path.suffix.lower() in _PICKLE_SUFFIXES or (pickled and not is_safetensors_head(head, size)):
-        raise CheckpointError(
-            f"refusing to load {path}: it is a pickle (torch.save) file, and unpickling runs "
-            "whatever code the file contains. feds2r loads only .safetensors weights with a JSON "
-            "sidecar; ask the sender for a feds2r checkpoint (feds2r client train writes one)"
-        )
 
 
 def _resolve(path: str | Path) -> tuple[Path, Path]:
@@ -73,7 +40,10 @@ def _resolve(path: str | Path) -> tuple[Path, Path]:
         weights, sidecar = path / WEIGHTS, path / SIDECAR
     else:
         weights, sidecar = path, path.with_suffix(".json")
-    refuse_pickle(weights)
+    try:
+        refuse_pickle(weights)
+    except PickleError as exc:
+        raise CheckpointError(str(exc)) from None
     if not weights.is_file():
         hint = " (a folder with model.safetensors and model.json)" if path.is_dir() else ""
         raise CheckpointError(f"no checkpoint weights at {weights}{hint}")

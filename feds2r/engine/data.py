@@ -96,7 +96,7 @@ def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     return out[0]
 
 
-def augment(
+def random_view(
     image: Tensor,
     label: Tensor | None,
     *,
@@ -169,7 +169,7 @@ def make_batch(
 ) -> dict[str, Tensor]:
     """Stack augmented views of ``indices`` into ``image`` (B, 3, h, w) and ``label`` (B, h, w)."""
     views = [
-        augment(
+        random_view(
             cache.images[i],
             cache.labels[i],
             g=g,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from feds2r.config import check_types
 from feds2r.engine.checkpoint import save_checkpoint
 from feds2r.engine.data import ResizedCache, make_batch
+from feds2r.engine.device import check_device_name, resolve_device
 from feds2r.engine.repro import deterministic, environment
 from feds2r.errors import Feds2rError
 from feds2r.models import SegModel
@@ -101,32 +101,6 @@ class TrainConfig:
 
 
 LossFn = Callable[[SegModel, dict[str, Tensor]], dict[str, Tensor]]
-
-
-def check_device_name(name: str) -> None:
-    """Raise ValueError unless ``name`` is "auto", "cpu", "cuda" or "cuda:N"."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"."""
-    try:
-        check_device_name(name)
-    except ValueError as exc:
-        raise Feds2rError(str(exc)) from None
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise Feds2rError(f"device {name!r} asked for, but no CUDA device is available")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise Feds2rError(
-                f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA "
-                "device(s) are visible (cuda:0 ...)"
-            )
-    return torch.device(name)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

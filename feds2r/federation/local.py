@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feds2r.data.world.writers import write_atomic
+from feds2r.config import format_size
 from feds2r.federation.protocol import (
     FederationConfig,
     FederationError,
     check_client_name,
     check_new_output,
     check_server_inputs,
-    crop_text,
 )
+from feds2r.io import write_atomic
 from feds2r.signals import cancel_on_signals, signals_deferred
 
 CLIENT_APP = "feds2r.federation.client_app:app"
@@ -75,7 +75,7 @@ def run_config_values(config: FederationConfig) -> dict[str, Any]:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name == "crop":
-            value = crop_text(value)
+            value = format_size(value)
         values[f.name.replace("_", "-")] = value
     return values
 

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from feds2r.config import format_size, parse_size
 from feds2r.data.labels import CLASS_NAMES
-from feds2r.data.world.writers import write_atomic
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import DataError, Feds2rError
+from feds2r.io import write_atomic
 from feds2r.server.distill import DistillConfig
 from feds2r.server.pipeline import ServerPipelineConfig, run_server_pipeline
 
@@ -69,17 +70,6 @@ def client_failure(exc: BaseException) -> str:
 
 class FederationError(Feds2rError):
     """The federation could not produce a global model (the message says why)."""
-
-
-def crop_text(crop: tuple[int, int]) -> str:
-    """A crop as Flower config values carry it: ``"HxW"``."""
-    return f"{crop[0]}x{crop[1]}"
-
-
-def parse_crop(text: str) -> tuple[int, int]:
-    """``"HxW"`` -> (H, W)."""
-    h, _, w = str(text).partition("x")
-    return int(h), int(w)
 
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -170,7 +160,7 @@ class FederationConfig:
                 raise FederationError(f"unknown run-config key {key!r}")
             values[name] = value
         if isinstance(values.get("crop"), str):
-            values["crop"] = parse_crop(values["crop"])
+            values["crop"] = parse_size(values["crop"])
         for f in dataclasses.fields(cls):
             if f.name in values and f.type in ("int", "float"):
                 values[f.name] = {"int": int, "float": float}[f.type](values[f.name])
@@ -214,7 +204,7 @@ def train_settings(config: FederationConfig) -> dict[str, Any]:
         "steps": t.steps,
         "batch-size": t.batch_size,
         "height": t.height,
-        "crop": crop_text(t.crop),
+        "crop": format_size(t.crop),
         "lr": t.lr,
         "warmup-steps": t.warmup_steps,
         "seed": t.seed,
@@ -226,7 +216,7 @@ def _settings_to_config(settings: dict[str, Any]) -> TrainConfig:
         steps=int(settings["steps"]),
         batch_size=int(settings["batch-size"]),
         height=int(settings["height"]),
-        crop=parse_crop(settings["crop"]),
+        crop=parse_size(settings["crop"]),
         lr=float(settings["lr"]),
         warmup_steps=int(settings["warmup-steps"]),
         seed=int(settings["seed"]),

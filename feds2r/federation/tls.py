@@ -21,8 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from feds2r.data.world.writers import write_atomic
 from feds2r.errors import Feds2rError
+from feds2r.io import write_atomic
 
 CREDENTIAL_FILES = ("ca.crt", "ca.key", "server.crt", "server.key")
 """The files of :func:`make_certificates`; :func:`make_node_keys` adds ``node-K``/``node-K.pub``."""

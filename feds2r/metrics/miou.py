@@ -38,9 +38,6 @@ class ConfusionMatrix:
         k = self.num_classes
         self.matrix += torch.bincount(target * k + pred, minlength=k * k).view(k, k)
 
-    def merge(self, other: ConfusionMatrix) -> None:
-        self.matrix += other.matrix
-
     def iou(self) -> np.ndarray:
         """Per-class IoU (K,), NaN for classes absent from the ground truth."""
         m = self.matrix.double()

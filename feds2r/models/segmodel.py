@@ -12,6 +12,7 @@ from transformers import Mask2FormerForUniversalSegmentation, SegformerForSemant
 
 from feds2r.data.labels import NUM_CLASSES
 from feds2r.errors import Feds2rError
+from feds2r.io import refuse_pickle
 from feds2r.models.presets import PRESETS, Preset
 
 # ImageNet statistics, the usual input normalisation of both backbone families.
@@ -270,8 +271,6 @@ def load_backbone_weights(model: SegModel, path: str | Path) -> None:
     stripped until the keys match. Pickle files are refused.
     """
     from safetensors.torch import load_file
-
-    from feds2r.engine.checkpoint import refuse_pickle
 
     path = Path(path)
     backbone = model.backbone()

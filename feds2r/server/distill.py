@@ -477,11 +477,10 @@ def distill(
 
     ``on_step(student, step)`` is called after every step (the demo records learning curves).
     """
+    from feds2r.engine.device import resolve_device
     from feds2r.engine.train import train
 
-    device = train_config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(train_config.device)
     for t in teachers:
         t.to(device).eval().requires_grad_(False)
     batches = [b.to(device) for b in _sample_batches(data, 32)]

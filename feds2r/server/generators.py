@@ -65,10 +65,10 @@ class DiffusersGenerator:
                 f"{model_dir} is not a diffusers pipeline folder (no model_index.json); give the "
                 "folder that pipeline.save_pretrained() wrote"
             )
-        self.device = (
-            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        )
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        from feds2r.engine.device import resolve_device
+
+        self.device = resolve_device(device)
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(
                 str(model_dir), local_files_only=True, dtype=dtype
@@ -109,7 +109,7 @@ def make_generator(name: str, **kwargs) -> ImageGenerator:
     raise Feds2rError(f"unknown generator {name!r}; valid generators: builtin, diffusers")
 
 
-def augment(
+def generate_dataset(
     prompts: list[Prompt],
     generator: ImageGenerator,
     out: str | Path,
@@ -122,8 +122,8 @@ def augment(
 
     Writes ``OUT/prompts.jsonl`` (one line per image: file, seed and the prompt) and
     ``OUT/generated.json`` (summary, written last). ``OUT`` must be new, empty or an earlier
-    ``augment`` output, which is replaced (see :func:`feds2r.io.prepare_output`); each file is
-    written atomically, and a run that stops midway leaves ``OUT`` marked incomplete.
+    ``server augment`` output, which is replaced (see :func:`feds2r.io.prepare_output`); each file
+    is written atomically, and a run that stops midway leaves ``OUT`` marked incomplete.
     """
     out = Path(out)
     with prepare_output(out, "server augment", marker="generated.json") as dest:

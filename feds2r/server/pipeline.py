@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from feds2r.data.world.writers import write_atomic
 from feds2r.engine.train import TrainConfig
+from feds2r.io import write_atomic
 from feds2r.server.distill import DistillConfig
 
 
@@ -56,7 +56,7 @@ def run_server_pipeline(
     from feds2r.engine.evaluate import evaluate
     from feds2r.server import UnstableRule, measure_inconsistency, plot_inconsistency
     from feds2r.server.distill import run_distill
-    from feds2r.server.generators import augment, make_generator
+    from feds2r.server.generators import generate_dataset, make_generator
     from feds2r.server.prompts import builtin_prompts, prompt_counts
 
     out = Path(out)
@@ -90,7 +90,7 @@ def run_server_pipeline(
         start = time.perf_counter()
         counts = prompt_counts(scores_inc, unstable, config.generated_images)
         first = server[0]["image"]
-        generated = augment(
+        generated = generate_dataset(
             builtin_prompts(counts, seed=config.train.seed),
             make_generator(config.generator, **config.generator_options),
             out / "generated",

@@ -66,3 +66,14 @@ def test_backbone_weights_load_with_prefix_and_refuse_pickles(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(Feds2rError, match="do not fit preset"):
         load_backbone_weights(target, tmp_path / "other.safetensors")
+
+
+def test_fused_features_of_identical_teachers_change_nothing():
+    torch.manual_seed(0)
+    t = create_model("m2f-cpu").eval()
+    x = torch.randint(0, 255, (1, 3, 64, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        out = t(x)
+        fused = torch.stack([out.features, out.features]).mean(0)
+        again = t.head_from_features(out, fused)
+    assert torch.allclose(again.semantic_probs((64, 128)), out.semantic_probs((64, 128)), atol=1e-5)

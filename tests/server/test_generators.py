@@ -9,7 +9,7 @@ import pytest
 
 from feds2r.data import open_dataset
 from feds2r.errors import Feds2rError
-from feds2r.server.generators import BuiltinGenerator, augment, make_generator
+from feds2r.server.generators import BuiltinGenerator, generate_dataset, make_generator
 from feds2r.server.prompts import Prompt, builtin_prompts, llm_prompts, prompt_counts
 
 
@@ -72,9 +72,11 @@ def test_llm_prompts_from_a_local_fake_endpoint():
     assert prompts[1].weather == "rain" and prompts[1].classes == ("bus",)
 
 
-def test_builtin_generator_and_augment(tmp_path):
+def test_builtin_generator_and_generate_dataset(tmp_path):
     prompts = builtin_prompts({"bus": 2, "bicycle": 1}, seed=0)
-    summary = augment(prompts, BuiltinGenerator(), tmp_path, size=(64, 128), progress=False)
+    summary = generate_dataset(
+        prompts, BuiltinGenerator(), tmp_path, size=(64, 128), progress=False
+    )
     assert summary["num_images"] == 3 and summary["per_class"] == {"bus": 2, "bicycle": 1}
     ds = open_dataset(summary["spec"])
     assert len(ds) == 3 and ds[0]["image"].shape == (3, 64, 128)
@@ -163,7 +165,7 @@ def test_diffusers_generator_with_tiny_local_pipeline(tmp_path):
     a = gen.generate(prompt, seed=3, size=(32, 48))
     b = gen.generate(prompt, seed=3, size=(32, 48))
     assert a.shape == (32, 48, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
-    summary = augment([prompt], gen, tmp_path / "out", size=(32, 48), progress=False)
+    summary = generate_dataset([prompt], gen, tmp_path / "out", size=(32, 48), progress=False)
     assert len(open_dataset(summary["spec"])) == 1
 
 
@@ -257,11 +259,13 @@ def test_llm_key_over_plain_http_to_another_host_warns():
 # ----------------------------------------------------------------------------- output policy
 
 
-def test_augment_replaces_its_own_output_and_refuses_other_files(tmp_path):
+def test_generate_dataset_replaces_its_own_output_and_refuses_other_files(tmp_path):
     six = builtin_prompts({"bus": 4, "rider": 2}, seed=0)
-    augment(six, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False)
+    generate_dataset(six, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False)
     three = builtin_prompts({"bus": 3}, seed=1)
-    summary = augment(three, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False)
+    summary = generate_dataset(
+        three, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False
+    )
     assert summary["num_images"] == 3
     assert len(list((tmp_path / "gen" / "images").iterdir())) == 3  # not 6
     assert len((tmp_path / "gen" / "prompts.jsonl").read_text().splitlines()) == 3
@@ -269,7 +273,7 @@ def test_augment_replaces_its_own_output_and_refuses_other_files(tmp_path):
     ckpt.mkdir()
     (ckpt / "model.json").write_text("{}")
     with pytest.raises(Feds2rError, match="already holds other files .*model.json"):
-        augment(three, BuiltinGenerator(), ckpt, size=(32, 64), progress=False)
+        generate_dataset(three, BuiltinGenerator(), ckpt, size=(32, 64), progress=False)
     assert [p.name for p in ckpt.iterdir()] == ["model.json"]
 
 

@@ -19,7 +19,6 @@ from PIL import Image
 from feds2r.data.formats import MAPILLARY_ID_TO_TRAIN, SYNTHIA_ID_TO_TRAIN
 from feds2r.data.labels import CITYSCAPES_ID_TO_TRAIN, IGNORE_INDEX, PALETTE
 from feds2r.data.world.styles import EGO, MARKING, NUM_SCENE_LABELS, VOID
-from feds2r.io import write_atomic  # noqa: F401  (re-exported: it used to live here)
 
 
 def _table(inverse: dict[int, int], extra: dict[int, int], dtype=np.uint8) -> np.ndarray:
