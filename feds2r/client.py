@@ -9,13 +9,12 @@ from typing import Any
 
 import torch
 
-from feds2r.config import check_types, to_toml
+from feds2r.config import check_types, write_run_config
 from feds2r.data import open_dataset
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.train import TrainConfig, check_resume, train
 from feds2r.errors import Feds2rError
-from feds2r.io import write_atomic
 from feds2r.losses import supervised_loss
 from feds2r.models import SegModel, create_model, is_hf_dir, load_hf_model
 
@@ -99,7 +98,7 @@ def train_client(
     else:
         model = create_model(preset, backbone_weights=backbone_weights)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.toml", to_toml({"client": settings, "train": config}).encode())
+    write_run_config(out, {"client": settings, "train": config})
     cache = ResizedCache(dataset, config.height, progress=progress, desc="loading data")
     meta = {
         "role": "client",

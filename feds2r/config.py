@@ -1,12 +1,24 @@
-"""Frozen config dataclasses <-> TOML: load with overrides, save the resolved config."""
+"""Frozen config dataclasses <-> TOML and Flower's run config.
+
+Load TOML tables with overrides (:func:`load_tables`, :func:`from_dict`, nested configs too),
+save the resolved config (:func:`to_toml`, :func:`write_run_config`), map a nested config to flat
+run-config keys and back (:func:`flatten`, :func:`unflatten`), and read each field's docstring
+(:func:`field_docs`) for the command line's help and the field table of ``docs/config.md``
+(:func:`field_table`).
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
 import numbers
+import textwrap
 import tomllib
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -86,7 +98,16 @@ def _checked(value: Any, hint: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError
         return value
+    if _is_config(hint):
+        if not isinstance(value, hint):
+            raise TypeError
+        return value
     return value  # other types are not checked here
+
+
+def _is_config(hint: Any) -> bool:
+    """Whether the type hint ``hint`` is a config dataclass (a nested section)."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
 def check_types(obj: Any) -> None:
@@ -108,7 +129,11 @@ def check_types(obj: Any) -> None:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
-    """Build a config dataclass from a dict; unknown keys are an error naming the valid ones."""
+    """Build a config dataclass from a dict; unknown keys are an error naming the valid ones.
+
+    A field that is itself a config dataclass (a section, such as ``FederationConfig.clients``)
+    is built from a nested dict the same way, so a TOML file's nested tables load back.
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -117,8 +142,14 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
             f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
             f"valid keys: {', '.join(sorted(names))}"
         )
+    values = {}
+    for k, v in data.items():
+        if _is_config(hints[k]) and isinstance(v, dict):
+            values[k] = from_dict(hints[k], v, source=f"{source} [{k}]")
+        else:
+            values[k] = _coerce(v, hints[k])
     try:
-        return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+        return cls(**values)
     except (TypeError, ValueError) as exc:
         raise Feds2rError(f"{source}: invalid {cls.__name__}: {exc}") from None
 
@@ -209,7 +240,11 @@ def format_size(size: tuple[int, int]) -> str:
 
 
 def to_toml(sections: dict[str, Any]) -> str:
-    """Write dataclasses and dicts of scalars, strings and lists as TOML tables."""
+    """Write dataclasses and dicts of scalars, strings and lists as TOML tables.
+
+    A value that is itself a dataclass or a dict (a nested section) becomes a sub-table
+    (``[federation.clients]``) after its table's own keys; None values are left out.
+    """
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -222,12 +257,212 @@ def to_toml(sections: dict[str, Any]) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
-    lines = []
-    for name, obj in sections.items():
-        data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    def section(obj: Any) -> dict[str, Any]:
+        if dataclasses.is_dataclass(obj):
+            return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return obj
+
+    def is_table(v: Any) -> bool:
+        return isinstance(v, dict) or (dataclasses.is_dataclass(v) and not isinstance(v, type))
+
+    lines: list[str] = []
+
+    def table(name: str, obj: Any) -> None:
+        data = section(obj)
         lines.append(f"[{name}]")
         for k, v in data.items():
-            if v is not None:
+            if v is not None and not is_table(v):
                 lines.append(f"{k} = {value(v)}")
         lines.append("")
+        for k, v in data.items():
+            if is_table(v):
+                table(f"{name}.{k}", v)
+
+    for name, obj in sections.items():
+        table(name, obj)
     return "\n".join(lines)
+
+
+CONFIG_NAME = "config.toml"
+"""The file in which every run records the resolved config it ran with."""
+
+
+def write_run_config(out: str | Path, sections: dict[str, Any]) -> Path:
+    """Write ``OUT/config.toml``: the resolved config of the run or stage writing into ``out``.
+
+    ``sections``: table name -> config dataclass or dict (:func:`to_toml`). Every stage and
+    command records its config through this one function; call it once the run is known to
+    start (after a resume check), so that a refused resume leaves the old file alone. Returns
+    the file's path.
+    """
+    from feds2r.io import write_atomic
+
+    path = Path(out) / CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, to_toml(sections).encode())
+    return path
+
+
+# ----------------------------------------------------------------------------- flat run config
+
+Scalar = bool | int | float | str
+"""A value of Flower's run config (``flwr.app.UserConfigValue``): no lists, no None."""
+
+
+def flatten(obj: Any) -> dict[str, Scalar]:
+    """The config dataclass ``obj`` as flat run-config values, the form Flower's run config takes.
+
+    Keys are field names with dashes, nested sections joined with dots (``server.train.steps``,
+    ``clients.batch-size``), as Flower flattens the nested tables of ``[tool.flwr.app.config]``.
+    Values are scalars: a pair of integers becomes ``"HxW"`` (a crop, a size), other tuples
+    comma-separated strings (``"0.75,1.5"``; strings joined with ``;``); None values are left
+    out (their field keeps its default). :func:`unflatten` reads it back.
+    """
+    hints = typing.get_type_hints(type(obj))
+    out: dict[str, Scalar] = {}
+    for f in dataclasses.fields(obj):
+        key, value = f.name.replace("_", "-"), getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        elif value is not None:
+            out[key] = _to_scalar(value, hints[f.name], key)
+    return out
+
+
+def _to_scalar(value: Any, hint: Any, key: str) -> Scalar:
+    if not isinstance(value, tuple):
+        return value
+    if len(value) == 2 and all(type(v) is int for v in value):
+        return format_size(value)
+    if all(isinstance(v, str) for v in value):
+        if any(";" in v for v in value):
+            raise ValueError(f"{key}: an entry holds ';', which separates the entries: {value!r}")
+        return ";".join(value)
+    return ",".join(repr(v) for v in value)
+
+
+def _from_scalar(value: Any, hint: Any) -> Any:
+    """A run-config string read back as the tuple ``hint`` asks for (see :func:`flatten`)."""
+    if not isinstance(value, str):
+        return value
+    hints = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (types.UnionType, typing.Union)
+        else (hint,)
+    )
+    for h in hints:
+        if typing.get_origin(h) is not tuple:
+            continue
+        args = typing.get_args(h)
+        if args and args[0] is str:
+            return tuple(v for v in value.split(";") if v) if value else ()
+        try:
+            if args == (int, int):
+                return parse_size(value)
+            kind = float if float in args else int
+            return tuple(kind(v) for v in value.split(","))
+        except ValueError as exc:
+            raise TypeError(f"expected {_describe(h)} written as a string, got {value!r}") from exc
+    return value
+
+
+def flat_keys(cls: type) -> dict[str, Any]:
+    """Every flat run-config key of the config dataclass ``cls`` (see :func:`flatten`), with the
+    type hint of its field."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = f.name.replace("_", "-")
+        if _is_config(hints[f.name]):
+            out.update({f"{key}.{k}": h for k, h in flat_keys(hints[f.name]).items()})
+        else:
+            out[key] = hints[f.name]
+    return out
+
+
+def unflatten(
+    cls: type[T],
+    flat: Mapping[str, Any],
+    *,
+    aliases: Mapping[str, Iterable[str]] | None = None,
+    base: Any = None,
+    source: str = "run config",
+) -> T:
+    """Build the config dataclass ``cls`` from flat run-config values (the inverse of
+    :func:`flatten`), every value checked against its field's type.
+
+    ``aliases``: other names a key may have (old flat name -> the keys it sets, e.g.
+    ``"batch-size"`` -> ``("clients.batch-size", "server.train.batch-size")``); an alias and a
+    key it sets given with different values is an error. ``base``: an instance of ``cls`` whose
+    values the absent keys keep (default: the fields' defaults). Unknown keys are an error that
+    suggests the closest valid one.
+    """
+    aliases = dict(aliases or {})
+    known = flat_keys(cls)
+    values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in flat.items():
+        targets = tuple(aliases[key]) if key in aliases else (key,)
+        for target in targets:
+            if target not in known:
+                close = difflib.get_close_matches(target, [*known, *aliases], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise Feds2rError(
+                    f"{source}: unknown key {key!r}{hint}; valid keys are the fields of "
+                    f"{cls.__name__} as flat names such as {next(iter(known))!r}"
+                    + (f", or {', '.join(repr(a) for a in aliases)}" if aliases else "")
+                )
+            if target in values and values[target] != value:
+                raise Feds2rError(
+                    f"{source}: {target} is given twice ({given_as[target]} = "
+                    f"{values[target]!r}, {key} = {value!r}); keep one"
+                )
+            values[target], given_as[target] = value, key
+    nested: dict[str, Any] = _nested_dict(base) if base is not None else {}
+    for key, value in values.items():
+        try:
+            value = _from_scalar(value, known[key])
+        except TypeError as exc:
+            raise Feds2rError(f"{source}: {key}: {exc}") from None
+        parts = [p.replace("-", "_") for p in key.split(".")]
+        table = nested
+        for part in parts[:-1]:
+            table = table.setdefault(part, {})
+        table[parts[-1]] = value
+    return from_dict(cls, nested, source=source)
+
+
+def _nested_dict(obj: Any) -> dict[str, Any]:
+    """``obj``'s fields as a dict, nested sections as nested dicts (tuples stay tuples)."""
+    return {
+        f.name: _nested_dict(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v
+        for f in dataclasses.fields(obj)
+    }
+
+
+# ----------------------------------------------------------------------------- field docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring of each field of the dataclass ``cls``: the string literal written under the
+    field in the class body (read from the source with :mod:`ast`), cleaned of indentation.
+    Fields without one are absent; inherited fields are included."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (a built or frozen class)
+            continue
+        body = ast.parse(source).body[0].body
+        for node, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs

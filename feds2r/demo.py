@@ -1,9 +1,11 @@
 """`feds2r demo`: the whole one-shot federation on the built-in world, with its baselines.
 
-Stages (each timed): build the world if missing; the server creates one initial model; each
-client trains it on its synthetic domain; the server measures the clients' inconsistency on its
-unlabelled real images, generates images of the unstable classes, and distils; every method is
-evaluated on the five real-like test domains. Writes ``results.json`` (schema in
+The demo is a list of rows (:data:`ROWS`): each row is one method of the table, "which stages
+with which config". Stages (each timed): build the world if missing; the server creates one
+initial model; each client trains it on its synthetic domain; the server runs the pipeline's
+stages (:mod:`feds2r.server.pipeline`: inconsistency on its unlabelled real images, generated
+images of the unstable classes); then every row builds its model (:data:`ROW_KINDS`) and every
+row is evaluated on the five real-like test domains. Writes ``results.json`` (schema in
 ``docs/demo.md``), ``report.md`` and its figures, every checkpoint and ``config.toml``.
 """
 
@@ -13,8 +15,9 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 from feds2r.client import supervised_step, train_client
-from feds2r.config import to_toml
+from feds2r.config import check_types, write_run_config
 from feds2r.data import open_dataset
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.data.world import DOMAINS, REAL_DOMAINS, SYNTHETIC_DOMAINS, synth_domain
@@ -35,41 +38,103 @@ from feds2r.errors import Feds2rError
 from feds2r.io import write_atomic
 from feds2r.metrics.bootstrap import paired_bootstrap
 from feds2r.models import PUBLIC, create_model, shipped_weights
-from feds2r.server import UnstableRule, measure_inconsistency, plot_inconsistency
 from feds2r.server.diagnostics import premise_diagnostics
 from feds2r.server.distill import DistillConfig, fedavg, run_distill
-from feds2r.server.generators import BuiltinGenerator, generate_dataset
-from feds2r.server.prompts import builtin_prompts, prompt_counts
+from feds2r.server.pipeline import (
+    GenerationConfig,
+    ServerConfig,
+    find_unstable,
+    generate_images,
+    load_clients,
+)
+from feds2r.server.teachers import TeacherEnsemble
+
+
+@dataclass(frozen=True)
+class WorldSizes:
+    """The built-in world a demo run builds: image size and images per split."""
+
+    size: tuple[int, int] = (128, 256)
+    """Image size (H, W)."""
+    client_images: int = 400
+    """Per synthetic client domain (its train split)."""
+    server_images: int = 400
+    """The server's unlabelled images (the cityscapes-like train split)."""
+    test_images: int = 80
+    """Per real-like test domain (ACDC: divided over its four conditions)."""
+    dev_images: int = 60
+    """Labelled `dev` images of the server's domain: learning curves and every choice made on
+    the demo's results are read from them, never from the test domains."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if min(self.size) < 8:
+            raise ValueError(f"size must be at least 8x8, got {self.size}")
+        if min(self.client_images, self.server_images, self.test_images, self.dev_images) < 1:
+            raise ValueError("every split needs at least one image")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes and budgets of one demo run."""
+    """Sizes and budgets of one demo run: the world, the clients' recipe and the server's
+    config (the same config tree as ``feds2r federate``; the seed is the run's)."""
 
     name: str
-    size: tuple[int, int]
-    """Image size of the built-in world (H, W)."""
-    client_images: int
-    server_images: int
-    test_images: int
-    """Per real-like test domain (ACDC: divided over its four conditions)."""
-    generated_images: int
-    client_steps: int
-    distill_steps: int
-    batch_size: int = 8
-    height: int = 128
-    crop: tuple[int, int] = (128, 256)
+    world: WorldSizes = field(default_factory=WorldSizes)
+    clients: TrainConfig = field(default_factory=TrainConfig)
+    """The clients' training recipe; the upper bounds train with it too (at 1x and at one
+    client's steps times the number of clients)."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """The server's stages; ``server.train`` is every distillation row's recipe."""
     preset: str = "m2f-cpu"
-    warmup_steps: int = 50
-    dev_images: int = 60
-    """Labelled `dev` images of the server's domain: learning curves and every choice made on
-    the demo's results are read from them, never from the test domains."""
     curve_every: int = 150
     """Steps between two points of a learning curve (dev mIoU)."""
 
 
+def make_profile(
+    name: str,
+    size: tuple[int, int],
+    client_images: int,
+    server_images: int,
+    test_images: int,
+    generated_images: int,
+    client_steps: int,
+    distill_steps: int,
+    *,
+    batch_size: int = 8,
+    height: int = 128,
+    crop: tuple[int, int] = (128, 256),
+    warmup_steps: int = 50,
+    dev_images: int = 60,
+    curve_every: int = 150,
+    preset: str = "m2f-cpu",
+) -> Profile:
+    """A profile from its sizes and budgets: the clients and the upper bounds train
+    ``client_steps`` with one recipe, the distillation rows ``distill_steps`` with the same
+    recipe; the server generates ``generated_images`` images of the world's ``size``."""
+    recipe = TrainConfig(
+        steps=client_steps,
+        batch_size=batch_size,
+        height=height,
+        crop=crop,
+        warmup_steps=warmup_steps,
+        checkpoint_every=100,
+    )
+    return Profile(
+        name,
+        WorldSizes(size, client_images, server_images, test_images, dev_images),
+        recipe,
+        ServerConfig(
+            generation=GenerationConfig(images=generated_images, size=size),
+            train=dataclasses.replace(recipe, steps=distill_steps),
+        ),
+        preset=preset,
+        curve_every=curve_every,
+    )
+
+
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(
+    "quick": make_profile(
         "quick",
         (64, 128),
         24,
@@ -87,10 +152,10 @@ PROFILES: dict[str, Profile] = {
     ),
     # training at height 96 keeps the whole default run within 15 minutes on a 2-core CPU
     # (200 steps at height 128 did too, but left the clients at 4-8 mIoU: docs/results.md)
-    "default": Profile(
+    "default": make_profile(
         "default", (128, 256), 400, 400, 80, 150, 300, 300, height=96, crop=(96, 192)
     ),
-    "full": Profile(
+    "full": make_profile(
         "full",
         (256, 512),
         800,
@@ -105,16 +170,42 @@ PROFILES: dict[str, Profile] = {
     ),  # fmt: skip
 }
 
-METHODS = (
-    "fedavg-oneshot",
-    "ensemble",
-    "feddf",
-    "feds2r",
-    "feds2r-no-aug",
-    "feds2r-no-fusion",
-    "upper-bound-1x",
-    "upper-bound",
+
+@dataclass(frozen=True)
+class Row:
+    """One method of the demo's table: which stages build its model, with which config.
+
+    ``kind`` picks the builder in :data:`ROW_KINDS`: "fedavg" (the clients' parameter mean),
+    "ensemble" (the clients' averaged predictions at test time, no model), "distill" (the
+    distillation stage with ``distill``'s DistillConfig fields, on the real server images plus the
+    generated ones when ``generated``) or "supervised" (one model on all clients' labelled data,
+    ``budget`` times a client's steps: an upper bound no federation can reach).
+    """
+
+    name: str
+    kind: str
+    distill: Mapping[str, Any] = field(default_factory=dict)
+    generated: bool = True
+    budget: int = 1
+
+
+ROWS: tuple[Row, ...] = (
+    Row("fedavg-oneshot", "fedavg"),
+    Row("ensemble", "ensemble"),
+    # FedDF gets the same student initialisation rule as FedS2R: only the objective, the fusion
+    # and the generated images differ
+    Row("feddf", "distill", {"kd": "pixel", "feature_fusion": False, "combine": "mean"}, False),
+    # FedS2R as published: feature fusion on (not the library's default, which the dev split
+    # chose; docs/method.md), with the generated images
+    Row("feds2r", "distill", {"feature_fusion": True}),
+    Row("feds2r-no-aug", "distill", {"feature_fusion": True}, generated=False),
+    Row("feds2r-no-fusion", "distill", {"feature_fusion": False}),
+    # one model on all clients' data together: with one client's budget (1x) and with all
+    # clients' budgets together (3x), so that a reader sees how much is optimisation length
+    Row("upper-bound-1x", "supervised", budget=1),
+    Row("upper-bound", "supervised", budget=len(SYNTHETIC_DOMAINS)),
 )
+METHODS = tuple(row.name for row in ROWS)
 ORACLE, LABEL_FREE = "best-client (oracle)", "client (label-free pick)"
 
 # the differences the report and docs/results.md claim, each with a paired bootstrap interval
@@ -131,44 +222,34 @@ COMPARISONS = (
 )
 
 
-class Ensemble:
-    """Averaged client predictions at test time (a reference, not a single model)."""
-
-    def __init__(self, models: list) -> None:
-        self.models = models
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        return torch.stack([m.predict(images, size) for m in self.models]).mean(0)
-
-
-def _spec(world: Path, domain: str, split: str) -> str:
+def world_spec(world: Path, domain: str, split: str) -> str:
+    """The dataset spec of one split of one domain of a demo world."""
     return f"{DOMAINS[domain].format}:{world / domain}?split={split}"
 
 
-def build_world(world: Path, profile: Profile, progress: bool) -> dict:
-    """Write the profile's world into ``world`` unless a matching one is already there."""
+def build_world(world: Path, sizes: WorldSizes, progress: bool) -> dict:
+    """Write the world ``sizes`` describe into ``world`` unless a matching one is already there."""
     want = {
-        "size": list(profile.size),
-        "client_images": profile.client_images,
-        "server_images": profile.server_images,
-        "test_images": profile.test_images,
-        "dev_images": profile.dev_images,
+        "size": list(sizes.size),
+        "client_images": sizes.client_images,
+        "server_images": sizes.server_images,
+        "test_images": sizes.test_images,
+        "dev_images": sizes.dev_images,
     }
     stamp = world / "demo_world.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return want
-    plan = [(d, "train", profile.client_images) for d in SYNTHETIC_DOMAINS]
-    plan += [("cityscapes-like", "train", profile.server_images)]
-    plan += [("cityscapes-like", "dev", profile.dev_images)]
-    plan += [(d, "val", profile.test_images) for d in REAL_DOMAINS]
+    plan = [(d, "train", sizes.client_images) for d in SYNTHETIC_DOMAINS]
+    plan += [("cityscapes-like", "train", sizes.server_images)]
+    plan += [("cityscapes-like", "dev", sizes.dev_images)]
+    plan += [(d, "val", sizes.test_images) for d in REAL_DOMAINS]
     for domain, split, num in plan:
         synth_domain(
             domain,
             world / domain,
             split=split,
             num=num,
-            size=profile.size,
+            size=sizes.size,
             seed=0,
             progress=progress,
             force=True,  # the stamp differs: this world is rebuilt, not mixed with the old one
@@ -200,6 +281,97 @@ class DevCurves:
         return on_step
 
 
+@dataclass
+class DemoRun:
+    """What the rows of one demo run build on (filled stage by stage by :func:`run_demo`)."""
+
+    out: Path
+    world: Path
+    profile: Profile
+    clients_recipe: TrainConfig
+    distill_recipe: TrainConfig
+    curves: DevCurves
+    progress: bool
+    clients: dict[str, Path] = field(default_factory=dict)
+    server_spec: str = ""
+    inconsistency: dict[str, Any] = field(default_factory=dict)
+    generated_spec: str | None = None
+    _pooled: ResizedCache | None = None
+
+    def pooled(self) -> ResizedCache:
+        """All clients' labelled data together (the upper bounds'), loaded once."""
+        if self._pooled is None:
+            for domain in SYNTHETIC_DOMAINS:
+                part = ResizedCache(
+                    open_dataset(world_spec(self.world, domain, "train")),
+                    self.clients_recipe.height,
+                    progress=False,
+                )
+                self._pooled = part if self._pooled is None else self._pooled.extend(part)
+        return self._pooled
+
+
+def _fedavg_row(row: Row, run: DemoRun) -> None:
+    save_checkpoint(
+        fedavg(list(load_clients(run.clients).values())),
+        run.out / row.name,
+        meta={"role": row.name},
+    )
+
+
+def _distill_row(row: Row, run: DemoRun) -> None:
+    config = DistillConfig(**{**dataclasses.asdict(run.profile.server.distill), **row.distill})
+    run_distill(
+        list(run.clients.values()),
+        run.server_spec,
+        run.out / row.name,
+        dataclasses.replace(config, student=run.profile.preset),
+        run.distill_recipe,
+        generated=run.generated_spec if row.generated else None,
+        inconsistency=run.inconsistency,
+        progress=run.progress,
+        on_step=run.curves.hook(row.name),
+    )
+
+
+def _supervised_row(row: Row, run: DemoRun) -> None:
+    model, _ = load_checkpoint(run.out / "init")
+    model = model.train().requires_grad_(True)
+    hook = run.curves.hook(row.name)
+    train(
+        model,
+        supervised_step,
+        run.pooled(),
+        dataclasses.replace(run.clients_recipe, steps=run.clients_recipe.steps * row.budget),
+        run.out / row.name,
+        meta={"role": row.name},
+        progress=run.progress,
+        on_step=lambda step: hook(model, step),
+    )
+
+
+ROW_KINDS: dict[str, Callable[[Row, DemoRun], None] | None] = {
+    "fedavg": _fedavg_row,
+    "ensemble": None,  # evaluated from the clients' models at test time
+    "distill": _distill_row,
+    "supervised": _supervised_row,
+}
+
+
+STAGE_NAMES = {"fedavg": "fedavg", "distill": "distill:{name}", "supervised": "upper_bound"}
+"""The timing key of each row kind's stage in ``results.json`` (rows of one kind without a
+``{name}`` add up, e.g. both upper bounds under ``upper_bound``)."""
+
+
+def _row_steps(row: Row, clients: TrainConfig, distill: TrainConfig) -> int | None:
+    """The training steps of a row's learning curve (None: the row trains nothing)."""
+    if row.kind == "distill":
+        return distill.steps
+    if row.kind == "supervised":
+        return clients.steps * row.budget
+    return None
+
+
 def run_demo(
     profile: str | Profile,
     out: str | Path,
@@ -208,54 +380,58 @@ def run_demo(
     world: Path | None = None,
     progress: bool = True,
     pretrained: bool = True,
+    rows: tuple[Row, ...] = ROWS,
 ) -> dict[str, Any]:
     """Run the whole demo into ``out``; returns the results dict (also ``out/results.json``).
 
     ``pretrained``: every model starts from the backbone feds2r ships for the preset (pretrained
-    on the world's `public` domain, docs/models.md); False: from random weights.
+    on the world's `public` domain, docs/models.md); False: from random weights. ``rows``: the
+    methods to build and compare (default :data:`ROWS`; the comparisons need its rows).
     """
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise Feds2rError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
         profile = PROFILES[profile]
+    unknown = sorted({r.kind for r in rows} - set(ROW_KINDS))
+    if unknown:
+        valid = ", ".join(ROW_KINDS)
+        raise Feds2rError(f"unknown row kind(s) {', '.join(unknown)}; valid: {valid}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     world = Path(world) if world else out / "world"
     timing: dict[str, float] = {}
-    tcfg = TrainConfig(
-        steps=profile.client_steps,
-        batch_size=profile.batch_size,
-        height=profile.height,
-        crop=profile.crop,
-        seed=seed,
-        warmup_steps=profile.warmup_steps,
-        checkpoint_every=100,
-        backbone_lr_mult=0.1 if pretrained else 1.0,
+    tcfg = dataclasses.replace(
+        profile.clients, seed=seed, backbone_lr_mult=0.1 if pretrained else 1.0
     )
-    dcfg_train = dataclasses.replace(tcfg, steps=profile.distill_steps)
+    dcfg_train = dataclasses.replace(
+        profile.server.train, seed=seed, backbone_lr_mult=tcfg.backbone_lr_mult
+    )
+    generation = dataclasses.replace(profile.server.generation, seed=seed)
     start = {
         "pretrained": pretrained,
         "backbone": str(shipped_weights(profile.preset)) if pretrained else "random",
         "rows": "every row (clients, upper bounds, FedAvg, FedDF, every FedS2R row) starts from "
         "this one initial model",
     }
-    write_atomic(
-        out / "config.toml",
-        to_toml(
-            {
-                "demo": {
-                    "profile": profile.name,
-                    "seed": seed,
-                    "world": str(world),
-                    "methods": list(METHODS),
-                    "pretrained": pretrained,
-                },
-                "profile": profile,
-                "client_train": tcfg,
-                "distill_train": dcfg_train,
-                "distill": DistillConfig(student=profile.preset),
-            }
-        ).encode(),
+    write_run_config(
+        out,
+        {
+            "demo": {
+                "profile": profile.name,
+                "seed": seed,
+                "world": str(world),
+                "methods": [r.name for r in rows],
+                "pretrained": pretrained,
+                "preset": profile.preset,
+                "curve_every": profile.curve_every,
+            },
+            "world": profile.world,
+            "client_train": tcfg,
+            "rule": profile.server.rule,
+            "generation": generation,
+            "distill_train": dcfg_train,
+            "distill": dataclasses.replace(profile.server.distill, student=profile.preset),
+        },
     )
 
     @contextmanager
@@ -264,25 +440,24 @@ def run_demo(
             print(f"== {name}", flush=True)
         begin = time.perf_counter()
         yield
-        timing[name] = round(time.perf_counter() - begin, 2)
+        timing[name] = round(timing.get(name, 0.0) + time.perf_counter() - begin, 2)
 
     with stage("world"):
-        build_world(world, profile, progress)
-    dev = open_dataset(_spec(world, "cityscapes-like", "dev"))
-    runs = {f"client:{d}": tcfg.steps for d in SYNTHETIC_DOMAINS}
-    runs |= {"upper-bound-1x": tcfg.steps, "upper-bound": tcfg.steps * len(SYNTHETIC_DOMAINS)}
-    runs |= {m: dcfg_train.steps for m in METHODS if m.startswith(("feds2r", "feddf"))}
-    curves = DevCurves(dev, profile.height, profile.curve_every, runs)
+        build_world(world, profile.world, progress)
+    dev = open_dataset(world_spec(world, "cityscapes-like", "dev"))
+    steps = {f"client:{d}": tcfg.steps for d in SYNTHETIC_DOMAINS}
+    steps |= {r.name: s for r in rows if (s := _row_steps(r, tcfg, dcfg_train)) is not None}
+    curves = DevCurves(dev, tcfg.height, profile.curve_every, steps)
+    run = DemoRun(out, world, profile, tcfg, dcfg_train, curves, progress)
     with stage("initial_model"):
         torch.manual_seed(seed)
         init = create_model(profile.preset, backbone_weights=PUBLIC if pretrained else None)
         save_checkpoint(init, out / "init", meta={"role": "initial", "start": start})
-    clients = {}
     with stage("clients"):
         for domain in SYNTHETIC_DOMAINS:
             path = out / "clients" / domain
             train_client(
-                _spec(world, domain, "train"),
+                world_spec(world, domain, "train"),
                 profile.preset,
                 path,
                 tcfg,
@@ -290,136 +465,77 @@ def run_demo(
                 progress=progress,
                 on_step=curves.hook(f"client:{domain}"),
             )
-            clients[domain] = path
-    with stage("upper_bound"):
-        # one model on all clients' data together: with one client's budget (1x) and with all
-        # clients' budgets together (3x), so that a reader sees how much is optimisation length
-        data = None
-        for domain in SYNTHETIC_DOMAINS:
-            part = ResizedCache(
-                open_dataset(_spec(world, domain, "train")), tcfg.height, progress=False
-            )
-            data = part if data is None else data.extend(part)
-        for name, factor in (("upper-bound-1x", 1), ("upper-bound", len(SYNTHETIC_DOMAINS))):
-            model, _ = load_checkpoint(out / "init")
-            model = model.train().requires_grad_(True)
-            hook = curves.hook(name)
-            train(
-                model,
-                supervised_step,
-                data,
-                dataclasses.replace(tcfg, steps=tcfg.steps * factor),
-                out / name,
-                meta={"role": name},
-                progress=progress,
-                on_step=lambda step, m=model, h=hook: h(m, step),
-            )
-    with stage("fedavg"):
-        save_checkpoint(
-            fedavg([load_checkpoint(p)[0] for p in clients.values()]),
-            out / "fedavg-oneshot",
-            meta={"role": "fedavg-oneshot"},
-        )
-    server_spec = _spec(world, "cityscapes-like", "train")
+            run.clients[domain] = path
+    run.server_spec = world_spec(world, "cityscapes-like", "train")
+    teachers = load_clients(run.clients)
     with stage("inconsistency"):
-        teachers = [load_checkpoint(p)[0] for p in clients.values()]
-        server_images = open_dataset(server_spec, labels=False)
-        inc = measure_inconsistency(
+        server_images = open_dataset(run.server_spec, labels=False)
+        inc = find_unstable(
             teachers,
             server_images,
-            rule=UnstableRule(),
-            height=profile.height,
+            profile.server.rule,
+            out=out,
+            height=dcfg_train.height,
             progress=progress,
-            names=list(clients),
         )
-        report = inc.to_dict()
-        write_atomic(out / "inconsistency.json", json.dumps(report, indent=2).encode())
-        plot_inconsistency(inc, out / "inconsistency.png")
+        run.inconsistency = inc.to_dict()
+    with stage("augmentation"):
+        gen = generate_images(inc.scores, inc.unstable, out / "generated", generation)
+        run.generated_spec = gen.spec
+    for row in rows:
+        builder = ROW_KINDS[row.kind]
+        if builder is not None:
+            with stage(STAGE_NAMES[row.kind].format(name=row.name)):
+                builder(row, run)
     with stage("premise"):
         sample = ResizedCache(
             torch.utils.data.Subset(server_images, range(min(32, len(server_images)))),
-            profile.height,
+            tcfg.height,
             with_labels=False,
             progress=False,
         )
         premise = premise_diagnostics(
-            dict(zip(clients, teachers, strict=True)),
+            teachers,
             load_checkpoint(out / "init")[0],
-            load_checkpoint(out / "fedavg-oneshot")[0],
+            fedavg(list(teachers.values())),
             torch.stack(sample.images),
         )
-    with stage("augmentation"):
-        counts = prompt_counts(inc.scores, inc.unstable, profile.generated_images)
-        gen = generate_dataset(
-            builtin_prompts(counts, seed=seed),
-            BuiltinGenerator(),
-            out / "generated",
-            size=profile.size,
-            seed=seed,
-            progress=progress,
-        )
-    variants = {
-        # FedDF gets the same student initialisation rule as FedS2R: only the objective, the
-        # fusion and the generated images differ
-        "feddf": (
-            DistillConfig(student=profile.preset, kd="pixel", feature_fusion=False, combine="mean"),
-            False,
-        ),
-        # FedS2R as published: feature fusion on (not the library's default, which the dev split
-        # chose; docs/method.md), with the generated images
-        "feds2r": (DistillConfig(student=profile.preset, feature_fusion=True), True),
-        "feds2r-no-aug": (DistillConfig(student=profile.preset, feature_fusion=True), False),
-        "feds2r-no-fusion": (DistillConfig(student=profile.preset, feature_fusion=False), True),
-    }
-    for name, (dcfg, with_gen) in variants.items():
-        with stage(f"distill:{name}"):
-            run_distill(
-                list(clients.values()),
-                server_spec,
-                out / name,
-                dcfg,
-                dcfg_train,
-                generated=gen["spec"] if with_gen else None,
-                inconsistency=report,
-                progress=progress,
-                on_step=curves.hook(name),
-            )
 
-    models = {f"client:{d}": load_checkpoint(p)[0] for d, p in clients.items()}
-    models["ensemble"] = Ensemble(list(models.values()))
+    models: dict[str, Any] = {f"client:{d}": m for d, m in teachers.items()}
     student_init = {}
-    for name in METHODS:
-        if name != "ensemble":
-            models[name], meta = load_checkpoint(out / name)
+    for row in rows:
+        if row.kind == "ensemble":
+            models[row.name] = TeacherEnsemble(list(teachers.values()))
+        else:
+            models[row.name], meta = load_checkpoint(out / row.name)
             if meta.get("student_init"):
-                student_init[name] = meta["student_init"]
-    tests = {d: open_dataset(_spec(world, d, "val")) for d in REAL_DOMAINS}
+                student_init[row.name] = meta["student_init"]
+    tests = {d: open_dataset(world_spec(world, d, "val")) for d in REAL_DOMAINS}
     methods: dict[str, Any] = {}
     confusion: dict[str, list[np.ndarray]] = {}
+    kinds = {r.name: r.kind for r in rows}
     with stage("evaluation"):
         for name, model in models.items():
-            row: dict[str, Any] = {"miou": {}, "per_class": {}}
+            row_out: dict[str, Any] = {"miou": {}, "per_class": {}}
             confusion[name] = []
             for domain, ds in tests.items():
-                r = evaluate(model, ds, height=profile.height, progress=False, per_image=True)
-                row["miou"][domain] = r["miou"]
-                row["per_class"][domain] = list(r["per_class"].values())
+                r = evaluate(model, ds, height=tcfg.height, progress=False, per_image=True)
+                row_out["miou"][domain] = r["miou"]
+                row_out["per_class"][domain] = list(r["per_class"].values())
                 confusion[name].append(r["per_image_confusion"])
-            row["mean"] = float(np.mean(list(row["miou"].values())))
-            row["dev"] = evaluate(model, dev, height=profile.height, progress=False)["miou"]
-            ckpt = (
-                None
-                if name == "ensemble"
-                else str(clients[name.split(":")[1]] if name.startswith("client:") else out / name)
-            )
-            row["checkpoint"] = ckpt
-            methods[name] = row
+            row_out["mean"] = float(np.mean(list(row_out["miou"].values())))
+            row_out["dev"] = evaluate(model, dev, height=tcfg.height, progress=False)["miou"]
+            if name.startswith("client:"):
+                row_out["checkpoint"] = str(run.clients[name.split(":")[1]])
+            else:
+                row_out["checkpoint"] = None if kinds[name] == "ensemble" else str(out / name)
+            methods[name] = row_out
             if progress:
-                print(f"{name:<20} mean mIoU {row['mean']:.2f}", flush=True)
+                print(f"{name:<20} mean mIoU {row_out['mean']:.2f}", flush=True)
         # the single-client rows: one chosen with the test labels (an oracle no server has), one
         # chosen as a real server can, without labels (the client agreeing most with the ensemble
         # on the server's images)
-        names = [f"client:{d}" for d in clients]
+        names = [f"client:{d}" for d in run.clients]
         oracle = max(names, key=lambda n: methods[n]["mean"])
         agreement = premise["client_agreement"]
         free = "client:" + max(agreement, key=lambda d: agreement[d])
@@ -429,11 +545,12 @@ def run_demo(
         ):
             methods[row_name] = {**methods[pick], "picked": pick, "how": how}
             confusion[row_name] = confusion[pick]
-        for row in methods.values():
-            row["classes_above_10"] = classes_above(row, 10.0)
+        for row_out in methods.values():
+            row_out["classes_above_10"] = classes_above(row_out, 10.0)
         intervals = {
             f"{a} - {b}": paired_bootstrap(confusion[a], confusion[b], seed=seed)
             for a, b in COMPARISONS
+            if a in confusion and b in confusion
         }
     np.savez_compressed(
         out / "confusion.npz",
@@ -450,14 +567,14 @@ def run_demo(
         "curves": curves.curves,
         "unstable_classes": inc.unstable,
         "inconsistency": inc.scores,
-        "generated": gen,
+        "generated": gen.to_dict(),
         "student_init": student_init,
         "timing_s": {**timing, "total": round(sum(timing.values()), 2)},
         "environment": environment(),
     }
     write_atomic(out / "results.json", json.dumps(results, indent=2).encode())
     with stage("report"):
-        write_report(results, out, models, tests, profile)
+        write_report(results, out, models, tests, tcfg.height)
     results["timing_s"]["report"] = timing["report"]
     results["timing_s"]["total"] = round(sum(v for k, v in timing.items()), 2)
     write_atomic(out / "results.json", json.dumps(results, indent=2).encode())
@@ -518,7 +635,7 @@ def plot_curves(curves: dict[str, list[list[float]]], dest: Path) -> None:
     save_figure(fig, dest)
 
 
-def write_report(results: dict, out: Path, models: dict, tests: dict, profile: Profile) -> None:
+def write_report(results: dict, out: Path, models: dict, tests: dict, height: int) -> None:
     """``report.md``: the table, per-class IoU, the inconsistency chart, sample predictions."""
     per_class_mean = {}
     for name, row in results["methods"].items():
@@ -535,7 +652,7 @@ def write_report(results: dict, out: Path, models: dict, tests: dict, profile: P
         pc.append(
             f"| {name} | " + " | ".join("-" if np.isnan(v) else f"{v:.0f}" for v in vals) + " |"
         )
-    sample_grid(models, tests, out / "samples.png", profile)
+    sample_grid(models, tests, out / "samples.png", height)
     plot_curves(results.get("curves", {}), out / "curves.png")
     premise = results["premise"]
     pairs = ", ".join(f"{k} {v:.2f}" for k, v in premise["feature_cosine"]["pairs"].items())
@@ -619,7 +736,7 @@ Rows: one test image per domain; columns: image, ground truth, then each method.
     write_atomic(out / "report.md", text.encode())
 
 
-def sample_grid(models: dict, tests: dict, dest: Path, profile: Profile) -> None:
+def sample_grid(models: dict, tests: dict, dest: Path, height: int) -> None:
     """One row per test domain: image, ground truth, each method's prediction (labelled)."""
     import cv2
 
@@ -634,9 +751,7 @@ def sample_grid(models: dict, tests: dict, dest: Path, profile: Profile) -> None
         h, w = img.shape[:2]
         row = [img, colorize(item["label"].numpy().astype(np.uint8))]
         for name in names:
-            probs = predict_probs(
-                models[name], item["image"][None], height=profile.height, out_size=(h, w)
-            )
+            probs = predict_probs(models[name], item["image"][None], height=height, out_size=(h, w))
             row.append(colorize(probs.argmax(1)[0].numpy().astype(np.uint8)))
         tiles_rows.append(np.concatenate(row, axis=1))
     grid = np.concatenate(tiles_rows, axis=0)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from feds2r.config import to_toml
+from feds2r.config import write_run_config
 from feds2r.data import open_dataset
 from feds2r.data.labels import CLASS_NAMES, NUM_CLASSES
 from feds2r.data.world import synth_domain
@@ -190,7 +190,7 @@ def pretrain(
                      seed=config.world_seed, progress=progress)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     top = {k: v for k, v in asdict(config).items() if k != "train"}
-    write_atomic(out / "config.toml", to_toml({"pretrain": top, "train": config.train}).encode())
+    write_run_config(out, {"pretrain": top, "train": config.train})
     data = TaggedImages(root, config.train.height, progress=progress)
     torch.manual_seed(config.train.seed)
     model = BackboneClassifier(create_model(config.preset))

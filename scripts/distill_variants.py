@@ -29,15 +29,13 @@ import torch
 from feds2r.client import train_client
 from feds2r.data import open_dataset
 from feds2r.data.world import REAL_DOMAINS, SYNTHETIC_DOMAINS
-from feds2r.demo import PROFILES, _spec, build_world
+from feds2r.demo import PROFILES, build_world, world_spec
 from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.engine.evaluate import evaluate
 from feds2r.engine.train import TrainConfig
 from feds2r.models import PUBLIC, create_model
-from feds2r.server import UnstableRule, measure_inconsistency
 from feds2r.server.distill import DistillConfig, run_distill
-from feds2r.server.generators import BuiltinGenerator, generate_dataset
-from feds2r.server.prompts import builtin_prompts, prompt_counts
+from feds2r.server.pipeline import find_unstable, generate_images, load_clients
 
 
 def main() -> None:
@@ -58,49 +56,39 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="distillation learning rate (default: recipe's)")
     parser.add_argument("--on", choices=("dev", "test"), default="dev", help="where to score")
     args = parser.parse_args()
-    profile = dataclasses.replace(PROFILES["default"], test_images=args.test_images)
+    profile = PROFILES["default"]
+    sizes = dataclasses.replace(profile.world, test_images=args.test_images)
     run, world = args.run, args.run / "world"
-    recipe = dict(
-        batch_size=profile.batch_size,
-        height=profile.height,
-        crop=profile.crop,
-        seed=args.seed,
-        warmup_steps=profile.warmup_steps,
-    )
+    recipe = {
+        k: getattr(profile.clients, k) for k in ("batch_size", "height", "crop", "warmup_steps")
+    }
+    recipe["seed"] = args.seed
     clients = [run / "clients" / d for d in SYNTHETIC_DOMAINS]
     if not all((c / "model.safetensors").is_file() for c in clients):
-        build_world(world, profile, progress=True)
+        build_world(world, sizes, progress=True)
         torch.manual_seed(args.seed)
         init = create_model(profile.preset, backbone_weights=PUBLIC)
         save_checkpoint(init, run / "init", meta={"role": "initial"})
         tcfg = TrainConfig(steps=args.client_steps, checkpoint_every=100, **recipe)
         for domain, path in zip(SYNTHETIC_DOMAINS, clients, strict=True):
             train_client(
-                _spec(world, domain, "train"), profile.preset, path, tcfg, init=run / "init"
+                world_spec(world, domain, "train"), profile.preset, path, tcfg, init=run / "init"
             )
-    server = _spec(world, "cityscapes-like", "train")
+    server = world_spec(world, "cityscapes-like", "train")
     demo_gen = run / "generated" / "generated.json"
     if not (run / "gen.json").is_file() and demo_gen.is_file():  # a demo output folder
         (run / "gen.json").write_text(demo_gen.read_text())
     if not (run / "gen.json").is_file():
-        teachers = [load_checkpoint(c)[0] for c in clients]
-        inc = measure_inconsistency(
-            teachers,
-            open_dataset(server, labels=False),
-            rule=UnstableRule(),
-            height=profile.height,
-            names=list(SYNTHETIC_DOMAINS),
+        inc = find_unstable(
+            load_clients(dict(zip(SYNTHETIC_DOMAINS, clients, strict=True))),
+            server,
+            profile.server.rule,
+            out=run,
+            height=profile.clients.height,
         )
-        (run / "inconsistency.json").write_text(json.dumps(inc.to_dict()))
-        counts = prompt_counts(inc.scores, inc.unstable, profile.generated_images)
-        gen = generate_dataset(
-            builtin_prompts(counts, seed=args.seed),
-            BuiltinGenerator(),
-            run / "generated",
-            size=profile.size,
-            seed=args.seed,
-        )
-        (run / "gen.json").write_text(json.dumps(gen))
+        generation = dataclasses.replace(profile.server.generation, seed=args.seed)
+        gen = generate_images(inc.scores, inc.unstable, run / "generated", generation)
+        (run / "gen.json").write_text(json.dumps(gen.to_dict()))
     gen = json.loads((run / "gen.json").read_text())
     report = json.loads((run / "inconsistency.json").read_text())
     dcfg = DistillConfig(student=profile.preset, **json.loads(args.overrides))
@@ -130,7 +118,10 @@ def main() -> None:
     where = [("cityscapes-like", "dev")] if args.on == "dev" else [(d, "val") for d in REAL_DOMAINS]
     scores = {
         f"{d}?{split}": evaluate(
-            model, open_dataset(_spec(world, d, split)), height=profile.height, progress=False
+            model,
+            open_dataset(world_spec(world, d, split)),
+            height=profile.clients.height,
+            progress=False,
         )["miou"]
         for d, split in where
     }

@@ -22,48 +22,18 @@ import torch
 
 from feds2r.data import open_dataset
 from feds2r.data.world import REAL_DOMAINS, SYNTHETIC_DOMAINS
-from feds2r.demo import PROFILES, _spec
-from feds2r.engine.checkpoint import load_checkpoint
+from feds2r.demo import PROFILES, world_spec
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.evaluate import evaluate
-from feds2r.server.distill import (
-    DistillConfig,
-    _sample_batches,
-    _target,
-    _teacher_outputs,
+from feds2r.server.pipeline import load_clients
+from feds2r.server.teachers import (
+    TeacherEnsemble,
     agreement_weights,
     ensemble_agreement,
     fit_aligner,
     most_agreeing,
+    sample_batches,
 )
-
-
-class Target:
-    """A ``predict(images, size)`` object for :func:`evaluate`: one teacher (``only``), or the
-    teachers combined as distillation combines them (``weights``, majority ``fallback``), with
-    features fused (``fusion``: "none", "raw" mean or "aligned" with ``aligner``) and optionally
-    test-time flip augmentation (``tta``: mean of the image's and its mirror's probabilities)."""
-
-    def __init__(self, teachers, *, only=None, weights=None, aligner=None, fallback=None,
-                 fusion="none", tta=False):  # fmt: skip
-        self.teachers, self.only, self.weights = teachers, only, weights
-        self.aligner, self.fallback, self.fusion, self.tta = aligner, fallback, fusion, tta
-
-    def _probs(self, images, size):
-        if self.fusion != "none":
-            aligner = self.aligner if self.fusion == "aligned" else None
-            outs, _ = _teacher_outputs(self.teachers, images, DistillConfig(), aligner)
-        else:
-            outs = [t(images) for t in self.teachers]
-        return torch.stack([o.semantic_probs(size) for o in outs])
-
-    def predict(self, images, size):
-        probs = self._probs(images, size)
-        if self.tta:
-            probs = (probs + self._probs(images.flip(-1), size).flip(-1)) / 2
-        if self.only is not None:
-            return probs[self.only]
-        return _target(probs, self.weights, self.fallback)
 
 
 @torch.no_grad()
@@ -80,45 +50,46 @@ def main() -> None:
         "or on the five test domains (only to report a choice already made)",
     )
     args = parser.parse_args()
-    height = PROFILES["default"].height
+    height = PROFILES["default"].clients.height
     run, world = args.run, args.run / "world"
-    teachers = [load_checkpoint(run / "clients" / d)[0].eval() for d in SYNTHETIC_DOMAINS]
+    clients = load_clients({d: run / "clients" / d for d in SYNTHETIC_DOMAINS})
+    teachers = list(clients.values())
     server = ResizedCache(
-        open_dataset(_spec(world, "cityscapes-like", "train"), labels=False),
+        open_dataset(world_spec(world, "cityscapes-like", "train"), labels=False),
         height,
         with_labels=False,
         progress=False,
     )
-    batches = _sample_batches(server, 32)
+    batches = sample_batches(server, 32)
     aligner = fit_aligner(teachers, batches)
     agree = ensemble_agreement(teachers, batches)
     most = most_agreeing(agree)
     report = json.loads((run / "inconsistency.json").read_text())
-    rules = {f"{d} alone": Target(teachers, only=k) for k, d in enumerate(SYNTHETIC_DOMAINS)}
+    rules = {f"{d} alone": TeacherEnsemble([t]) for d, t in clients.items()}
     weights = agreement_weights(report["agreement"])
+    fused = {"fusion": True}
     rules |= {
-        "mean": Target(teachers),
-        "agreement-weighted mean": Target(teachers, weights=weights),
-        "mean, raw fused features": Target(teachers, fusion="raw"),
-        "mean, aligned fused feat.": Target(teachers, aligner=aligner, fusion="aligned"),
-        "majority": Target(teachers, fallback=most),
-        "majority, raw fused feat.": Target(teachers, fallback=most, fusion="raw"),
-        "majority, aligned fused": Target(teachers, aligner=aligner, fallback=most,
-                                          fusion="aligned"),  # fmt: skip
-        "agreement-weighted majority": Target(teachers, weights=weights, fallback=most),
-        "majority, flip TTA": Target(teachers, fallback=most, tta=True),
+        "mean": TeacherEnsemble(teachers),
+        "agreement-weighted mean": TeacherEnsemble(teachers, weights=weights),
+        "mean, raw fused features": TeacherEnsemble(teachers, **fused),
+        "mean, aligned fused feat.": TeacherEnsemble(teachers, aligner=aligner, **fused),
+        "majority": TeacherEnsemble(teachers, fallback=most),
+        "majority, raw fused feat.": TeacherEnsemble(teachers, fallback=most, **fused),
+        "majority, aligned fused": TeacherEnsemble(
+            teachers, aligner=aligner, fallback=most, **fused
+        ),
+        "agreement-weighted majority": TeacherEnsemble(teachers, weights=weights, fallback=most),
+        "majority, flip TTA": TeacherEnsemble(teachers, fallback=most, tta=True),
     }
     domains = ["cityscapes-like"] if args.on == "dev" else list(REAL_DOMAINS)
     split = "dev" if args.on == "dev" else "val"
     print(f"agreement with the ensemble: {[round(a, 3) for a in agree]}; fallback: client {most}")
     print(f"scored on: {args.on} ({', '.join(f'{d}?split={split}' for d in domains)})")
     print(f"{'target':28s} {'mean':>5s} " + " ".join(f"{d[:10]:>10s}" for d in domains))
+    tests = {d: open_dataset(world_spec(world, d, split)) for d in domains}
     for name, target in rules.items():
         scores = [
-            evaluate(target, open_dataset(_spec(world, d, split)), height=height, progress=False)[
-                "miou"
-            ]
-            for d in domains
+            evaluate(target, tests[d], height=height, progress=False)["miou"] for d in domains
         ]
         print(
             f"{name:28s} {np.mean(scores):5.1f} " + " ".join(f"{v:10.1f}" for v in scores),

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from feds2r.demo import COMPARISONS, LABEL_FREE, METHODS, ORACLE, PROFILES, Profile, run_demo
+from feds2r.demo import COMPARISONS, LABEL_FREE, METHODS, ORACLE, PROFILES, make_profile, run_demo
 from feds2r.errors import Feds2rError
 
-TINY = Profile(
+TINY = make_profile(
     "tiny",
     (64, 128),
     client_images=6,

@@ -6,6 +6,7 @@ resume exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -55,7 +56,7 @@ class ResizedCache:
         self.labels: list[Tensor | None] = []
         self.maps: list[Tensor] | None = None
         """Optional per-sample maps (C, H/4, W/4) that follow each view's geometry (e.g. cached
-        teacher targets); set by whoever fills them."""
+        teacher targets); a cache with maps is made by :meth:`with_maps`."""
         for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
             item = dataset[i]
             label = item.get("label") if with_labels else None
@@ -65,6 +66,16 @@ class ResizedCache:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def with_maps(self, maps: list[Tensor]) -> ResizedCache:
+        """A cache of the same samples (shared, not copied) whose batches also carry ``maps``
+        (one (C, H/4, W/4) tensor per sample, as ``batch["maps"]``, through the same scale, crop
+        and flip as each view: :func:`random_view`); this cache is left as it is."""
+        if len(maps) != len(self.images):
+            raise ValueError(f"{len(maps)} maps for {len(self.images)} samples")
+        other = copy.copy(self)
+        other.maps = list(maps)
+        return other
 
     def extend(self, other: ResizedCache) -> ResizedCache:
         """Append another cache's samples (e.g. generated images to the server's real ones)."""

@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from feds2r.config import format_size, parse_size
+from feds2r.config import check_types, flatten, unflatten, write_run_config
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import DataError, Feds2rError
 from feds2r.io import write_atomic
 from feds2r.server.distill import DistillConfig
-from feds2r.server.pipeline import ServerPipelineConfig, run_server_pipeline
+from feds2r.server.pipeline import GenerationConfig, ServerPipelineConfig, run_server_pipeline
 
 REPLY_METADATA: dict[str, type] = {
     "client": str,
@@ -109,29 +109,50 @@ def check_new_output(out: Path) -> None:
         raise FederationError(f"output folder {out} is not empty; choose a new one")
 
 
+def _federation_recipe() -> TrainConfig:
+    """The federation's default training recipe, for the clients and for the distillation."""
+    return TrainConfig(steps=300, warmup_steps=50, checkpoint_every=100)
+
+
+def _federation_server() -> ServerConfig:
+    return ServerConfig(train=_federation_recipe())
+
+
+CLIENT_RECIPE = TrainConfig(checkpoint_every=100)
+"""What a client trains with for every recipe field the server's message leaves out
+(:func:`train_settings`, :func:`client_recipe`)."""
+
+SENT_ALWAYS = ("steps", "batch_size", "height", "crop", "lr", "warmup_steps", "seed")
+"""The recipe fields every train message carries; the others only where they differ from
+:data:`CLIENT_RECIPE`."""
+
+CLIENT_LOCAL = ("device", "threads")
+"""Recipe fields that are each client machine's own choice, never sent."""
+
+
 @dataclass(frozen=True)
 class FederationConfig:
-    """One federation run. Flower passes these as the run config (keys with dashes)."""
+    """One federation run: its own settings, the clients' recipe and the server's config.
+
+    Flower passes it as the run config: flat keys with dashes, nested sections joined with dots
+    (``min-clients``, ``clients.steps``, ``server.generation.images``; :func:`~feds2r.config.
+    flatten`); the flat names of earlier versions (``client-steps``, ``batch-size``, ``seed``
+    ...) are still read (:data:`RUN_CONFIG_ALIASES`).
+    """
 
     out: str
     """Absolute folder for the global model, the client models and ``results.json``."""
     server_data: str
     """The server's unlabelled images (dataset spec)."""
     preset: str = "m2f-cpu"
-    client_steps: int = 300
-    distill_steps: int = 300
-    batch_size: int = 8
-    height: int = 128
-    crop: tuple[int, int] = (128, 256)
-    lr: float = 6e-4
-    warmup_steps: int = 50
-    seed: int = 0
-    generated_images: int = 150
+    """Model preset of the common initial model, the clients and the global model (the server's
+    ``distill.student`` follows it)."""
     min_clients: int = 2
     """The server goes on when at least this many clients replied with a valid model."""
     num_clients: int = 0
     """Clients to wait for before sending (0: whoever is connected after ``connect_timeout``)."""
     connect_timeout: float = 120.0
+    """Seconds to wait for the SuperNodes to connect."""
     client_timeout: float = 3600.0
     """Seconds to wait for the clients' replies; a client that has not replied by then is
     reported as timed out."""
@@ -142,29 +163,41 @@ class FederationConfig:
     pretrained: bool = True
     """The common initial model starts from the preset's shipped public backbone (docs/models.md),
     as FedS2R's clients start from one pretrained backbone; False: random weights."""
+    clients: TrainConfig = field(default_factory=_federation_recipe)
+    """The recipe the server sends every client (:func:`train_settings`); its seed also seeds the
+    common initial model. ``device`` and ``threads`` are each client's own, not sent."""
+    server: ServerConfig = field(default_factory=_federation_server)
+    """What the server does with the client models: the unstable-class rule, the generated
+    images, the distillation and its recipe (:class:`~feds2r.server.pipeline.ServerConfig`)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not Path(self.out).is_absolute():
             raise FederationError(f"out must be an absolute folder, not {self.out!r}")
         if self.min_clients < 1:
             raise FederationError("min-clients must be at least 1")
+        for name in CLIENT_LOCAL:
+            if getattr(self.clients, name) != getattr(CLIENT_RECIPE, name):
+                raise FederationError(
+                    f"clients.{name} is each client machine's own choice and is not sent; "
+                    f"leave it at {getattr(CLIENT_RECIPE, name)!r}"
+                )
+        student = self.server.distill.student
+        if student != self.preset:
+            if student != DistillConfig().student:
+                raise FederationError(
+                    f"server.distill.student ({student!r}) differs from preset "
+                    f"({self.preset!r}): the global model has the federation's preset"
+                )
+            distill = dataclasses.replace(self.server.distill, student=self.preset)
+            server = dataclasses.replace(self.server, distill=distill)
+            object.__setattr__(self, "server", server)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
-        """From Flower's run config (``client-steps = 300``, ``crop = "128x256"`` …)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                raise FederationError(f"unknown run-config key {key!r}")
-            values[name] = value
-        if isinstance(values.get("crop"), str):
-            values["crop"] = parse_size(values["crop"])
-        for f in dataclasses.fields(cls):
-            if f.name in values and f.type in ("int", "float"):
-                values[f.name] = {"int": int, "float": float}[f.type](values[f.name])
-        return cls(**values)
+        """From Flower's run config (``clients.steps = 300``, ``clients.crop = "128x256"`` …, or
+        the earlier flat names such as ``client-steps``: :data:`RUN_CONFIG_ALIASES`)."""
+        return unflatten(cls, run_config, aliases=RUN_CONFIG_ALIASES)
 
     def evaluation_sets(self) -> dict[str, str]:
         sets = {}
@@ -175,53 +208,42 @@ class FederationConfig:
             sets[name.strip()] = spec.strip()
         return sets
 
-    def client_train_config(self) -> TrainConfig:
-        return TrainConfig(
-            steps=self.client_steps,
-            batch_size=self.batch_size,
-            height=self.height,
-            crop=self.crop,
-            lr=self.lr,
-            warmup_steps=self.warmup_steps,
-            seed=self.seed,
-            checkpoint_every=100,
-        )
 
-    def pipeline_config(self) -> ServerPipelineConfig:
-        train = dataclasses.replace(self.client_train_config(), steps=self.distill_steps)
-        return ServerPipelineConfig(
-            distill=DistillConfig(student=self.preset),
-            train=train,
-            generated_images=self.generated_images,
-        )
+def _both(key: str) -> tuple[str, str]:
+    return f"clients.{key}", f"server.train.{key}"
+
+
+RUN_CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
+    "client-steps": ("clients.steps",),
+    "distill-steps": ("server.train.steps",),
+    "batch-size": _both("batch-size"),
+    "height": _both("height"),
+    "crop": _both("crop"),
+    "lr": _both("lr"),
+    "warmup-steps": _both("warmup-steps"),
+    "seed": (*_both("seed"), "server.generation.seed"),
+    "generated-images": ("server.generation.images",),
+}
+"""The flat run-config names of earlier versions (and the ``feds2r federate`` flags), each with
+the keys it sets: one value for the clients' recipe and the distillation's where both have the
+field, and ``seed`` for the generated images too."""
 
 
 def train_settings(config: FederationConfig) -> dict[str, Any]:
-    """The training settings the server sends each client (flat, Flower ConfigRecord values)."""
-    t = config.client_train_config()
-    return {
-        "preset": config.preset,
-        "steps": t.steps,
-        "batch-size": t.batch_size,
-        "height": t.height,
-        "crop": format_size(t.crop),
-        "lr": t.lr,
-        "warmup-steps": t.warmup_steps,
-        "seed": t.seed,
-    }
+    """The training settings the server sends each client (flat, Flower ConfigRecord values):
+    the preset and the clients' recipe (:data:`SENT_ALWAYS`, and any other field that differs
+    from :data:`CLIENT_RECIPE`), in :func:`~feds2r.config.flatten`'s form."""
+    recipe, base = flatten(config.clients), flatten(CLIENT_RECIPE)
+    always = {name.replace("_", "-") for name in SENT_ALWAYS}
+    local = {name.replace("_", "-") for name in CLIENT_LOCAL}
+    sent = {k: v for k, v in recipe.items() if k in always or (k not in local and v != base[k])}
+    return {"preset": config.preset, **sent}
 
 
-def _settings_to_config(settings: dict[str, Any]) -> TrainConfig:
-    return TrainConfig(
-        steps=int(settings["steps"]),
-        batch_size=int(settings["batch-size"]),
-        height=int(settings["height"]),
-        crop=parse_size(settings["crop"]),
-        lr=float(settings["lr"]),
-        warmup_steps=int(settings["warmup-steps"]),
-        seed=int(settings["seed"]),
-        checkpoint_every=100,
-    )
+def client_recipe(settings: dict[str, Any]) -> TrainConfig:
+    """The recipe a client trains with: :data:`CLIENT_RECIPE` with the message's values."""
+    recipe = {k: v for k, v in settings.items() if k != "preset"}
+    return unflatten(TrainConfig, recipe, base=CLIENT_RECIPE, source="the server's settings")
 
 
 def client_round(
@@ -244,7 +266,7 @@ def client_round(
     from feds2r.models import create_model
 
     preset = str(settings["preset"])
-    config = _settings_to_config(settings)
+    config = client_recipe(settings)
     with tempfile.TemporaryDirectory(prefix="feds2r-client-") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
         model = create_model(preset)
@@ -369,7 +391,6 @@ def run_federation(
     the end, so a failed run leaves no half-written output. Raises :class:`FederationError` when
     fewer than ``config.min_clients`` valid models came back.
     """
-    from feds2r.config import to_toml
     from feds2r.engine.checkpoint import save_checkpoint
     from feds2r.models import PUBLIC, create_model
 
@@ -379,8 +400,8 @@ def run_federation(
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        write_atomic(stage / "config.toml", to_toml({"federation": config}).encode())
-        torch.manual_seed(config.seed)
+        write_run_config(stage, {"federation": config})
+        torch.manual_seed(config.clients.seed)
         init = create_model(config.preset, backbone_weights=PUBLIC if config.pretrained else None)
         save_checkpoint(init, stage / "init", meta={"role": "initial"})
         start = time.perf_counter()
@@ -417,7 +438,7 @@ def run_federation(
             accepted,
             config.server_data,
             stage,
-            config.pipeline_config(),
+            config.server,
             evaluate_on=config.evaluation_sets(),
             progress=progress,
         )

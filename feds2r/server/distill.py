@@ -4,8 +4,9 @@ Teachers (the client models, frozen) see every server image; their decoder featu
 (fused) and each teacher's own last layer reads the fused features; the teachers' semantic
 predictions are combined (their mean where most of them agree, one teacher's prediction elsewhere;
 optionally weighted per class by how much each teacher agrees with the others); the student learns
-the combined soft targets through the one training loop. All design choices and their reasons:
-``docs/method.md``.
+the combined soft targets through the one training loop. The teachers and their combination are
+one object, :class:`~feds2r.server.teachers.TeacherEnsemble`. All design choices and their
+reasons: ``docs/method.md``.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from feds2r.engine.device import resolve_device
 from feds2r.errors import Feds2rError
-from feds2r.losses.distillation import (
-    combine_teachers,
-    feature_loss,
-    majority_or_fallback,
-    mask_kd_loss,
-    pixel_kd_loss,
-)
+from feds2r.losses.distillation import feature_loss, mask_kd_loss, pixel_kd_loss
 from feds2r.models import SegModel, create_model
+from feds2r.server.teachers import (
+    TeacherEnsemble,
+    agreement_weights,
+    ensemble_agreement,
+    most_agreeing,
+    sample_batches,
+)
 
 INITS = ("auto", "fedavg", "client", "scratch")
 COMBINES = ("mean", "majority")
@@ -121,19 +124,6 @@ def fedavg(models: list[SegModel]) -> SegModel:
     return avg.eval()
 
 
-def agreement_weights(agreement: list[list[float | None]], floor: float = 0.05) -> Tensor:
-    """Teacher weights (N, K) from per-class agreement; undefined classes weigh uniformly."""
-    w = torch.tensor([[1.0 if a is None else max(a, floor) for a in row] for row in agreement])
-    return w / w.sum(0, keepdim=True)
-
-
-def _target(probs: Tensor, weights: Tensor | None, fallback: int | None) -> Tensor:
-    """The combined teacher target from their probabilities (N, B, K, h, w): the (weighted)
-    mean, or with a ``fallback`` teacher the majority rule of :func:`majority_or_fallback`."""
-    target = combine_teachers(probs, None if weights is None else weights.to(probs))
-    return target if fallback is None else majority_or_fallback(probs, target, fallback)
-
-
 def _distill_terms(
     student: SegModel,
     out,
@@ -172,92 +162,21 @@ def _distill_terms(
     return parts
 
 
-class FeatureAligner:
-    """Linear maps between the teachers' decoder-feature spaces, fitted on server images.
-
-    ``maps[i][j]`` (C_i + 1, C_j) is the ridge least-squares map from teacher ``i``'s features
-    (plus a bias) to teacher ``j``'s at the same pixels; no map is kept for ``i == j``.
-    """
-
-    def __init__(self, maps: list[list[Tensor | None]]) -> None:
-        self.maps = maps
-
-    @classmethod
-    @torch.no_grad()
-    def fit(
-        cls, feats: list[Tensor], ridge: float = 1e-3, max_pixels: int = 50_000, seed: int = 0
-    ) -> FeatureAligner:
-        """``feats``: per teacher, (P, C_i) features at the same P pixels."""
-        if len({f.shape[0] for f in feats}) != 1:
-            raise ValueError("every teacher's features must cover the same pixels")
-        if feats[0].shape[0] > max_pixels:
-            g = torch.Generator().manual_seed(seed)
-            idx = torch.randperm(feats[0].shape[0], generator=g)[:max_pixels]
-            feats = [f[idx] for f in feats]
-        n = len(feats)
-        maps: list[list[Tensor | None]] = [[None] * n for _ in range(n)]
-        for i in range(n):
-            x = torch.cat([feats[i].double(), torch.ones(len(feats[i]), 1, dtype=torch.double)], 1)
-            gram = x.T @ x
-            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.double)
-            for j in range(n):
-                if i != j:
-                    maps[i][j] = torch.linalg.solve(gram, x.T @ feats[j].double()).float()
-        return cls(maps)
-
-    def to_space(self, feat: Tensor, i: int, j: int) -> Tensor:
-        """Teacher ``i``'s features (B, C_i, h, w) mapped into teacher ``j``'s space."""
-        m = self.maps[i][j]
-        if m is None:
-            return feat
-        m = m.to(feat)
-        return torch.einsum("bchw,cd->bdhw", feat, m[:-1]) + m[-1].view(1, -1, 1, 1)
-
-
-def fuse_features(
-    feats: list[Tensor], weight: float = 1.0, aligner: FeatureAligner | None = None
-) -> list[Tensor]:
-    """What each teacher decodes under fusion: ``(1 - weight) * own + weight * mean``, where the
-    mean is over all teachers' features, each first mapped into this teacher's space when an
-    ``aligner`` is given (raw features otherwise)."""
-    fused = []
-    plain = None if aligner else torch.stack(feats).mean(0)
-    for j, own in enumerate(feats):
-        if aligner is None:
-            mean = plain
-        else:
-            mean = torch.stack([aligner.to_space(f, i, j) for i, f in enumerate(feats)]).mean(0)
-        fused.append(own if weight == 0 else (1 - weight) * own + weight * mean)
-    return fused
-
-
-def make_distill_loss(
-    teachers: list[SegModel],
-    config: DistillConfig,
-    weights: Tensor | None = None,
-    *,
-    aligner: FeatureAligner | None = None,
-    ref: int | None = None,
-    fallback: int | None = None,
-):
-    """``loss_fn(student, batch)`` for the training loop (see the module docstring); ``ref``:
-    the teacher whose feature space the student shares (see :func:`build_student`);
-    ``fallback``: the teacher of the "majority" rule (None: the plain mean)."""
-    for t in teachers:
-        t.eval().requires_grad_(False)
-    use_feats = feature_term_applies(teachers, config)
+def make_distill_loss(ensemble: TeacherEnsemble, config: DistillConfig, *, with_features: bool):
+    """``loss_fn(student, batch)`` for the training loop that runs the teachers on every batch
+    (see the module docstring); ``with_features``: add the feature term (see
+    :func:`feature_term_applies`)."""
 
     def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]
         with torch.no_grad():
-            outs, fused = _teacher_outputs(teachers, images, config, aligner)
+            outs, fused = ensemble.outputs(images)
         out = student(images)
         logits = out.mask_logits if out.mask_logits is not None else out.seg_logits
         size = tuple(logits.shape[-2:])
         with torch.no_grad():
-            probs = torch.stack([o.semantic_probs(size) for o in outs])
-            target = _target(probs, weights, fallback)
-        feat_target = _feature_target(fused, ref) if use_feats else None
+            target = ensemble.combine(torch.stack([o.semantic_probs(size) for o in outs]))
+        feat_target = ensemble.feature_target(fused) if with_features else None
         return _distill_terms(student, out, target, config, fused=feat_target)
 
     return loss_fn
@@ -273,123 +192,9 @@ def feature_term_applies(teachers: list[SegModel], config: DistillConfig) -> boo
     )
 
 
-def _feature_target(fused: list[Tensor] | None, ref: int | None) -> Tensor | None:
-    if fused is None:
-        return None
-    return fused[ref] if ref is not None else torch.stack(fused).mean(0)
-
-
-def _common_size(feats: list[Tensor]) -> list[Tensor]:
-    """Feature maps resized (bilinear) to the first one's spatial size where they differ."""
-    size = tuple(feats[0].shape[-2:])
-    return [
-        f
-        if tuple(f.shape[-2:]) == size
-        else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-        for f in feats
-    ]
-
-
-def _teacher_outputs(
-    teachers: list[SegModel],
-    images: Tensor,
-    config: DistillConfig,
-    aligner: FeatureAligner | None = None,
-):
-    outs = [t(images) for t in teachers]
-    fused = None
-    if config.feature_fusion:
-        feats = _common_size([o.features for o in outs])
-        fused = fuse_features(feats, config.fusion_weight, aligner)
-        outs = [t.head_from_features(o, f) for t, o, f in zip(teachers, outs, fused, strict=True)]
-    return outs, fused
-
-
-def _groups(data, indices: list[int]) -> list[list[int]]:
-    """``indices`` split into runs of images of one shape (so they stack into a batch)."""
-    shapes: dict[tuple, list[int]] = {}
-    for i in indices:
-        shapes.setdefault(tuple(data.images[i].shape), []).append(i)
-    return list(shapes.values())
-
-
-def _sample_batches(data, num: int, batch_size: int = 16) -> list[Tensor]:
-    """Up to ``num`` server images, evenly spread over ``data``, as stackable batches."""
-    n = len(data)
-    idx = sorted({int(k * n / min(num, n)) for k in range(min(num, n))})
-    batches = []
-    for group in _groups(data, idx):
-        for s in range(0, len(group), batch_size):
-            batches.append(torch.stack([data.images[i] for i in group[s : s + batch_size]]))
-    return batches
-
-
-@torch.no_grad()
-def fit_aligner(teachers: list[SegModel], batches: list[Tensor], device="cpu") -> FeatureAligner:
-    """Fit :class:`FeatureAligner` on the teachers' features over ``batches`` of images."""
-    per_teacher: list[list[Tensor]] = [[] for _ in teachers]
-    for images in batches:
-        feats = _common_size([t(images.to(device)).features for t in teachers])
-        for k, f in enumerate(feats):
-            per_teacher[k].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
-    return FeatureAligner.fit([torch.cat(p) for p in per_teacher])
-
-
-@torch.no_grad()
-def cache_teacher_targets(
-    teachers: list[SegModel],
-    data,
-    config: DistillConfig,
-    weights: Tensor | None,
-    *,
-    aligner: FeatureAligner | None = None,
-    ref: int | None = None,
-    fallback: int | None = None,
-    stride: int = 4,
-    batch_size: int = 16,
-    device="cpu",
-    progress: bool = True,
-) -> int:
-    """Fill ``data.maps`` with the combined teacher probabilities, the fused features (when the
-    feature term applies) and a validity channel, at 1/``stride`` of each cached image.
-
-    Returns the number of feature channels stored (0 if none).
-    """
-    from tqdm import tqdm
-
-    for t in teachers:
-        t.eval().requires_grad_(False)
-    feats = feature_term_applies(teachers, config)
-    maps: list[Tensor] = [None] * len(data)  # type: ignore[list-item]
-    order = sorted(range(len(data)), key=lambda i: tuple(data.images[i].shape))
-    channels = 0
-    bar = tqdm(total=len(data), desc="teacher targets", unit="img", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        for group in _groups(data, idx):
-            images = torch.stack([data.images[i] for i in group]).to(device)
-            h, w = images.shape[-2] // stride, images.shape[-1] // stride
-            outs, fused = _teacher_outputs(teachers, images, config, aligner)
-            probs = torch.stack([o.semantic_probs((h, w)) for o in outs])
-            target = _target(probs, weights, fallback)
-            parts = [target]
-            if feats:
-                f = _feature_target(fused, ref)
-                parts.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
-                channels = f.shape[1]
-            parts.append(torch.ones_like(target[:, :1]))
-            stacked = torch.cat(parts, dim=1).half().cpu()
-            for j, i in enumerate(group):
-                maps[i] = stacked[j]
-        bar.update(len(idx))
-    bar.close()
-    data.maps = maps
-    return channels
-
-
 def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_channels: int):
-    """``loss_fn(student, batch)`` reading targets from ``batch["maps"]`` (see
-    :func:`cache_teacher_targets`)."""
+    """``loss_fn(student, batch)`` reading targets from ``batch["maps"]`` (made by
+    :meth:`~feds2r.server.teachers.TeacherEnsemble.cache_targets`)."""
 
     def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         out = student(batch["image"])
@@ -405,30 +210,6 @@ def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_ch
         return _distill_terms(student, out, target, config, valid=valid, fused=fused)
 
     return loss_fn
-
-
-@torch.no_grad()
-def ensemble_agreement(
-    teachers: list[SegModel], batches: list[Tensor], others: list[SegModel] = ()
-) -> list[float]:
-    """Share of pixels where each teacher, then each of ``others``, predicts the arg-max of the
-    teachers' mean prediction (no fusion) over ``batches`` of server images: a label-free
-    quality proxy. Each model predicts each batch once."""
-    hits = [0.0] * (len(teachers) + len(others))
-    total = 0
-    for images in batches:
-        preds = [t.eval().predict(images) for t in teachers]
-        ens = torch.stack(preds).mean(0).argmax(1)
-        total += ens.numel()
-        labels = [p.argmax(1) for p in preds] + [m.eval().predict(images).argmax(1) for m in others]
-        for k, label in enumerate(labels):
-            hits[k] += float((label == ens).sum())
-    return [h / max(total, 1) for h in hits]
-
-
-def most_agreeing(agreement: list[float]) -> int:
-    """Index of the teacher with the highest :func:`ensemble_agreement` (the first on a tie)."""
-    return max(range(len(agreement)), key=lambda k: agreement[k])
 
 
 def build_student(
@@ -477,39 +258,33 @@ def distill(
 
     ``on_step(student, step)`` is called after every step (the demo records learning curves).
     """
-    from feds2r.engine.device import resolve_device
     from feds2r.engine.train import train
 
     device = resolve_device(train_config.device)
     for t in teachers:
         t.to(device).eval().requires_grad_(False)
-    batches = [b.to(device) for b in _sample_batches(data, 32)]
+    batches = [b.to(device) for b in sample_batches(data, 32)]
     student, ref, init_record = build_student(teachers, config, train_config.seed, batches)
-    fallback = None
-    if config.combine == "majority" and len(teachers) > 1:
-        agree = init_record.get("agreement_clients") or ensemble_agreement(teachers, batches)
-        fallback = most_agreeing(agree)
-        init_record = {**init_record, "majority_fallback": f"client {fallback}"}
-    aligner = None
-    if config.feature_fusion and config.fusion_align and len(teachers) > 1:
-        aligner = fit_aligner(teachers, batches, device)
+    ensemble = TeacherEnsemble.for_distillation(
+        teachers,
+        config,
+        batches,
+        weights=weights,
+        agreement=init_record.get("agreement_clients"),
+        feature_ref=ref,
+        device=device,
+    )
+    if ensemble.fallback is not None:
+        init_record = {**init_record, "majority_fallback": f"client {ensemble.fallback}"}
+    with_features = feature_term_applies(teachers, config)
     if config.teacher_cache:
-        channels = cache_teacher_targets(
-            teachers,
-            data,
-            config,
-            weights,
-            aligner=aligner,
-            ref=ref,
-            fallback=fallback,
-            device=device,
-            progress=progress,
+        maps, channels = ensemble.cache_targets(
+            data, with_features=with_features, device=device, progress=progress
         )
-        loss_fn = make_cached_distill_loss(config, teachers[0].num_classes, channels)
+        data = data.with_maps(maps)
+        loss_fn = make_cached_distill_loss(config, ensemble.num_classes, channels)
     else:
-        loss_fn = make_distill_loss(
-            teachers, config, weights, aligner=aligner, ref=ref, fallback=fallback
-        )
+        loss_fn = make_distill_loss(ensemble, config, with_features=with_features)
     info = {
         "role": "server",
         "distill_config": dataclasses.asdict(config),
@@ -517,12 +292,7 @@ def distill(
         **(meta or {}),
     }
     hook = None if on_step is None else (lambda step: on_step(student, step))
-    # what this run learns from: a resume into OUT with other clients or server data is refused
-    identity = {
-        "clients": (meta or {}).get("clients"),
-        "server_data": (meta or {}).get("server_data"),
-        "distill": dataclasses.asdict(config),
-    }
+    identity = _identity(meta or {}, config)
     return train(
         student,
         loss_fn,
@@ -536,6 +306,26 @@ def distill(
     )
 
 
+@dataclass(frozen=True)
+class DistillInputs:
+    """What a distillation learns from: the ``[server]`` table of its ``config.toml`` (and of a
+    config file given to ``feds2r server distill --config``)."""
+
+    clients: tuple[str, ...] = ()
+    """The client checkpoints (folders), the teachers."""
+    data: str = ""
+    """The server's unlabelled images (a dataset spec)."""
+    generated: str = ""
+    """Generated images (a dataset spec, or a folder written by ``feds2r server augment``)."""
+    inconsistency: str = ""
+    """An inconsistency report (its JSON file or folder), for inconsistency weighting."""
+
+    def __post_init__(self) -> None:
+        from feds2r.config import check_types
+
+        check_types(self)
+
+
 def run_distill(
     client_paths: list[str | Path],
     data: str,
@@ -544,39 +334,65 @@ def run_distill(
     train_config,
     *,
     generated: str | None = None,
-    inconsistency: dict | None = None,
+    inconsistency: dict | str | Path | None = None,
     on_error: str = "raise",
     progress: bool = True,
     on_step: Callable[[SegModel, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Load the clients and the server images (real, plus ``generated`` if given) and distil.
+    """The distillation stage: load the clients and the server images (real, plus
+    ``generated`` if given) and distil them into ``out``.
 
-    ``on_error="skip"`` leaves unreadable server images out (with a warning).
-
-    ``data`` and ``generated`` are dataset specs (labels are never read). ``inconsistency`` is an
-    inconsistency report (its per-client ``agreement`` weights the teachers when
-    ``config.inconsistency_weighting``).
+    ``data`` and ``generated`` are dataset specs (labels are never read; ``generated`` may also
+    be a folder written by ``feds2r server augment``). ``inconsistency`` is an inconsistency
+    report, or its file or folder (its per-client ``agreement`` weights the teachers when
+    ``config.inconsistency_weighting``). ``on_error="skip"`` leaves unreadable server images out
+    (with a warning). Writes ``OUT/config.toml`` (the inputs, the distillation config and the
+    recipe) once a resume of ``out``, if any, is known to be this run's.
     """
+    from feds2r.config import write_run_config
     from feds2r.data import open_dataset
     from feds2r.engine.checkpoint import load_checkpoint
     from feds2r.engine.data import ResizedCache
+    from feds2r.engine.train import check_resume
+    from feds2r.server.generators import generated_spec
+    from feds2r.server.inconsistency import load_inconsistency
 
-    teachers = [load_checkpoint(p)[0] for p in client_paths]
-    if len(teachers) < 1:
+    if not client_paths:
         raise Feds2rError("distillation needs at least one client model")
+    teachers = [load_checkpoint(p)[0] for p in client_paths]
+    generated = generated_spec(str(generated)) if generated else None
+    report, report_path = inconsistency, ""
+    if isinstance(inconsistency, str | Path):
+        report, report_path = load_inconsistency(inconsistency), str(inconsistency)
+    weights = None
+    if config.inconsistency_weighting:
+        if not report or not report.get("agreement"):
+            raise Feds2rError(
+                "inconsistency weighting needs an inconsistency report "
+                "(feds2r server inconsistency) for these clients"
+            )
+        weights = agreement_weights(report["agreement"])
     real = open_dataset(data, labels=False, on_error=on_error)
-    cache = ResizedCache(
-        real,
-        train_config.height,
-        with_labels=False,
-        progress=progress,
-        desc="loading server images",
-    )
+    gen = open_dataset(generated, labels=False, on_error=on_error) if generated else None
     sources = {
         "real": {"spec": str(real.spec), "num_images": len(real), "fingerprint": real.fingerprint()}
     }
-    if generated:
-        gen = open_dataset(generated, labels=False, on_error=on_error)
+    if gen is not None:
+        sources["generated"] = {"spec": str(gen.spec), "num_images": len(gen)}
+    meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
+    check_resume(out, train_config, preset=config.student, identity=_identity(meta, config))
+    inputs = DistillInputs(
+        clients=tuple(str(c) for c in client_paths),
+        data=str(data),
+        generated=generated or "",
+        inconsistency=report_path,
+    )
+    write_run_config(out, {"server": inputs, "distill": config, "train": train_config})
+    cache = ResizedCache(
+        real, train_config.height, with_labels=False, progress=progress,
+        desc="loading server images",
+    )  # fmt: skip
+    if gen is not None:
         cache.extend(
             ResizedCache(
                 gen,
@@ -584,18 +400,8 @@ def run_distill(
                 with_labels=False,
                 progress=progress,
                 desc="loading generated images",
-            )
+            )  # fmt: skip
         )
-        sources["generated"] = {"spec": str(gen.spec), "num_images": len(gen)}
-    weights = None
-    if config.inconsistency_weighting:
-        if not inconsistency or not inconsistency.get("agreement"):
-            raise Feds2rError(
-                "inconsistency weighting needs an inconsistency report "
-                "(feds2r server inconsistency) for these clients"
-            )
-        weights = agreement_weights(inconsistency["agreement"])
-    meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
     return distill(
         teachers,
         cache,
@@ -607,3 +413,13 @@ def run_distill(
         progress=progress,
         on_step=on_step,
     )
+
+
+def _identity(meta: dict[str, Any], config: DistillConfig) -> dict[str, Any]:
+    """What a distillation run learns from: a resume into OUT with other clients, server data or
+    distillation config is refused (:func:`~feds2r.engine.train.check_resume`)."""
+    return {
+        "clients": meta.get("clients"),
+        "server_data": meta.get("server_data"),
+        "distill": dataclasses.asdict(config),
+    }

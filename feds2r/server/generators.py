@@ -169,3 +169,13 @@ def _generate(
     }
     write_atomic(out / "generated.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def generated_spec(path: str) -> str:
+    """A dataset spec for generated images: a spec (``FORMAT:PATH``) as given, the folder
+    :func:`generate_dataset` (``feds2r server augment``) wrote (its ``images/``), or a plain
+    folder of images."""
+    if ":" in path:
+        return path
+    folder = Path(path)
+    return f"folder:{folder / 'images' if (folder / 'images').is_dir() else folder}"

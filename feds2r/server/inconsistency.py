@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from feds2r.data.labels import CLASS_NAMES, NUM_CLASSES
+from feds2r.errors import Feds2rError
 
 
 class PairwiseAgreement:
@@ -204,3 +206,26 @@ def plot_inconsistency(result: Inconsistency, dest) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, dest)
+
+
+def load_inconsistency(path: str | Path) -> dict:
+    """An inconsistency report (``Inconsistency.to_dict`` plus what it was measured on) from its
+    JSON file or the folder holding ``inconsistency.json``; one clear error otherwise."""
+    import json
+
+    source = Path(path)
+    if source.is_dir():
+        source = source / "inconsistency.json"
+    try:
+        report = json.loads(source.read_text())
+        if not isinstance(report, dict):
+            raise KeyError("not a JSON object")
+        for key in ("scores", "unstable_classes"):
+            if key not in report:
+                raise KeyError(key)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise Feds2rError(
+            f"cannot read an inconsistency report from {source}: {exc}; run "
+            "`feds2r server inconsistency` first"
+        ) from None
+    return report

@@ -215,7 +215,9 @@ def test_llm_key_does_not_follow_a_redirect():
     class Redirecting(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             self.send_response(302)
-            self.send_header("Location", f"http://127.0.0.1:{other.server_port}/v1/chat/completions")
+            self.send_header(
+                "Location", f"http://127.0.0.1:{other.server_port}/v1/chat/completions"
+            )
             self.send_header("Content-Length", "0")
             self.end_headers()
 
