@@ -1,10 +1,20 @@
-"""Benchmark: training and inference speed and peak memory of each model preset.
+"""Benchmark: training and inference speed and peak memory of each model preset, against a bare
+reference loop, and where the time of a step goes.
 
 Each preset runs in its own process (so peak memory is its own): ``--warmup`` untimed steps,
 then ``--repeats`` timed ones; the median is reported. CPU presets run at 128x256 on the CPU;
 paper-scale presets at 512x1024 on CUDA when a GPU is present (``--paper`` forces them on CPU).
 
+The reference ("bare") is the same transformers model built straight from the preset's config
+(``Mask2FormerForUniversalSegmentation`` / ``SegformerForSemanticSegmentation``), trained with
+its own loss (``labels`` / ``mask_labels`` + ``class_labels``) and plain AdamW on the same
+inputs, with no feds2r code in the loop; the table gives our step time as a ratio of it.
+``--profile`` prints, per preset, the PyTorch profiler's operators by self CPU time for one
+training step and one inference step, and the share of multi-scale deformable attention
+(``grid_sample``) and of the set-prediction loss.
+
     python scripts/bench_models.py                     # CPU presets, this machine
+    python scripts/bench_models.py --presets m2f-cpu --profile
     python scripts/bench_models.py --paper --device cuda
 """
 
@@ -55,14 +65,16 @@ def bench_one(
         ):
             model.predict(x)
 
+    bare_step = make_bare_step(preset, x, y, dev)
     out = {
         "preset": preset,
         "params_M": params / 1e6,
         "size": list(size),
         "batch": batch,
         "device": device,
+        "threads": torch.get_num_threads(),
     }
-    for name, fn in (("train", train_step), ("infer", infer_step)):
+    for name, fn in (("train", train_step), ("infer", infer_step), ("bare_train", bare_step)):
         for _ in range(warmup):
             fn()
         sync()
@@ -80,6 +92,105 @@ def bench_one(
     return out
 
 
+def make_bare_step(preset: str, x, y, dev):
+    """One training step of the bare reference: the transformers model of ``preset``'s config,
+    its own loss, plain AdamW; the inputs converted once, outside the timed step."""
+    import torch
+    from transformers import Mask2FormerForUniversalSegmentation, SegformerForSemanticSegmentation
+
+    from feds2r.models import PRESETS  # only to read the preset's transformers config
+
+    p = PRESETS[preset]
+    config = p.build_config(19)
+    torch.manual_seed(0)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    pixels = (x.float() / 255 - mean) / std
+    if p.family == "mask2former":
+        net = Mask2FormerForUniversalSegmentation(config).to(dev)
+        classes = [torch.unique(lbl) for lbl in y]
+        kwargs = {
+            "mask_labels": [
+                (lbl[None] == c[:, None, None]).float() for lbl, c in zip(y, classes, strict=True)
+            ],
+            "class_labels": classes,
+        }
+    else:
+        net = SegformerForSemanticSegmentation(config).to(dev)
+        kwargs = {"labels": y}
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+    def step():
+        net.train()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = net(pixel_values=pixels, **kwargs).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def profile_one(preset: str, size: tuple[int, int], batch: int, device: str) -> str:
+    """The profiler's table (top operators by self CPU time) of a training and an inference step,
+    and the shares of deformable attention and of the loss in the training step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from feds2r.losses import supervised_loss
+    from feds2r.models import create_model
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = create_model(preset).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=dev)
+    y = torch.randint(0, 19, (batch, *size), device=dev)
+
+    def train_step():
+        model.train()
+        with record_function("forward"):
+            out = model(x)
+        with record_function("loss"):
+            loss = supervised_loss(out, y)["loss"]
+        with record_function("backward"):
+            opt.zero_grad()
+            loss.backward()
+        with record_function("optimizer"):
+            opt.step()
+
+    def infer_step():
+        model.eval()
+        with torch.no_grad():
+            model.predict(x)
+
+    lines = []
+    for name, fn in (("train", train_step), ("infer", infer_step)):
+        for _ in range(2):
+            fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                fn()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        share = {
+            "grid_sample (deformable attention)": sum(
+                e.self_cpu_time_total for e in events if "grid_sampler" in e.key
+            ),
+        }
+        for region in ("forward", "loss", "backward", "optimizer"):
+            ev = [e for e in events if e.key == region]
+            if ev:
+                share[f"region {region} (incl. children)"] = ev[0].cpu_time_total
+        lines.append(f"### {preset}: {name} step, batch {batch}, {size[0]}x{size[1]}")
+        lines += [f"- {k}: {100 * v / max(total, 1):.1f} %" for k, v in share.items()]
+        lines.append("")
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,22 +201,34 @@ def main() -> None:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="print the profiler's breakdown")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    size = (512, 1024) if args.paper else (128, 256)
+    batch = args.batch or (2 if args.paper else 8)
     if args.one:  # child process
-        size = (512, 1024) if args.paper else (128, 256)
-        batch = args.batch or (2 if args.paper else 8)
+        if args.profile:
+            print(profile_one(args.one, size, batch, args.device))
+            return
         print(json.dumps(bench_one(args.one, size, batch, args.device, args.warmup, args.repeats)))
         return
     from feds2r.models import PRESETS
 
     scale = "paper" if args.paper else "cpu"
     presets = args.presets or [n for n, p in PRESETS.items() if p.scale == scale]
+    if args.profile:
+        for preset in presets:
+            cmd = [sys.executable, __file__, "--one", preset, "--device", args.device, "--profile"]
+            cmd += ["--paper"] if args.paper else []
+            cmd += ["--batch", str(args.batch)] if args.batch else []
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            print(res.stdout if res.returncode == 0 else res.stderr, flush=True)
+        return
     print(
-        "| preset | params (M) | input | batch | device | train img/s | infer img/s | "
-        "peak memory (MiB) |"
+        "| preset | params (M) | input | batch | device | threads | train img/s | infer img/s | "
+        "bare-loop train img/s | our step / bare step | peak memory (MiB) |"
     )
-    print("|---|---:|---|---:|---|---:|---:|---:|")
+    print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for preset in presets:
         cmd = [
             sys.executable,
@@ -128,8 +251,9 @@ def main() -> None:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         print(
             f"| {r['preset']} | {r['params_M']:.2f} | {r['size'][0]}x{r['size'][1]} | "
-            f"{r['batch']} | {r['device']} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | "
-            f"{r['peak_mem_MiB']:.0f} |",
+            f"{r['batch']} | {r['device']} | {r['threads']} | {r['train_img_s']:.1f} | "
+            f"{r['infer_img_s']:.1f} | {r['bare_train_img_s']:.1f} | "
+            f"{r['bare_train_img_s'] / r['train_img_s']:.2f} | {r['peak_mem_MiB']:.0f} |",
             flush=True,
         )
 
