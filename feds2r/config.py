@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import numbers
+import re
 import textwrap
 import tomllib
 import types
@@ -142,9 +143,14 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
             f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
             f"valid keys: {', '.join(sorted(names))}"
         )
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for k, v in data.items():
         if _is_config(hints[k]) and isinstance(v, dict):
+            # a partial section keeps the rest of the field's own default, not its class's
+            default = _field_default(defaults[k])
+            if dataclasses.is_dataclass(default):
+                v = _merged(_nested_dict(default), v)
             values[k] = from_dict(hints[k], v, source=f"{source} [{k}]")
         else:
             values[k] = _coerce(v, hints[k])
@@ -152,6 +158,22 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise Feds2rError(f"{source}: invalid {cls.__name__}: {exc}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` written over it, nested dicts merged key by key."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -356,13 +378,16 @@ def _from_scalar(value: Any, hint: Any) -> Any:
         args = typing.get_args(h)
         if args and args[0] is str:
             return tuple(v for v in value.split(";") if v) if value else ()
-        try:
-            if args == (int, int):
+        if args == (int, int):
+            try:
                 return parse_size(value)
-            kind = float if float in args else int
+            except ValueError as exc:
+                raise TypeError(str(exc)) from None
+        kind = float if float in args else int
+        try:
             return tuple(kind(v) for v in value.split(","))
-        except ValueError as exc:
-            raise TypeError(f"expected {_describe(h)} written as a string, got {value!r}") from exc
+        except ValueError:
+            raise TypeError(f"expected {_describe(h)} such as '1,2', got {value!r}") from None
     return value
 
 
@@ -466,3 +491,118 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[node.target.id] = inspect.cleandoc(after.value.value)
     return docs
+
+
+# ----------------------------------------------------------------------------- field table
+
+
+def field_table(classes: Iterable[type]) -> str:
+    """A Markdown reference of the config dataclasses ``classes``: per class, its docstring and
+    a table of its fields (type, default, the field's docstring), as ``docs/config.md`` holds."""
+    parts = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        docs = field_docs(cls)
+        intro = _markdown(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0])
+        parts += [f"### {cls.__name__}", "", f"`{cls.__module__}.{cls.__name__}`: {intro}", ""]
+        parts += ["| field | type | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            meaning = _markdown(docs.get(f.name, ""))
+            row = (f"`{f.name}`", _type_name(hints[f.name]), _default_text(f), meaning)
+            parts.append("| " + " | ".join(row) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _markdown(doc: str) -> str:
+    """A docstring as one Markdown table cell: one line, roles and RST literals as code."""
+    text = " ".join(doc.split())
+    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: f"`{m.group(1).split('.')[-1]}`", text)
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " \\| ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"tuple[{inner}]"
+    if hint is type(None):
+        return "None"
+    if _is_config(hint):
+        return f"[{hint.__name__}](#{hint.__name__.lower()})"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        return "required"
+    return f"`{_value_text(_field_default(f))}`"
+
+
+def _value_text(value: Any) -> str:
+    """A default as Python writes it; a nested config as its class with the fields it changes."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        try:
+            plain = type(value)()
+        except TypeError:  # required fields: show them all
+            plain = None
+        changed = [
+            f"{f.name}={_value_text(getattr(value, f.name))}"
+            for f in dataclasses.fields(value)
+            if plain is None or getattr(value, f.name) != getattr(plain, f.name)
+        ]
+        return f"{type(value).__name__}({', '.join(changed)})"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+REFERENCE_BEGIN = "<!-- the field table: generated by `python -m feds2r.config docs/config.md` -->"
+REFERENCE_END = "<!-- end of the generated field table -->"
+
+
+def reference_classes() -> list[type]:
+    """Every config dataclass of feds2r, in the order ``docs/config.md`` lists them."""
+    from feds2r.client import ClientSettings
+    from feds2r.demo import Profile, WorldSizes
+    from feds2r.engine.train import TrainConfig
+    from feds2r.federation.protocol import FederationConfig
+    from feds2r.pretrain import PretrainConfig
+    from feds2r.server.distill import DistillConfig, DistillInputs
+    from feds2r.server.inconsistency import UnstableRule
+    from feds2r.server.pipeline import GenerationConfig, ServerConfig
+
+    return [
+        TrainConfig,
+        ClientSettings,
+        ServerConfig,
+        UnstableRule,
+        GenerationConfig,
+        DistillConfig,
+        DistillInputs,
+        FederationConfig,
+        PretrainConfig,
+        Profile,
+        WorldSizes,
+    ]
+
+
+def with_reference(text: str) -> str:
+    """``text`` (``docs/config.md``) with its generated block replaced by the current table."""
+    head, sep, rest = text.partition(REFERENCE_BEGIN)
+    _, sep2, tail = rest.partition(REFERENCE_END)
+    if not (sep and sep2):
+        raise ValueError("no generated field table: its begin and end markers are missing")
+    table = field_table(reference_classes())
+    return f"{head}{REFERENCE_BEGIN}\n\n{table}\n{REFERENCE_END}{tail}"
+
+
+if __name__ == "__main__":  # python -m feds2r.config docs/config.md: regenerate the table
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/config.md")
+    target.write_text(with_reference(target.read_text()))
+    print(f"wrote the field table of {len(reference_classes())} config classes to {target}")

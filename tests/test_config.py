@@ -3,6 +3,7 @@ the tool's own config.toml loads back and trains the run it records."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 
@@ -124,9 +125,8 @@ def test_a_runs_own_config_toml_trains_the_same_run(gta, tmp_path, capsys):
 
 
 def test_server_distill_config_toml_loads_back(tmp_path):
-    from feds2r.cli import _ServerSettings
     from feds2r.config import to_toml
-    from feds2r.server.distill import DistillConfig
+    from feds2r.server.distill import DistillConfig, DistillInputs
 
     server = {"clients": ["runs/a", "runs/b"], "data": "cityscapes:x", "generated": ""}
     path = tmp_path / "config.toml"
@@ -134,9 +134,9 @@ def test_server_distill_config_toml_loads_back(tmp_path):
         to_toml({"server": server, "distill": DistillConfig(), "train": TrainConfig(steps=700)})
     )
     tables = load_tables(
-        path, {"server": _ServerSettings, "distill": DistillConfig, "train": TrainConfig}
+        path, {"server": DistillInputs, "distill": DistillConfig, "train": TrainConfig}
     )
-    assert from_dict(_ServerSettings, tables["server"]).clients == ("runs/a", "runs/b")
+    assert from_dict(DistillInputs, tables["server"]).clients == ("runs/a", "runs/b")
     assert from_dict(DistillConfig, tables["distill"]) == DistillConfig()
     assert from_dict(TrainConfig, tables["train"]) == TrainConfig(steps=700)
 
@@ -147,3 +147,69 @@ def test_sizes_parse_and_format_as_hxw():
     for bad in ("256", "256x", "x512", "axb", "1x2x3", "0x512", "256x-4", ""):
         with pytest.raises(ValueError, match=f"expected HxW .*got {bad!r}"):
             parse_size(bad)
+
+
+def test_nested_configs_round_trip_through_toml_and_the_flat_run_config():
+    from feds2r.config import flatten, to_toml, unflatten
+    from feds2r.pretrain import PretrainConfig
+    from feds2r.server.distill import DistillInputs
+    from feds2r.server.pipeline import GenerationConfig, ServerConfig
+
+    server = ServerConfig(generation=GenerationConfig(size=(64, 128)), train=TrainConfig(steps=900))
+    for config in (TrainConfig(scale=(1.0, 1.25)), PretrainConfig(), server,
+                   DistillInputs(clients=("runs/a", "runs/b"))):  # fmt: skip
+        flat = flatten(config)
+        assert all(isinstance(v, bool | int | float | str) for v in flat.values())
+        assert unflatten(type(config), flat) == config
+        table = tomllib.loads(to_toml({"c": config}))["c"]
+        assert from_dict(type(config), table) == config
+    assert flatten(server)["train.crop"] == "128x256" and "generation.size" in flatten(server)
+    assert "size" not in flatten(GenerationConfig())  # None: left out, the default
+
+
+def test_a_partial_nested_table_keeps_the_rest_of_the_fields_default():
+    from feds2r.pretrain import PretrainConfig
+
+    config = from_dict(PretrainConfig, {"train": {"steps": 5, "warmup_steps": 1}})
+    assert config.train == dataclasses.replace(PretrainConfig().train, steps=5, warmup_steps=1)
+    with pytest.raises(Feds2rError, match=r"\[train\]: unknown key\(s\) stepz"):
+        from_dict(PretrainConfig, {"train": {"stepz": 5}})
+
+
+def test_flat_values_are_type_checked_and_unknown_keys_suggest_the_closest():
+    from feds2r.config import unflatten
+
+    assert unflatten(TrainConfig, {"crop": "64x128", "lr": 1}).crop == (64, 128)
+    with pytest.raises(Feds2rError, match="crop: expected HxW"):
+        unflatten(TrainConfig, {"crop": "64"})
+    with pytest.raises(Feds2rError, match="steps must be an integer"):
+        unflatten(TrainConfig, {"steps": "many"})
+    with pytest.raises(Feds2rError, match="did you mean 'batch-size'"):
+        unflatten(TrainConfig, {"batch-sise": 4})
+    base = TrainConfig(steps=7, warmup_steps=2)
+    assert unflatten(TrainConfig, {"lr": 0.1}, base=base) == dataclasses.replace(base, lr=0.1)
+
+
+def test_field_docs_are_the_strings_under_the_fields():
+    from feds2r.config import field_docs
+
+    docs = field_docs(TrainConfig)
+    assert docs["steps"] == "Optimizer steps."
+    assert "batch_size" not in docs  # no docstring, no entry
+    assert docs["threads"].startswith("Intra-op CPU threads") and "\n" in docs["threads"]
+
+
+def test_docs_config_md_is_the_generated_field_table():
+    """docs/config.md cannot drift from the code: regenerate it with
+    `python -m feds2r.config docs/config.md`."""
+    from pathlib import Path
+
+    from feds2r.config import reference_classes, with_reference
+
+    path = Path(__file__).parents[1] / "docs" / "config.md"
+    text = path.read_text()
+    assert with_reference(text) == text, "run: python -m feds2r.config docs/config.md"
+    for cls in reference_classes():
+        assert f"### {cls.__name__}\n" in text
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in text

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feds2r.config import format_size
+from feds2r.config import flatten
 from feds2r.federation.protocol import (
     FederationConfig,
     FederationError,
@@ -70,14 +70,9 @@ def app_pyproject(
 
 
 def run_config_values(config: FederationConfig) -> dict[str, Any]:
-    """``config`` as Flower run-config values (dashed keys; the crop as ``"HxW"``)."""
-    values = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.name == "crop":
-            value = format_size(value)
-        values[f.name.replace("_", "-")] = value
-    return values
+    """``config`` as Flower run-config values: :func:`~feds2r.config.flatten`'s dotted, dashed
+    keys (``min-clients``, ``clients.steps``, ``server.train.crop = "128x256"``)."""
+    return flatten(config)
 
 
 def absolute_spec(spec: str) -> str:

@@ -32,7 +32,7 @@ from feds2r.engine.train import TrainConfig
 from feds2r.errors import DataError, Feds2rError
 from feds2r.io import write_atomic
 from feds2r.server.distill import DistillConfig
-from feds2r.server.pipeline import GenerationConfig, ServerPipelineConfig, run_server_pipeline
+from feds2r.server.pipeline import ServerConfig, run_server_pipeline
 
 REPLY_METADATA: dict[str, type] = {
     "client": str,

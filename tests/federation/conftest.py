@@ -32,6 +32,8 @@ def tiny_world(tmp_path_factory) -> dict:
 
 
 def tiny_config(out: Path, world: dict, **overrides):
+    """A tiny federation; ``overrides`` by run-config name with underscores (``min_clients=1``,
+    ``client_steps=3``)."""
     from feds2r.federation.protocol import FederationConfig
 
     values = dict(
@@ -51,7 +53,7 @@ def tiny_config(out: Path, world: dict, **overrides):
         client_timeout=600.0,
     )
     values.update(overrides)
-    return FederationConfig(**values)
+    return FederationConfig.from_run_config({k.replace("_", "-"): v for k, v in values.items()})
 
 
 TINY_FLAGS = (

@@ -39,11 +39,16 @@ def test_app_writes_a_flower_app_with_the_settings_in_its_run_config(tmp_path):
     app = tmp_path / "fedapp"
     args = ["federate", "app", "--app", str(app), "--num-clients", "3", "--client-steps", "7"]
     args += ["--server-data", "cityscapes:/srv/cs?split=train", "--out", str(tmp_path / "o")]
+    # 7 steps cannot hold the default 50 warm-up steps: refused now, not at the run's start
+    assert main(args) == 2 and not app.exists()
+    args += ["--warmup-steps", "5"]
     assert main(args) == 0
     project = tomllib.loads((app / "pyproject.toml").read_text())
     flwr = project["tool"]["flwr"]["app"]
     assert flwr["components"]["clientapp"] == "feds2r.federation.client_app:app"
-    assert flwr["config"]["client-steps"] == 7 and flwr["config"]["num-clients"] == 3
+    # the run config in its nested form: --client-steps is the clients' recipe's steps
+    assert flwr["config"]["clients"]["steps"] == 7 and flwr["config"]["num-clients"] == 3
+    assert flwr["config"]["server"]["train"]["steps"] == 300  # the distillation's: the default
     assert flwr["config"]["out"] == str(tmp_path / "o")
     assert main(args) == 2  # refuses to replace it without --force
     assert main([*args, "--force"]) == 0

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import pytest
 import torch
 
+from feds2r.config import from_dict
 from feds2r.data.labels import CLASS_NAMES
+from feds2r.errors import Feds2rError
 from feds2r.federation.protocol import (
     REPLY_METADATA,
+    FederationConfig,
     FederationError,
     Reply,
     check_reply,
@@ -168,6 +172,9 @@ def test_failed_and_rejected_clients_are_reported_and_the_run_goes_on(tiny_world
     assert str(out / "generated") in results["generated"]["spec"]
     sidecar = json.loads((out / "global" / "model.json").read_text())
     assert str(out / "clients" / "gta5") in json.dumps(sidecar)
+    # the run's config.toml is the config it ran with, and loads back into it
+    recorded = tomllib.loads((out / "config.toml").read_text())["federation"]
+    assert from_dict(FederationConfig, recorded) == config
 
 
 def test_too_few_clients_stop_the_run_and_leave_nothing_behind(tiny_world, tmp_path):
@@ -189,25 +196,95 @@ def test_output_folder_must_be_new_or_empty_and_absolute(tiny_world, tmp_path):
         tiny_config("relative/out", tiny_world)
 
 
+def flower_flat(table: dict, prefix: str = "") -> dict:
+    """A ``[tool.flwr.app.config]`` table flattened as Flower does (nested keys joined by dots)."""
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(flower_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def test_pyproject_run_config_lists_every_federation_setting_with_its_default():
-    import dataclasses
     import tomllib
     from pathlib import Path
 
+    from feds2r.config import flat_keys
     from feds2r.federation.local import run_config_values
     from feds2r.federation.protocol import FederationConfig
 
     root = Path(__file__).parents[2]
     app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"]["serverapp"] == "feds2r.federation.server_app:app"
+    config = flower_flat(app["config"])
     defaults = run_config_values(FederationConfig(out="/x", server_data="a:b"))
-    assert set(app["config"]) == set(defaults)
-    assert {k: v for k, v in app["config"].items() if k not in ("out", "server-data")} == {
+    assert set(config) == set(defaults)
+    assert {k: v for k, v in config.items() if k not in ("out", "server-data")} == {
         k: v for k, v in defaults.items() if k not in ("out", "server-data")
     }
-    parsed = FederationConfig.from_run_config({**app["config"], "out": "/x", "server-data": "a:b"})
+    parsed = FederationConfig.from_run_config({**config, "out": "/x", "server-data": "a:b"})
     assert parsed == FederationConfig(out="/x", server_data="a:b")
-    assert len(dataclasses.fields(FederationConfig)) == len(defaults)
+    # every field is listed but the one whose default is None (the server images' size)
+    assert set(flat_keys(FederationConfig)) - set(defaults) == {"server.generation.size"}
+
+
+def test_the_flat_run_config_of_earlier_versions_gives_the_same_federation():
+    """An app written before the config tree (flat keys) runs as it did: each old key sets the
+    clients' recipe and the distillation's, and the seed the generated images' too."""
+    from feds2r.federation.protocol import FederationConfig
+
+    old = {"out": "/x", "server-data": "a:b", "preset": "segformer-cpu", "client-steps": 300,
+           "distill-steps": 200, "batch-size": 4, "height": 64, "crop": "64x128", "lr": 0.001,
+           "warmup-steps": 20, "seed": 3, "generated-images": 10, "min-clients": 2}  # fmt: skip
+    config = FederationConfig.from_run_config(old)
+    assert (config.clients.steps, config.server.train.steps) == (300, 200)
+    for recipe in (config.clients, config.server.train):
+        assert (recipe.batch_size, recipe.height, recipe.crop) == (4, 64, (64, 128))
+        assert (recipe.lr, recipe.warmup_steps, recipe.seed) == (0.001, 20, 3)
+        assert recipe.checkpoint_every == 100  # the federation's recipe, not TrainConfig's
+    assert config.server.generation.images == 10 and config.server.generation.seed == 3
+    assert config.server.distill.student == "segformer-cpu"
+    with pytest.raises(Feds2rError, match="clients.seed is given twice"):
+        FederationConfig.from_run_config({**old, "clients.seed": 4})
+    with pytest.raises(Feds2rError, match="did you mean 'clients.steps'"):
+        FederationConfig.from_run_config({**old, "clients.step": 4})
+
+
+def test_the_federation_config_toml_loads_back_into_the_same_config(tmp_path):
+    import tomllib
+
+    from feds2r.config import from_dict, write_run_config
+    from feds2r.federation.protocol import FederationConfig
+
+    config = FederationConfig.from_run_config(
+        {"out": "/x", "server-data": "a:b", "seed": 5, "crop": "64x128", "evaluate": "cs=c:d",
+         "server.rule.std-factor": 1.0, "server.generation.size": "32x64",
+         "clients.scale": "1.0,1.25"}
+    )  # fmt: skip
+    path = write_run_config(tmp_path, {"federation": config})
+    loaded = from_dict(FederationConfig, tomllib.loads(path.read_text())["federation"])
+    assert loaded == config and loaded.server.generation.size == (32, 64)
+
+
+def test_train_settings_carry_the_recipe_fields_that_differ_from_the_clients_default():
+    import dataclasses
+
+    from feds2r.federation.protocol import FederationConfig, client_recipe
+
+    config = FederationConfig(out="/x", server_data="a:b")
+    assert client_recipe(train_settings(config)) == config.clients  # nothing is lost
+    changed = dataclasses.replace(
+        config, clients=dataclasses.replace(config.clients, scale=(1.0, 1.25), flip=False)
+    )
+    settings = train_settings(changed)
+    assert settings["scale"] == "1.0,1.25" and settings["flip"] is False
+    assert client_recipe(settings) == changed.clients
+    with pytest.raises(Feds2rError, match="unknown key 'stepz'"):
+        client_recipe({**settings, "stepz": 3})
+    with pytest.raises(FederationError, match="clients.device is each client machine's own"):
+        dataclasses.replace(config, clients=dataclasses.replace(config.clients, device="cpu"))
 
 
 class FakeGrid:

@@ -1,0 +1,191 @@
+"""``feds2r eval`` and ``feds2r predict``: a checkpoint on datasets."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from feds2r.cli.flags import add_quiet, command, count_type, size_type
+from feds2r.cli.output import write_json
+
+
+def load_model(path: str, device: str):
+    """(model, its metadata, the device it is on) of the checkpoint ``path``."""
+    from feds2r.engine.checkpoint import load_checkpoint
+    from feds2r.engine.device import resolve_device
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(path, dev)
+    return model, meta, dev
+
+
+def evaluate(
+    model: str,
+    data: list[str],
+    height: int,
+    sliding: bool,
+    crop: tuple[int, int],
+    device: str,
+    batch_size: int,
+    per_class: bool,
+    json_path: str | None,
+    on_error: str,
+    progress: bool,
+) -> int:
+    """mIoU, pixel accuracy and per-class IoU of the checkpoint ``model`` on each of ``data``."""
+    from feds2r.data import open_dataset
+    from feds2r.data.labels import CLASS_NAMES
+    from feds2r.engine.evaluate import evaluate as evaluate_model
+
+    net, meta, dev = load_model(model, device)
+    window = crop if sliding else None
+    rows = []
+    for spec in data:
+        ds = open_dataset(spec, labels=True, on_error=on_error)
+        result = evaluate_model(
+            net,
+            ds,
+            height=height,
+            sliding=window,
+            batch_size=batch_size,
+            device=dev,
+            progress=progress,
+        )
+        rows.append({"spec": str(ds.spec), **result})
+    mean = sum(r["miou"] for r in rows) / len(rows)
+    report = {
+        "model": str(model),
+        "preset": meta["preset"],
+        "height": height,
+        "sliding": list(window) if window else None,
+        "datasets": rows,
+        "mean_miou": mean,
+    }
+    if json_path:
+        write_json(report, json_path)
+    if json_path == "-":
+        return 0
+    width = max(len(r["spec"]) for r in rows)
+    short = [n[:5] for n in CLASS_NAMES]
+    head = f"{'dataset':<{width}}  {'mIoU':>6}  {'acc':>6}"
+    if per_class:
+        head += "  " + " ".join(f"{n:>5}" for n in short)
+    print(head)
+    for r in rows:
+        line = f"{r['spec']:<{width}}  {r['miou']:6.2f}  {r['pixel_acc']:6.2f}"
+        if per_class:
+            line += "  " + " ".join(
+                f"{v:5.1f}" if v is not None else "    -" for v in r["per_class"].values()
+            )
+        print(line)
+    if len(rows) > 1:
+        print(f"{'mean':<{width}}  {mean:6.2f}")
+    return 0
+
+
+def predict(
+    model: str,
+    data: str,
+    out: str,
+    height: int,
+    sliding: bool,
+    crop: tuple[int, int],
+    device: str,
+    limit: int | None,
+    on_error: str,
+    progress: bool,
+) -> int:
+    """Predicted label maps and colour overlays of every image of ``data``, into ``out``."""
+    from feds2r.data import open_dataset
+    from feds2r.engine.evaluate import write_predictions
+
+    net, _, dev = load_model(model, device)
+    ds = open_dataset(data, labels=False, on_error=on_error)
+    n = write_predictions(
+        net,
+        ds,
+        out,
+        height=height,
+        sliding=crop if sliding else None,
+        device=dev,
+        limit=limit,
+        progress=progress,
+    )
+    print(f"wrote {n} predictions (train-id PNGs) and overlays to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parsers
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint folder or .safetensors file")
+    p.add_argument(
+        "--height", type=count_type(16), default=128, help="inference height (>= 16; default 128)"
+    )
+    p.add_argument("--sliding", action="store_true", help="sliding-window inference")
+    p.add_argument("--crop", type=size_type, default=(128, 256), help="sliding window HxW")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument(
+        "--skip-bad",
+        dest="on_error",
+        action="store_const",
+        const="skip",
+        default="raise",
+        help="skip unreadable samples",
+    )
+    add_quiet(p)
+
+
+def add_inference_commands(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "eval",
+        evaluate,
+        help="mIoU of a checkpoint on labelled datasets",
+        description="Evaluate a checkpoint: mIoU (confusion matrix over the whole set, mean over "
+        "the classes present in its ground truth), pixel accuracy and per-class IoU, in percent. "
+        "Prints a table, one row per dataset; --json writes the schema in docs/evaluation.md.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r eval --model runs/gta5 --data cityscapes:data/world/cityscapes-like?split=val
+              feds2r eval --model runs/gta5 --data bdd:/data/bdd?split=val \\
+                  --data acdc:/data/acdc?split=val --per-class --json eval.json
+              feds2r eval --model runs/gta5-swin --data cityscapes:/data/cs?split=val \\
+                  --height 512 --sliding --crop 512x1024
+            """),
+    )
+    _add_inference_args(p)
+    p.add_argument("--data", required=True, action="append", help="labelled spec (repeatable)")
+    p.add_argument(
+        "--batch-size", type=count_type(1), default=8, help="images per batch (default 8)"
+    )
+    p.add_argument("--per-class", action="store_true", help="print per-class IoU columns")
+    p.add_argument(
+        "--json", dest="json_path", metavar="PATH", help="write results as JSON ('-': stdout)"
+    )
+
+    p = command(
+        sub,
+        "predict",
+        predict,
+        help="write predicted label maps and colour overlays",
+        description="Predict every image of a dataset: OUT/NAME.png holds train ids (0-18), "
+        "OUT/overlay/NAME.png the prediction in Cityscapes colours over the image, and "
+        "OUT/predictions.json (written last) the count and the names.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r predict --model runs/gta5 \\
+                  --data cityscapes:data/world/cityscapes-like?split=val \\
+                  --out preds/cs
+              feds2r predict --model runs/gta5 --data folder:my_images --out preds/mine --limit 20
+            """),
+    )
+    _add_inference_args(p)
+    p.add_argument("--data", required=True, help="dataset spec (labels not needed)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new, empty, or an earlier predict output (replaced)",
+    )
+    p.add_argument("--limit", type=count_type(1), help="predict at most this many images")
