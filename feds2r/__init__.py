@@ -52,7 +52,7 @@ _LAZY = {
     "run_demo": "feds2r.demo",
 }
 
-__all__ = [
+__all__ = [  # the dataset API, then the lazily loaded names of _LAZY (a test keeps both equal)
     "CLASS_NAMES",
     "IGNORE_INDEX",
     "NUM_CLASSES",
@@ -60,7 +60,29 @@ __all__ = [
     "Feds2rError",
     "__version__",
     "open_dataset",
-    *sorted(_LAZY),
+    "DistillConfig",
+    "GenerationConfig",
+    "PRESETS",
+    "PretrainConfig",
+    "SegModel",
+    "ServerConfig",
+    "TeacherEnsemble",
+    "TrainConfig",
+    "UnstableRule",
+    "create_model",
+    "evaluate",
+    "evaluate_checkpoint",
+    "fedavg",
+    "find_unstable",
+    "generate_images",
+    "load_checkpoint",
+    "pretrain",
+    "run_demo",
+    "run_distill",
+    "run_server_pipeline",
+    "save_checkpoint",
+    "train",
+    "train_client",
 ]
 
 

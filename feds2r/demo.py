@@ -80,13 +80,16 @@ class Profile:
     config (the same config tree as ``feds2r federate``; the seed is the run's)."""
 
     name: str
+    """The profile's name (``--profile``), recorded in results.json."""
     world: WorldSizes = field(default_factory=WorldSizes)
+    """The built-in world the run builds (or reuses)."""
     clients: TrainConfig = field(default_factory=TrainConfig)
     """The clients' training recipe; the upper bounds train with it too (at 1x and at one
     client's steps times the number of clients)."""
     server: ServerConfig = field(default_factory=ServerConfig)
     """The server's stages; ``server.train`` is every distillation row's recipe."""
     preset: str = "m2f-cpu"
+    """The architecture of every model of the run (see ``feds2r models``)."""
     curve_every: int = 150
     """Steps between two points of a learning curve (dev mIoU)."""
 

@@ -30,3 +30,7 @@ def test_the_python_example_in_docs_api_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs/api/server/global/model.safetensors").is_file()
     assert set(scope["summary"]["miou"]) == {"cityscapes-like"}
     assert (tmp_path / "runs/api/server/global/config.toml").is_file()
+
+
+def test_every_lazy_name_is_exported():
+    assert set(feds2r._LAZY) <= set(feds2r.__all__)

@@ -195,8 +195,15 @@ def test_field_docs_are_the_strings_under_the_fields():
 
     docs = field_docs(TrainConfig)
     assert docs["steps"] == "Optimizer steps."
-    assert "batch_size" not in docs  # no docstring, no entry
     assert docs["threads"].startswith("Intra-op CPU threads") and "\n" in docs["threads"]
+
+    @dataclasses.dataclass(frozen=True)
+    class Partly:
+        documented: int = 1
+        """Has a docstring."""
+        bare: int = 2
+
+    assert field_docs(Partly) == {"documented": "Has a docstring."}  # no docstring, no entry
 
 
 def test_docs_config_md_is_the_generated_field_table():

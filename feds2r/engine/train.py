@@ -40,6 +40,7 @@ class TrainConfig:
     steps: int = 1000
     """Optimizer steps."""
     batch_size: int = 8
+    """Images per step."""
     height: int = 128
     """Images (and labels) are resized to this height, aspect kept, before augmentation."""
     crop: tuple[int, int] = (128, 256)
@@ -47,24 +48,33 @@ class TrainConfig:
     scale: tuple[float, float] = (0.75, 1.5)
     """Random rescaling range before the crop."""
     lr: float = 6e-4
+    """Peak AdamW learning rate (after warm-up; poly decay to 0 at the last step)."""
     backbone_lr_mult: float = 0.1
     """Backbone learning rate = lr x this. 0.1 because every model starts from a pretrained
     backbone by default (Mask2Former's and DAFormer's recipes use 0.1 for ImageNet backbones):
     the clients keep the shared features they start from. Use 1.0 with random weights."""
     weight_decay: float = 0.01
+    """AdamW weight decay (on every parameter)."""
     warmup_steps: int = 100
+    """Linear warm-up steps from 0 to ``lr``."""
     poly_power: float = 0.9
+    """Exponent of the poly decay of the learning rate after warm-up."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = off)."""
     flip: bool = True
+    """Random horizontal flips."""
     jitter: float = 0.25
     """Strength of brightness, contrast and saturation jitter."""
     blur_prob: float = 0.2
+    """Probability of a Gaussian blur of a view."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
     seed: int = 0
+    """Seed of the initial weights drawn here, the data order and the augmentation."""
     checkpoint_every: int = 250
+    """Steps between two resumable states in ``OUT/state``."""
     log_every: int = 10
+    """Steps between two lines of ``OUT/train_log.jsonl``."""
     device: str = "auto"
     """"auto" (CUDA if available), "cpu" or "cuda[:N]"."""
     threads: int = 0

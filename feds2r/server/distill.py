@@ -79,6 +79,8 @@ class DistillConfig:
     predict its arg-max, elsewhere the probabilities of the teacher that agrees most with the
     others on the server images) or "mean" (the plain, or agreement-weighted, mean everywhere)."""
     temperature: float = 2.0
+    """Softening ``softmax(log p / T)`` of the teachers' and the student's probabilities in the
+    per-pixel KL (scaled by T^2), and of the soft class targets (class_targets "soft")."""
     min_fraction: float = 0.002
     """A class becomes a soft target where it is the arg-max on this share of the pixels."""
     teacher_cache: bool = True

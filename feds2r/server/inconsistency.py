@@ -82,10 +82,17 @@ class UnstableRule:
     """Which classes count as unstable (see the module docstring)."""
 
     std_factor: float = 0.5
+    """A class is unstable if its score is at least the mean plus this many standard deviations
+    of the defined scores."""
     min_unstable: int = 3
+    """At least this many classes are taken (the highest scores), whatever the threshold."""
     max_unstable: int = 6
+    """At most this many classes are taken (the highest scores above the threshold)."""
 
     def __post_init__(self) -> None:
+        from feds2r.config import check_types
+
+        check_types(self)
         if not 0 <= self.min_unstable <= self.max_unstable:
             raise ValueError("need 0 <= min_unstable <= max_unstable")
 

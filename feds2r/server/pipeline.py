@@ -180,7 +180,7 @@ def find_unstable(
     if out is not None:
         out = Path(out)
         report = inconsistency_report(inc, str(data.spec), rule)
-        write_atomic(out / "inconsistency.json", (json.dumps(report, indent=2)).encode())
+        write_atomic(out / "inconsistency.json", (json.dumps(report, indent=2) + "\n").encode())
         plot_inconsistency(inc, out / "inconsistency.png")
     return inc
 
