@@ -230,7 +230,9 @@ def test_public_has_image_level_tags_and_no_pixel_labels(tmp_path):
         assert {k for k, v in enumerate(tag["shares"]) if v > 0.00105} <= set(tag["classes"])
         assert set(tag["classes"]) <= {k for k, v in enumerate(tag["shares"]) if v > 0.00095}
     assert {p.name for p in tmp_path.iterdir() if p.is_file()} <= {
-        "tags.json", "feds2r_world.json", ".feds2r_output.json"
+        "tags.json",
+        "feds2r_world.json",
+        ".feds2r_output.json",
     }
 
 
