@@ -181,8 +181,10 @@ class Row:
     ``kind`` picks the builder in :data:`ROW_KINDS`: "fedavg" (the clients' parameter mean),
     "ensemble" (the clients' averaged predictions at test time, no model), "distill" (the
     distillation stage with ``distill``'s DistillConfig fields, on the real server images plus the
-    generated ones when ``generated``) or "supervised" (one model on all clients' labelled data,
-    ``budget`` times a client's steps: an upper bound no federation can reach).
+    generated ones when ``generated``), "selftrain" (the self-training stage with ``selftrain``'s
+    SelfTrainConfig fields, from the model of the row ``after``, for the distillation recipe's
+    steps) or "supervised" (one model on all clients' labelled data, ``budget`` times a client's
+    steps: an upper bound no federation can reach).
     """
 
     name: str
@@ -190,6 +192,8 @@ class Row:
     distill: Mapping[str, Any] = field(default_factory=dict)
     generated: bool = True
     budget: int = 1
+    selftrain: Mapping[str, Any] = field(default_factory=dict)
+    after: str = ""
 
 
 ROWS: tuple[Row, ...] = (
@@ -209,6 +213,12 @@ ROWS: tuple[Row, ...] = (
     Row("upper-bound", "supervised", budget=len(SYNTHETIC_DOMAINS)),
 )
 METHODS = tuple(row.name for row in ROWS)
+
+SELFTRAIN_ROWS: tuple[Row, ...] = (
+    # FedS2R's model, then self-training on the server's images (not in the default table: two
+    # more trainings would take the default run past 15 minutes; `feds2r demo --self-train`)
+    Row("feds2r+st", "selftrain", {"feature_fusion": True}, selftrain={}, after="feds2r"),
+)
 ORACLE, LABEL_FREE = "best-client (oracle)", "client (label-free pick)"
 
 # the differences the report and docs/results.md claim, each with a paired bootstrap interval
@@ -222,6 +232,8 @@ COMPARISONS = (
     ("feds2r", "upper-bound"),
     ("feds2r", "upper-bound-1x"),
     ("ensemble", ORACLE),
+    ("feds2r+st", "feds2r"),
+    ("feds2r+st", ORACLE),
 )
 
 
@@ -337,6 +349,24 @@ def _distill_row(row: Row, run: DemoRun) -> None:
     )
 
 
+def _selftrain_row(row: Row, run: DemoRun) -> None:
+    from feds2r.server.selftrain import SelfTrainConfig, self_train
+
+    config = DistillConfig(**{**dataclasses.asdict(run.profile.server.distill), **row.distill})
+    self_train(
+        run.out / row.after,
+        list(run.clients.values()),
+        run.server_spec,
+        run.out / row.name,
+        SelfTrainConfig(**row.selftrain),
+        dataclasses.replace(config, student=run.profile.preset),
+        run.distill_recipe,
+        generated=run.generated_spec if row.generated else None,
+        progress=run.progress,
+        on_step=run.curves.hook(row.name),
+    )
+
+
 def _supervised_row(row: Row, run: DemoRun) -> None:
     model, _ = load_checkpoint(run.out / "init")
     model = model.train().requires_grad_(True)
@@ -357,18 +387,24 @@ ROW_KINDS: dict[str, Callable[[Row, DemoRun], None] | None] = {
     "fedavg": _fedavg_row,
     "ensemble": None,  # evaluated from the clients' models at test time
     "distill": _distill_row,
+    "selftrain": _selftrain_row,
     "supervised": _supervised_row,
 }
 
 
-STAGE_NAMES = {"fedavg": "fedavg", "distill": "distill:{name}", "supervised": "upper_bound"}
+STAGE_NAMES = {
+    "fedavg": "fedavg",
+    "distill": "distill:{name}",
+    "selftrain": "selftrain:{name}",
+    "supervised": "upper_bound",
+}
 """The timing key of each row kind's stage in ``results.json`` (rows of one kind without a
 ``{name}`` add up, e.g. both upper bounds under ``upper_bound``)."""
 
 
 def _row_steps(row: Row, clients: TrainConfig, distill: TrainConfig) -> int | None:
     """The training steps of a row's learning curve (None: the row trains nothing)."""
-    if row.kind == "distill":
+    if row.kind in ("distill", "selftrain"):
         return distill.steps
     if row.kind == "supervised":
         return clients.steps * row.budget
@@ -678,6 +714,12 @@ def write_report(results: dict, out: Path, models: dict, tests: dict, height: in
             ((k, v) for k, v in inc.items() if v is not None), key=lambda kv: -kv[1]
         )[:8]
     )
+    methods = results["methods"]
+    ensemble_line = (
+        f" Ensemble {methods['ensemble']['mean']:.1f} vs best client {methods[ORACLE]['mean']:.1f}."
+        if "ensemble" in methods
+        else ""
+    )
     text = f"""# feds2r demo report
 
 Profile `{results["profile"]}`, seed {results["seed"]}. mIoU (%) on the five real-like test domains
@@ -705,8 +747,7 @@ FedS2R assumes clients that share a feature space (one pretrained backbone). On
 {premise["feature_cosine"]["mean"]:.2f} ({pairs}); how far each client moved from the common start
 (relative L2): {moved}; FedAvg's arg-max agrees with the ensemble's on
 {100 * premise["fedavg_agreement"]:.0f} % of pixels; each client's agreement with the ensemble:
-{agree}. Ensemble {results["methods"]["ensemble"]["mean"]:.1f} vs best client
-{results["methods"][ORACLE]["mean"]:.1f}.
+{agree}.{ensemble_line}
 
 ## Learning curves (dev mIoU)
 

@@ -63,7 +63,10 @@ def test_demo_end_to_end(tmp_path):
                            "feds2r-no-aug", "feds2r-no-fusion"}  # fmt: skip
     assert [p[0] for p in curves["upper-bound"]] == [1, 2, 3, 4, 5, 6]
     assert [p[0] for p in curves["client:gta5-like"]] == [1, 2]
-    assert set(results["intervals"]) == {f"{a} - {b}" for a, b in COMPARISONS}
+    rows = results["methods"]
+    ran = [(a, b) for a, b in COMPARISONS if a in rows and b in rows]
+    assert len(ran) == len(COMPARISONS) - 2  # all but the two of the self-training row
+    assert set(results["intervals"]) == {f"{a} - {b}" for a, b in ran}
     for r in results["intervals"].values():
         assert r["lo"] <= r["diff"] + 1e-9 and r["diff"] <= r["hi"] + 1e-9
     premise = results["premise"]
@@ -110,3 +113,17 @@ def test_profiles_and_errors():
     assert set(PROFILES) == {"quick", "default", "full"}
     with pytest.raises(Feds2rError, match="unknown profile"):
         run_demo("huge", "/tmp/nowhere")
+
+
+@pytest.mark.slow
+def test_demo_runs_any_list_of_rows_including_self_training(tmp_path):
+    from feds2r.demo import ROWS, SELFTRAIN_ROWS
+
+    rows = (next(r for r in ROWS if r.name == "feds2r"), *SELFTRAIN_ROWS)
+    results = run_demo(TINY, tmp_path, seed=0, progress=False, rows=rows)
+    assert {"feds2r", "feds2r+st", ORACLE} <= set(results["methods"])
+    assert "feddf" not in results["methods"] and "ensemble" not in results["methods"]
+    assert [p[0] for p in results["curves"]["feds2r+st"]] == [1, 2]
+    assert {"distill:feds2r", "selftrain:feds2r+st"} <= set(results["timing_s"])
+    assert {"feds2r+st - feds2r", "feds2r - best-client (oracle)"} <= set(results["intervals"])
+    assert "feds2r - feddf" not in results["intervals"]  # only comparisons of rows that ran

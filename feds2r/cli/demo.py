@@ -10,13 +10,20 @@ from feds2r.cli.flags import add_quiet, command
 
 
 def demo(
-    profile: str, out: str, seed: int, world: Path | None, pretrained: bool, progress: bool
+    profile: str,
+    out: str,
+    seed: int,
+    world: Path | None,
+    pretrained: bool,
+    self_train: bool,
+    progress: bool,
 ) -> int:
     """Run the demo ``profile`` into ``out`` and print its table."""
-    from feds2r.demo import results_table, run_demo
+    from feds2r.demo import ROWS, SELFTRAIN_ROWS, results_table, run_demo
 
+    rows = ROWS + SELFTRAIN_ROWS if self_train else ROWS
     results = run_demo(
-        profile, out, seed=seed, world=world, progress=progress, pretrained=pretrained
+        profile, out, seed=seed, world=world, progress=progress, pretrained=pretrained, rows=rows
     )
     print()
     print(results_table(results))
@@ -43,6 +50,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
               feds2r demo --out runs/demo
               feds2r demo --profile quick --out /tmp/demo-quick
               feds2r demo --profile default --seed 1 --out runs/demo-s1 --world runs/demo/world
+              feds2r demo --self-train --out runs/demo-st
             """),
     )
     p.add_argument("--profile", default="default", choices=("quick", "default", "full"))
@@ -54,5 +62,11 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         dest="pretrained",
         action="store_false",
         help="start every model from random weights instead of the shipped public backbone",
+    )
+    p.add_argument(
+        "--self-train",
+        action="store_true",
+        help="add the row feds2r+st: FedS2R's model self-trained on the server's images "
+        "(a mean teacher, ClassMix; docs/method.md); about 2 more minutes with the default profile",
     )
     add_quiet(p, None)

@@ -194,22 +194,38 @@ def feature_term_applies(teachers: list[SegModel], config: DistillConfig) -> boo
     )
 
 
+def cached_distill_terms(
+    student: SegModel,
+    out,
+    maps: Tensor,
+    config: DistillConfig,
+    num_classes: int,
+    feature_channels: int,
+) -> dict[str, Tensor]:
+    """The distillation terms of the student's output ``out`` towards cached targets ``maps``
+    (B, C, h', w'): K combined-probability channels, the feature target, a validity channel (made
+    by :meth:`~feds2r.server.teachers.TeacherEnsemble.cache_targets`, resized to the output)."""
+    logits = out.mask_logits if out.mask_logits is not None else out.seg_logits
+    size = tuple(logits.shape[-2:])
+    maps = maps.float()
+    if tuple(maps.shape[-2:]) != size:
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    k = num_classes
+    valid = maps[:, -1] > 0.5
+    target = maps[:, :k] * valid[:, None]
+    fused = maps[:, k : k + feature_channels] if feature_channels else None
+    return _distill_terms(student, out, target, config, valid=valid, fused=fused)
+
+
 def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_channels: int):
-    """``loss_fn(student, batch)`` reading targets from ``batch["maps"]`` (made by
-    :meth:`~feds2r.server.teachers.TeacherEnsemble.cache_targets`)."""
+    """``loss_fn(student, batch)`` reading targets from ``batch["maps"]`` (see
+    :func:`cached_distill_terms`)."""
 
     def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         out = student(batch["image"])
-        logits = out.mask_logits if out.mask_logits is not None else out.seg_logits
-        size = tuple(logits.shape[-2:])
-        maps = batch["maps"].float()
-        if tuple(maps.shape[-2:]) != size:
-            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        k = num_classes
-        valid = maps[:, -1] > 0.5
-        target = maps[:, :k] * valid[:, None]
-        fused = maps[:, k : k + feature_channels] if feature_channels else None
-        return _distill_terms(student, out, target, config, valid=valid, fused=fused)
+        return cached_distill_terms(
+            student, out, batch["maps"], config, num_classes, feature_channels
+        )
 
     return loss_fn
 
@@ -354,7 +370,6 @@ def run_distill(
     from feds2r.config import write_run_config
     from feds2r.data import open_dataset
     from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.data import ResizedCache
     from feds2r.engine.train import check_resume
     from feds2r.server.generators import generated_spec
     from feds2r.server.inconsistency import load_inconsistency
@@ -376,11 +391,7 @@ def run_distill(
         weights = agreement_weights(report["agreement"])
     real = open_dataset(data, labels=False, on_error=on_error)
     gen = open_dataset(generated, labels=False, on_error=on_error) if generated else None
-    sources = {
-        "real": {"spec": str(real.spec), "num_images": len(real), "fingerprint": real.fingerprint()}
-    }
-    if gen is not None:
-        sources["generated"] = {"spec": str(gen.spec), "num_images": len(gen)}
+    sources = image_sources(real, gen)
     meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
     check_resume(out, train_config, preset=config.student, identity=_identity(meta, config))
     inputs = DistillInputs(
@@ -390,20 +401,7 @@ def run_distill(
         inconsistency=report_path,
     )
     write_run_config(out, {"server": inputs, "distill": config, "train": train_config})
-    cache = ResizedCache(
-        real, train_config.height, with_labels=False, progress=progress,
-        desc="loading server images",
-    )  # fmt: skip
-    if gen is not None:
-        cache.extend(
-            ResizedCache(
-                gen,
-                train_config.height,
-                with_labels=False,
-                progress=progress,
-                desc="loading generated images",
-            )  # fmt: skip
-        )
+    cache = load_server_images(real, gen, train_config.height, progress=progress)
     return distill(
         teachers,
         cache,
@@ -415,6 +413,38 @@ def run_distill(
         progress=progress,
         on_step=on_step,
     )
+
+
+def image_sources(real, generated=None) -> dict[str, Any]:
+    """What a server-side training run learns from (recorded in its sidecar and resume check):
+    the real images' spec, count and fingerprint, and the generated images' spec and count."""
+    sources = {
+        "real": {"spec": str(real.spec), "num_images": len(real), "fingerprint": real.fingerprint()}
+    }
+    if generated is not None:
+        sources["generated"] = {"spec": str(generated.spec), "num_images": len(generated)}
+    return sources
+
+
+def load_server_images(real, generated, height: int, *, progress: bool = True):
+    """The server's real images, then the generated ones (opened unlabelled datasets; None: no
+    generated images), resized to ``height`` in one :class:`~feds2r.engine.data.ResizedCache`."""
+    from feds2r.engine.data import ResizedCache
+
+    cache = ResizedCache(
+        real, height, with_labels=False, progress=progress, desc="loading server images"
+    )
+    if generated is not None:
+        cache.extend(
+            ResizedCache(
+                generated,
+                height,
+                with_labels=False,
+                progress=progress,
+                desc="loading generated images",
+            )
+        )
+    return cache
 
 
 def _identity(meta: dict[str, Any], config: DistillConfig) -> dict[str, Any]:

@@ -1,0 +1,280 @@
+"""Server-side self-training after distillation: a mean teacher on the server's own images.
+
+The distilled global model keeps learning from the server's unlabelled real and generated images
+(CLOUDS, ``../shared/seeds/clouds-summary.txt``; the recipe follows DACS and DAFormer):
+
+- a **mean teacher**, the exponential moving average (EMA) of the student's weights, predicts
+  pseudo-labels on each training view (no gradient);
+- **ClassMix** (DACS): for each view, the pixels of half of its pseudo-labelled classes are pasted
+  onto another view of the batch, with their pseudo-labels (and cached ensemble targets);
+- a **confidence-based pixel weight**: pseudo-labels whose probability is below ``threshold``
+  are ignored (a weight of 0 or 1 per pixel), and each image's term is scaled by its share of
+  confident pixels (DAFormer's quality estimate);
+- an optional **refinement** of the pseudo-labels with class-agnostic regions (``refiner``);
+- the **teachers' combined targets** (the distillation term on cached targets, mixed the same
+  way) remain a term, with a weight that falls linearly to 0 over ``teacher_steps``.
+
+Why each choice and its values: ``docs/method.md``. Shapes: images (B, 3, h, w) float in [0, 1],
+probabilities (B, K, h, w), labels (B, h, w) with 255 = ignore.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from feds2r.config import check_types
+from feds2r.data.labels import IGNORE_INDEX
+from feds2r.errors import Feds2rError
+from feds2r.models import SegModel
+
+
+@dataclass(frozen=True)
+class SelfTrainConfig:
+    """How the server self-trains the distilled global model (the stage after distillation)."""
+
+    ema: float = 0.99
+    """Mean-teacher momentum: teacher = ema * teacher + (1 - ema) * student after every step
+    (DACS's 0.99; DAFormer's 0.999 suits its 40k iterations, not a few hundred)."""
+    threshold: float = 0.968
+    """Pseudo-labels below this probability are ignored (DAFormer's and DACS's tau = 0.968)."""
+    classmix: bool = True
+    """Paste half of each view's pseudo-labelled classes onto another view (DACS)."""
+    teacher_weight: float = 1.0
+    """Weight of the distillation term (the client teachers' combined targets) at step 0."""
+    teacher_steps: int = 0
+    """Steps over which that weight falls linearly to 0 (0: it stays at ``teacher_weight``)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.teacher_weight < 0 or self.teacher_steps < 0:
+            raise ValueError("teacher_weight and teacher_steps must be >= 0")
+
+    def teacher_factor(self, step: int) -> float:
+        """The distillation term's weight at ``step`` (0-based)."""
+        if self.teacher_steps == 0:
+            return self.teacher_weight
+        return self.teacher_weight * max(0.0, 1.0 - step / self.teacher_steps)
+
+
+Refiner = Callable[[Tensor, Tensor], Tensor]
+"""``refine(images (B, 3, h, w) float, probs (B, K, h, w)) -> labels (B, h, w)`` (255 = drop):
+pseudo-labels made from the teacher's probabilities with class-agnostic regions."""
+
+
+@torch.no_grad()
+def ema_update(teacher: SegModel, student: SegModel, momentum: float) -> None:
+    """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter;
+    buffers are copied from the student."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        t.copy_(s)
+
+
+def pseudo_labels(probs: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Hard pseudo-labels (B, h, w) with 255 where the probability is below ``threshold``, and
+    each image's share of confident pixels (B,)."""
+    conf, labels = probs.max(1)
+    confident = conf >= threshold
+    return torch.where(confident, labels, IGNORE_INDEX), confident.flatten(1).float().mean(1)
+
+
+def classmix_masks(labels: Tensor, g: torch.Generator | None = None) -> Tensor:
+    """Per image, a mask (B, h, w) of the pixels of a random half of its labelled classes
+    (ClassMix, as DACS uses it; 255 never chosen)."""
+    masks = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    for i, lbl in enumerate(labels):
+        classes = lbl.unique()
+        classes = classes[classes != IGNORE_INDEX]
+        if len(classes) == 0:
+            continue
+        order = torch.randperm(len(classes), generator=g)
+        chosen = classes[order[: (len(classes) + 1) // 2].to(classes.device)]
+        masks[i] = torch.isin(lbl, chosen)
+    return masks
+
+
+def mix(masks: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a`` where ``masks`` (B, h, w), ``b`` elsewhere, for images (B, C, h, w) or maps
+    (B, h, w); masks are resized (nearest) to a map of another size."""
+    m = masks
+    if tuple(m.shape[-2:]) != tuple(a.shape[-2:]):
+        m = F.interpolate(m[:, None].float(), size=a.shape[-2:], mode="nearest")[:, 0] > 0.5
+    if a.dim() == 4:
+        m = m[:, None]
+    return torch.where(m, a, b)
+
+
+def make_selftrain_loss(
+    teacher: SegModel,
+    config: SelfTrainConfig,
+    distill_config,
+    num_classes: int,
+    *,
+    refiner: Refiner | None = None,
+    step: Callable[[], int] = lambda: 0,
+):
+    """``loss_fn(student, batch)`` of one self-training step (see the module docstring); the
+    batch carries cached ensemble targets in ``batch["maps"]``. ``step()`` gives the current
+    step (for the distillation term's weight)."""
+    from feds2r.losses import supervised_loss
+    from feds2r.server.distill import cached_distill_terms
+
+    teacher.eval().requires_grad_(False)
+
+    def loss_fn(student: SegModel, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images, maps = batch["image"], batch["maps"]
+        with torch.no_grad():
+            probs = teacher.predict(images)
+            if refiner is not None:
+                _, quality = pseudo_labels(probs, config.threshold)
+                labels = refiner(images, probs)
+            else:
+                labels, quality = pseudo_labels(probs, config.threshold)
+            weight = quality[:, None, None].expand_as(labels)
+            if config.classmix and len(images) > 1:
+                masks = classmix_masks(labels)
+                other = torch.roll(torch.arange(len(images), device=images.device), 1)
+                images = mix(masks, images, images[other])
+                labels = mix(masks, labels, labels[other])
+                weight = mix(masks, weight, weight[other])
+                maps = mix(masks, maps, maps[other])
+        out = student(images)
+        parts: dict[str, Tensor] = {}
+        factor = config.teacher_factor(step())
+        loss = torch.zeros((), device=images.device)
+        if factor > 0:
+            kd = cached_distill_terms(student, out, maps, distill_config, num_classes, 0)
+            parts["loss_kd"] = kd["loss"].detach()
+            loss = loss + factor * kd["loss"]
+        if (labels != IGNORE_INDEX).any():
+            st = supervised_loss(out, labels)["loss"]
+            q = weight[labels != IGNORE_INDEX].mean()  # the images' confident shares
+            parts["loss_st"] = st.detach()
+            loss = loss + q * st
+        parts["quality"] = quality.mean()
+        return {"loss": loss, **parts}
+
+    return loss_fn
+
+
+def self_train(
+    global_model: str | Path,
+    client_paths: list[str | Path],
+    data: str,
+    out: str | Path,
+    config: SelfTrainConfig,
+    distill_config,
+    train_config,
+    *,
+    generated: str | None = None,
+    refiner: Refiner | None = None,
+    refine_name: str = "none",
+    on_error: str = "raise",
+    progress: bool = True,
+    on_step: Callable[[SegModel, int], None] | None = None,
+) -> dict[str, Any]:
+    """The self-training stage: the distilled ``global_model`` keeps learning on the server's
+    images (``data`` and ``generated``, unlabelled dataset specs) from its mean teacher, with the
+    ``client_paths`` teachers' combined targets (``distill_config``'s combination rule, no feature
+    term) as a fading term. Writes a checkpoint (its sidecar names the route
+    ``distill+selftrain``) and ``OUT/config.toml`` into ``out``."""
+    from feds2r.config import write_run_config
+    from feds2r.data import open_dataset
+    from feds2r.engine.checkpoint import load_checkpoint
+    from feds2r.engine.device import resolve_device
+    from feds2r.engine.train import check_resume, train
+    from feds2r.server.distill import image_sources, load_server_images
+    from feds2r.server.generators import generated_spec
+    from feds2r.server.teachers import TeacherEnsemble, sample_batches
+
+    if not client_paths:
+        raise Feds2rError("self-training needs the client models (their targets are a term)")
+    student, meta0 = load_checkpoint(global_model)
+    teachers = [load_checkpoint(p)[0] for p in client_paths]
+    generated = generated_spec(str(generated)) if generated else None
+    real = open_dataset(data, labels=False, on_error=on_error)
+    gen = open_dataset(generated, labels=False, on_error=on_error) if generated else None
+    identity = {
+        "global_model": str(global_model),
+        "clients": [str(p) for p in client_paths],
+        "server_data": image_sources(real, gen),
+        "selftrain": dataclasses.asdict(config),
+        "refine": refine_name,
+    }
+    check_resume(out, train_config, preset=student.preset.name, identity=identity)
+    write_run_config(
+        out,
+        {
+            "selftrain": {**dataclasses.asdict(config), "refine": refine_name},
+            "server": {
+                "global_model": str(global_model),
+                "clients": identity["clients"],
+                "data": str(data),
+                "generated": generated or "",
+            },  # fmt: skip
+            "distill": distill_config,
+            "train": train_config,
+        },
+    )
+    device = resolve_device(train_config.device)
+    cache = load_server_images(real, gen, train_config.height, progress=progress)
+    for t in teachers:
+        t.to(device).eval().requires_grad_(False)
+    batches = [b.to(device) for b in sample_batches(cache, 32)]
+    plain = dataclasses.replace(distill_config, feature_fusion=False)
+    ensemble = TeacherEnsemble.for_distillation(teachers, plain, batches, device=device)
+    maps, _ = ensemble.cache_targets(cache, device=device, progress=progress)
+    cache = cache.with_maps(maps)
+    del teachers, ensemble
+    student = student.to(device).train().requires_grad_(True)
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    done = [0]
+    loss_fn = make_selftrain_loss(
+        teacher,
+        config,
+        plain,
+        student.num_classes,
+        refiner=refiner,
+        step=lambda: done[0],
+    )
+
+    def hook(step: int) -> None:
+        done[0] = step
+        ema_update(teacher, student, config.ema)
+        if on_step is not None:
+            on_step(student, step)
+
+    info = {
+        "role": "server",
+        "route": "distill+selftrain",
+        "selftrain_config": {**dataclasses.asdict(config), "refine": refine_name},
+        "distilled_from": str(global_model),
+        "student_init": meta0.get("student_init"),
+        "clients": identity["clients"],
+        "server_data": identity["server_data"],
+    }
+    return train(
+        student,
+        loss_fn,
+        cache,
+        train_config,
+        out,
+        meta=info,
+        identity=identity,
+        progress=progress,
+        on_step=hook,
+    )
