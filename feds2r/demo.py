@@ -215,10 +215,13 @@ ROWS: tuple[Row, ...] = (
 METHODS = tuple(row.name for row in ROWS)
 
 SELFTRAIN_ROWS: tuple[Row, ...] = (
-    # FedS2R's model, then self-training on the server's images (not in the default table: two
-    # more trainings would take the default run past 15 minutes; `feds2r demo --self-train`)
-    Row("feds2r+st", "selftrain", {"feature_fusion": True}, selftrain={}, after="feds2r"),
-)
+    # FedS2R's model, then self-training on the server's images, with and without the refinement
+    # of its pseudo-labels (not in the default table: two more trainings would take the default
+    # run past 15 minutes; `feds2r demo --self-train`)
+    Row("feds2r+st", "selftrain", {"feature_fusion": True}, selftrain={"refine": "builtin"},
+        after="feds2r"),
+    Row("feds2r+st-no-refine", "selftrain", {"feature_fusion": True}, after="feds2r"),
+)  # fmt: skip
 ORACLE, LABEL_FREE = "best-client (oracle)", "client (label-free pick)"
 
 # the differences the report and docs/results.md claim, each with a paired bootstrap interval
@@ -234,6 +237,7 @@ COMPARISONS = (
     ("ensemble", ORACLE),
     ("feds2r+st", "feds2r"),
     ("feds2r+st", ORACLE),
+    ("feds2r+st", "feds2r+st-no-refine"),
 )
 
 

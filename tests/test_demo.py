@@ -65,7 +65,7 @@ def test_demo_end_to_end(tmp_path):
     assert [p[0] for p in curves["client:gta5-like"]] == [1, 2]
     rows = results["methods"]
     ran = [(a, b) for a, b in COMPARISONS if a in rows and b in rows]
-    assert len(ran) == len(COMPARISONS) - 2  # all but the two of the self-training row
+    assert len(ran) == len(COMPARISONS) - 3  # all but those of the self-training rows
     assert set(results["intervals"]) == {f"{a} - {b}" for a, b in ran}
     for r in results["intervals"].values():
         assert r["lo"] <= r["diff"] + 1e-9 and r["diff"] <= r["hi"] + 1e-9
@@ -121,9 +121,9 @@ def test_demo_runs_any_list_of_rows_including_self_training(tmp_path):
 
     rows = (next(r for r in ROWS if r.name == "feds2r"), *SELFTRAIN_ROWS)
     results = run_demo(TINY, tmp_path, seed=0, progress=False, rows=rows)
-    assert {"feds2r", "feds2r+st", ORACLE} <= set(results["methods"])
+    assert {"feds2r", "feds2r+st", "feds2r+st-no-refine", ORACLE} <= set(results["methods"])
     assert "feddf" not in results["methods"] and "ensemble" not in results["methods"]
     assert [p[0] for p in results["curves"]["feds2r+st"]] == [1, 2]
     assert {"distill:feds2r", "selftrain:feds2r+st"} <= set(results["timing_s"])
-    assert {"feds2r+st - feds2r", "feds2r - best-client (oracle)"} <= set(results["intervals"])
+    assert {"feds2r+st - feds2r", "feds2r+st - feds2r+st-no-refine"} <= set(results["intervals"])
     assert "feds2r - feddf" not in results["intervals"]  # only comparisons of rows that ran

@@ -66,7 +66,8 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--self-train",
         action="store_true",
-        help="add the row feds2r+st: FedS2R's model self-trained on the server's images "
-        "(a mean teacher, ClassMix; docs/method.md); about 2 more minutes with the default profile",
+        help="add the rows feds2r+st and feds2r+st-no-refine: FedS2R's model self-trained on "
+        "the server's images (a mean teacher, ClassMix; with and without pseudo-labels refined "
+        "by superpixels; docs/method.md); about 5 more minutes with the default profile",
     )
     add_quiet(p, None)

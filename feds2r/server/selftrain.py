@@ -52,9 +52,25 @@ class SelfTrainConfig:
     """Weight of the distillation term (the client teachers' combined targets) at step 0."""
     teacher_steps: int = 0
     """Steps over which that weight falls linearly to 0 (0: it stays at ``teacher_weight``)."""
+    refine: str = "none"
+    """Pseudo-labels refined with class-agnostic regions (CLOUDS): "builtin" (Felzenszwalb
+    superpixels, CPU), "watershed" (OpenCV), "sam" (Segment Anything from ``sam_dir``) or
+    "none" (per-pixel pseudo-labels); ``feds2r/server/refine.py``."""
+    refine_min_share: float = 0.5
+    """A region keeps its majority confident label only if those votes cover this share of it
+    (otherwise it is dropped)."""
+    sam_dir: str = ""
+    """With refine "sam": a local Segment Anything model folder (``save_pretrained`` layout)."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        from feds2r.server.refine import PROPOSERS
+
+        if self.refine != "none" and self.refine not in PROPOSERS:
+            valid = ", ".join(["none", *PROPOSERS])
+            raise ValueError(f"refine must be one of {valid}, not {self.refine!r}")
+        if not 0.0 <= self.refine_min_share <= 1.0:
+            raise ValueError("refine_min_share must be in [0, 1]")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 < self.threshold < 1.0:
@@ -182,7 +198,6 @@ def self_train(
     *,
     generated: str | None = None,
     refiner: Refiner | None = None,
-    refine_name: str = "none",
     on_error: str = "raise",
     progress: bool = True,
     on_step: Callable[[SegModel, int], None] | None = None,
@@ -191,7 +206,9 @@ def self_train(
     images (``data`` and ``generated``, unlabelled dataset specs) from its mean teacher, with the
     ``client_paths`` teachers' combined targets (``distill_config``'s combination rule, no feature
     term) as a fading term. Writes a checkpoint (its sidecar names the route
-    ``distill+selftrain``) and ``OUT/config.toml`` into ``out``."""
+    ``distill+selftrain``) and ``OUT/config.toml`` into ``out``. ``refiner``: a custom pseudo-label
+    refinement (default: the one ``config.refine`` names). A resumed run restarts its mean
+    teacher from the resumed student (the teacher is not part of the saved state)."""
     from feds2r.config import write_run_config
     from feds2r.data import open_dataset
     from feds2r.engine.checkpoint import load_checkpoint
@@ -203,6 +220,17 @@ def self_train(
 
     if not client_paths:
         raise Feds2rError("self-training needs the client models (their targets are a term)")
+    if refiner is None and config.refine != "none":
+        from feds2r.server.refine import RegionRefiner, make_proposer
+
+        options = {"model_dir": config.sam_dir} if config.refine == "sam" else {}
+        if config.refine == "sam":
+            options["device"] = train_config.device
+        refiner = RegionRefiner(
+            make_proposer(config.refine, **options),
+            threshold=config.threshold,
+            min_share=config.refine_min_share,
+        )
     student, meta0 = load_checkpoint(global_model)
     teachers = [load_checkpoint(p)[0] for p in client_paths]
     generated = generated_spec(str(generated)) if generated else None
@@ -213,13 +241,12 @@ def self_train(
         "clients": [str(p) for p in client_paths],
         "server_data": image_sources(real, gen),
         "selftrain": dataclasses.asdict(config),
-        "refine": refine_name,
     }
     check_resume(out, train_config, preset=student.preset.name, identity=identity)
     write_run_config(
         out,
         {
-            "selftrain": {**dataclasses.asdict(config), "refine": refine_name},
+            "selftrain": config,
             "server": {
                 "global_model": str(global_model),
                 "clients": identity["clients"],
@@ -261,7 +288,7 @@ def self_train(
     info = {
         "role": "server",
         "route": "distill+selftrain",
-        "selftrain_config": {**dataclasses.asdict(config), "refine": refine_name},
+        "selftrain_config": dataclasses.asdict(config),
         "distilled_from": str(global_model),
         "student_init": meta0.get("student_init"),
         "clients": identity["clients"],

@@ -58,6 +58,8 @@ def test_the_distillation_term_fades_linearly():
         SelfTrainConfig(ema=1.0)
     with pytest.raises(TypeError, match="threshold"):
         SelfTrainConfig(threshold="high")
+    with pytest.raises(ValueError, match="refine must be one of none, builtin"):
+        SelfTrainConfig(refine="magic")
 
 
 @pytest.mark.slow
@@ -78,7 +80,7 @@ def test_self_train_end_to_end(tmp_path):
     save_checkpoint(create_model("m2f-cpu"), tmp_path / "global", meta={"role": "server"})
     recipe = TrainConfig(steps=2, batch_size=2, height=32, crop=(32, 64), warmup_steps=1)
     # a low threshold so that the random models' pseudo-labels count
-    cfg = SelfTrainConfig(threshold=0.05, teacher_steps=2)
+    cfg = SelfTrainConfig(threshold=0.05, teacher_steps=2, refine="builtin")
     seen = []
     self_train(
         tmp_path / "global",
@@ -94,6 +96,7 @@ def test_self_train_end_to_end(tmp_path):
     assert seen == [1, 2]
     model, meta = load_checkpoint(tmp_path / "st")
     assert meta["route"] == "distill+selftrain" and meta["selftrain_config"]["threshold"] == 0.05
+    assert meta["selftrain_config"]["refine"] == "builtin"
     lines = (tmp_path / "st" / "train_log.jsonl").read_text().splitlines()
     log = [json.loads(line) for line in lines]
     assert "loss_st" in log[-1] and "loss_kd" in log[0]
