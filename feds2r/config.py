@@ -574,6 +574,7 @@ def reference_classes() -> list[type]:
     from feds2r.server.distill import DistillConfig, DistillInputs
     from feds2r.server.inconsistency import UnstableRule
     from feds2r.server.pipeline import GenerationConfig, ServerConfig
+    from feds2r.server.selftrain import SelfTrainConfig
 
     return [
         TrainConfig,
@@ -583,6 +584,7 @@ def reference_classes() -> list[type]:
         GenerationConfig,
         DistillConfig,
         DistillInputs,
+        SelfTrainConfig,
         FederationConfig,
         PretrainConfig,
         Profile,
