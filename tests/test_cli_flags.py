@@ -25,7 +25,7 @@ def test_flags_take_type_default_and_help_from_the_field():
     )
     text = p.format_help()
     assert "--steps STEPS" in text and "optimizer steps (default 1000)" in text
-    assert "crop (default 128x256)" in text and "batch size (default 8)" in text
+    assert "crop (default 128x256)" in text and "images per step (default 8)" in text
     args = p.parse_args(["--steps", "5", "--crop", "64x128"])
     given = {k: v for k, v in vars(args).items() if k.startswith("train.")}
     assert given == {"train.steps": 5, "train.crop": (64, 128), "train.batch_size": None}
