@@ -317,6 +317,12 @@ class DemoRun:
     generated_spec: str | None = None
     _pooled: ResizedCache | None = None
 
+    def distill_config(self, row: Row) -> DistillConfig:
+        """The profile's DistillConfig with the row's fields, for a student of the profile's
+        preset."""
+        fields = {**dataclasses.asdict(self.profile.server.distill), **row.distill}
+        return DistillConfig(**{**fields, "student": self.profile.preset})
+
     def pooled(self) -> ResizedCache:
         """All clients' labelled data together (the upper bounds'), loaded once."""
         if self._pooled is None:
@@ -339,12 +345,11 @@ def _fedavg_row(row: Row, run: DemoRun) -> None:
 
 
 def _distill_row(row: Row, run: DemoRun) -> None:
-    config = DistillConfig(**{**dataclasses.asdict(run.profile.server.distill), **row.distill})
     run_distill(
         list(run.clients.values()),
         run.server_spec,
         run.out / row.name,
-        dataclasses.replace(config, student=run.profile.preset),
+        run.distill_config(row),
         run.distill_recipe,
         generated=run.generated_spec if row.generated else None,
         inconsistency=run.inconsistency,
@@ -356,14 +361,13 @@ def _distill_row(row: Row, run: DemoRun) -> None:
 def _selftrain_row(row: Row, run: DemoRun) -> None:
     from feds2r.server.selftrain import SelfTrainConfig, self_train
 
-    config = DistillConfig(**{**dataclasses.asdict(run.profile.server.distill), **row.distill})
     self_train(
         run.out / row.after,
         list(run.clients.values()),
         run.server_spec,
         run.out / row.name,
         SelfTrainConfig(**row.selftrain),
-        dataclasses.replace(config, student=run.profile.preset),
+        run.distill_config(row),
         run.distill_recipe,
         generated=run.generated_spec if row.generated else None,
         progress=run.progress,

@@ -368,16 +368,14 @@ def run_distill(
     recipe) once a resume of ``out``, if any, is known to be this run's.
     """
     from feds2r.config import write_run_config
-    from feds2r.data import open_dataset
     from feds2r.engine.checkpoint import load_checkpoint
     from feds2r.engine.train import check_resume
-    from feds2r.server.generators import generated_spec
     from feds2r.server.inconsistency import load_inconsistency
 
     if not client_paths:
         raise Feds2rError("distillation needs at least one client model")
     teachers = [load_checkpoint(p)[0] for p in client_paths]
-    generated = generated_spec(str(generated)) if generated else None
+    real, gen, generated = open_server_images(data, generated, on_error)
     report, report_path = inconsistency, ""
     if isinstance(inconsistency, str | Path):
         report, report_path = load_inconsistency(inconsistency), str(inconsistency)
@@ -389,8 +387,6 @@ def run_distill(
                 "(feds2r server inconsistency) for these clients"
             )
         weights = agreement_weights(report["agreement"])
-    real = open_dataset(data, labels=False, on_error=on_error)
-    gen = open_dataset(generated, labels=False, on_error=on_error) if generated else None
     sources = image_sources(real, gen)
     meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
     check_resume(out, train_config, preset=config.student, identity=_identity(meta, config))
@@ -413,6 +409,19 @@ def run_distill(
         progress=progress,
         on_step=on_step,
     )
+
+
+def open_server_images(data: str, generated: str | None, on_error: str = "raise"):
+    """The server's unlabelled real images ``data`` and generated images (a spec, or a folder
+    written by ``feds2r server augment``; None: none) as opened datasets, and the generated
+    images' spec: ``(real, generated or None, spec or None)``. Labels are never read."""
+    from feds2r.data import open_dataset
+    from feds2r.server.generators import generated_spec
+
+    spec = generated_spec(str(generated)) if generated else None
+    real = open_dataset(data, labels=False, on_error=on_error)
+    gen = open_dataset(spec, labels=False, on_error=on_error) if spec else None
+    return real, gen, spec
 
 
 def image_sources(real, generated=None) -> dict[str, Any]:

@@ -103,10 +103,6 @@ class ServerConfig:
     height at which stage 1 runs the clients."""
 
 
-ServerPipelineConfig = ServerConfig
-"""The name this config had before it was split into stage sections."""
-
-
 @dataclass(frozen=True)
 class GeneratedImages:
     """What stage 2 wrote: an unlabelled dataset of generated images."""

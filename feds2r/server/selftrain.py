@@ -212,12 +212,10 @@ def self_train(
     refinement (default: the one ``config.refine`` names). A resumed run restarts its mean
     teacher from the resumed student (the teacher is not part of the saved state)."""
     from feds2r.config import write_run_config
-    from feds2r.data import open_dataset
     from feds2r.engine.checkpoint import load_checkpoint
     from feds2r.engine.device import resolve_device
     from feds2r.engine.train import check_resume, train
-    from feds2r.server.distill import image_sources, load_server_images
-    from feds2r.server.generators import generated_spec
+    from feds2r.server.distill import image_sources, load_server_images, open_server_images
     from feds2r.server.teachers import TeacherEnsemble, sample_batches
 
     if not client_paths:
@@ -235,9 +233,7 @@ def self_train(
         )
     student, meta0 = load_checkpoint(global_model)
     teachers = [load_checkpoint(p)[0] for p in client_paths]
-    generated = generated_spec(str(generated)) if generated else None
-    real = open_dataset(data, labels=False, on_error=on_error)
-    gen = open_dataset(generated, labels=False, on_error=on_error) if generated else None
+    real, gen, generated = open_server_images(data, generated, on_error)
     identity = {
         "global_model": str(global_model),
         "clients": [str(p) for p in client_paths],

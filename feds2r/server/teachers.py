@@ -219,26 +219,9 @@ class TeacherEnsemble:
             feature_ref=feature_ref,
         )
 
-    def __len__(self) -> int:
-        return len(self.teachers)
-
     @property
     def num_classes(self) -> int:
         return self.teachers[0].num_classes
-
-    def to(self, device) -> TeacherEnsemble:
-        for t in self.teachers:
-            t.to(device)
-        return self
-
-    def describe(self) -> dict[str, Any]:
-        """What the checkpoint's sidecar records about the ensemble."""
-        return {
-            "teachers": len(self.teachers),
-            "fusion": "none" if not self.fusion else ("aligned" if self.aligner else "raw"),
-            "weighted": self.weights is not None,
-            "majority_fallback": None if self.fallback is None else f"client {self.fallback}",
-        }
 
     @torch.no_grad()
     def outputs(self, images: Tensor) -> tuple[list[Any], list[Tensor] | None]:
@@ -290,10 +273,6 @@ class TeacherEnsemble:
         """The combined prediction (B, K, H, W) at ``size`` (default: the input size), so that
         the ensemble evaluates like one model (:func:`feds2r.engine.evaluate.evaluate`)."""
         return self.combine(self.probs(images, size or tuple(images.shape[-2:])))
-
-    def agreement(self, batches: list[Tensor], others: Sequence[SegModel] = ()) -> list[float]:
-        """:func:`ensemble_agreement` of these teachers (then ``others``) on ``batches``."""
-        return ensemble_agreement(self.teachers, batches, others)
 
     @torch.no_grad()
     def cache_targets(
