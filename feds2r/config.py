@@ -573,7 +573,8 @@ def reference_classes() -> list[type]:
     from feds2r.pretrain import PretrainConfig
     from feds2r.server.distill import DistillConfig, DistillInputs
     from feds2r.server.inconsistency import UnstableRule
-    from feds2r.server.pipeline import GenerationConfig, ServerConfig
+    from feds2r.server.lite import LiteConfig
+    from feds2r.server.pipeline import GenerationConfig, ServerConfig, StageInputs
     from feds2r.server.selftrain import SelfTrainConfig
 
     return [
@@ -585,6 +586,8 @@ def reference_classes() -> list[type]:
         DistillConfig,
         DistillInputs,
         SelfTrainConfig,
+        LiteConfig,
+        StageInputs,
         FederationConfig,
         PretrainConfig,
         Profile,

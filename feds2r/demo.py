@@ -183,8 +183,10 @@ class Row:
     distillation stage with ``distill``'s DistillConfig fields, on the real server images plus the
     generated ones when ``generated``), "selftrain" (the self-training stage with ``selftrain``'s
     SelfTrainConfig fields, from the model of the row ``after``, for the distillation recipe's
-    steps) or "supervised" (one model on all clients' labelled data, ``budget`` times a client's
-    steps: an upper bound no federation can reach).
+    steps), "lite" (the lightweight stage with ``lite``'s LiteConfig fields, through the large
+    student of the row ``after``: :mod:`feds2r.server.lite`) or "supervised" (one model on all
+    clients' labelled data, ``budget`` times a client's steps: an upper bound no federation can
+    reach).
     """
 
     name: str
@@ -194,6 +196,7 @@ class Row:
     budget: int = 1
     selftrain: Mapping[str, Any] = field(default_factory=dict)
     after: str = ""
+    lite: Mapping[str, Any] = field(default_factory=dict)
 
 
 ROWS: tuple[Row, ...] = (
@@ -222,6 +225,15 @@ SELFTRAIN_ROWS: tuple[Row, ...] = (
         after="feds2r"),
     Row("feds2r+st-no-refine", "selftrain", {"feature_fusion": True}, after="feds2r"),
 )  # fmt: skip
+LITE_ROWS: tuple[Row, ...] = (
+    # a lightweight global model (segformer-cpu: 0.41x the parameters of m2f-cpu), through
+    # FedS2R's model as the large student (DUDA), and distilled straight from the teachers as the
+    # reference; same steps, same teachers' targets (`feds2r demo --lite`)
+    Row("feds2r-lite", "lite", {"feature_fusion": True}, lite={"student": "segformer-cpu"},
+        after="feds2r"),
+    Row("direct-lite", "distill",
+        {"feature_fusion": True, "student": "segformer-cpu", "init": "pretrained", "kd": "pixel"}),
+)  # fmt: skip
 ORACLE, LABEL_FREE = "best-client (oracle)", "client (label-free pick)"
 
 # the differences the report and docs/results.md claim, each with a paired bootstrap interval
@@ -238,6 +250,8 @@ COMPARISONS = (
     ("feds2r+st", "feds2r"),
     ("feds2r+st", ORACLE),
     ("feds2r+st", "feds2r+st-no-refine"),
+    ("feds2r-lite", "feds2r"),
+    ("feds2r-lite", "direct-lite"),
 )
 
 
@@ -311,6 +325,7 @@ class DemoRun:
     distill_recipe: TrainConfig
     curves: DevCurves
     progress: bool
+    pretrained: bool = True
     clients: dict[str, Path] = field(default_factory=dict)
     server_spec: str = ""
     inconsistency: dict[str, Any] = field(default_factory=dict)
@@ -319,9 +334,15 @@ class DemoRun:
 
     def distill_config(self, row: Row) -> DistillConfig:
         """The profile's DistillConfig with the row's fields, for a student of the profile's
-        preset."""
-        fields = {**dataclasses.asdict(self.profile.server.distill), **row.distill}
-        return DistillConfig(**{**fields, "student": self.profile.preset})
+        preset unless the row names another."""
+        fields = {
+            **dataclasses.asdict(self.profile.server.distill),
+            "student": self.profile.preset,
+            **row.distill,
+        }
+        if fields["init"] == "pretrained" and not self.pretrained:  # --no-pretrained: all random
+            fields["init"] = "scratch"
+        return DistillConfig(**fields)
 
     def pooled(self) -> ResizedCache:
         """All clients' labelled data together (the upper bounds'), loaded once."""
@@ -375,6 +396,23 @@ def _selftrain_row(row: Row, run: DemoRun) -> None:
     )
 
 
+def _lite_row(row: Row, run: DemoRun) -> None:
+    from feds2r.server.lite import LiteConfig, distill_lite
+
+    distill_lite(
+        run.out / row.after,
+        list(run.clients.values()),
+        run.server_spec,
+        run.out / row.name,
+        LiteConfig(**{"pretrained": run.pretrained, **row.lite}),
+        run.distill_config(row),
+        run.distill_recipe,
+        generated=run.generated_spec if row.generated else None,
+        progress=run.progress,
+        on_step=run.curves.hook(row.name),
+    )
+
+
 def _supervised_row(row: Row, run: DemoRun) -> None:
     model, _ = load_checkpoint(run.out / "init")
     model = model.train().requires_grad_(True)
@@ -396,6 +434,7 @@ ROW_KINDS: dict[str, Callable[[Row, DemoRun], None] | None] = {
     "ensemble": None,  # evaluated from the clients' models at test time
     "distill": _distill_row,
     "selftrain": _selftrain_row,
+    "lite": _lite_row,
     "supervised": _supervised_row,
 }
 
@@ -404,6 +443,7 @@ STAGE_NAMES = {
     "fedavg": "fedavg",
     "distill": "distill:{name}",
     "selftrain": "selftrain:{name}",
+    "lite": "lite:{name}",
     "supervised": "upper_bound",
 }
 """The timing key of each row kind's stage in ``results.json`` (rows of one kind without a
@@ -412,7 +452,7 @@ STAGE_NAMES = {
 
 def _row_steps(row: Row, clients: TrainConfig, distill: TrainConfig) -> int | None:
     """The training steps of a row's learning curve (None: the row trains nothing)."""
-    if row.kind in ("distill", "selftrain"):
+    if row.kind in ("distill", "selftrain", "lite"):
         return distill.steps
     if row.kind == "supervised":
         return clients.steps * row.budget
@@ -489,13 +529,16 @@ def run_demo(
         yield
         timing[name] = round(timing.get(name, 0.0) + time.perf_counter() - begin, 2)
 
+    # a finished training found in OUT is reused (the training loop resumes it), so its curve
+    # is not drawn again: it is carried over from the previous results.json of OUT
+    previous_curves = _previous_curves(out / "results.json")
     with stage("world"):
         build_world(world, profile.world, progress)
     dev = open_dataset(world_spec(world, "cityscapes-like", "dev"))
     steps = {f"client:{d}": tcfg.steps for d in SYNTHETIC_DOMAINS}
     steps |= {r.name: s for r in rows if (s := _row_steps(r, tcfg, dcfg_train)) is not None}
     curves = DevCurves(dev, tcfg.height, profile.curve_every, steps)
-    run = DemoRun(out, world, profile, tcfg, dcfg_train, curves, progress)
+    run = DemoRun(out, world, profile, tcfg, dcfg_train, curves, progress, pretrained)
     with stage("initial_model"):
         torch.manual_seed(seed)
         init = create_model(profile.preset, backbone_weights=PUBLIC if pretrained else None)
@@ -561,6 +604,7 @@ def run_demo(
     methods: dict[str, Any] = {}
     confusion: dict[str, list[np.ndarray]] = {}
     kinds = {r.name: r.kind for r in rows}
+    speeds: dict[str, float] = {}
     with stage("evaluation"):
         for name, model in models.items():
             row_out: dict[str, Any] = {"miou": {}, "per_class": {}}
@@ -572,6 +616,13 @@ def run_demo(
                 confusion[name].append(r["per_image_confusion"])
             row_out["mean"] = float(np.mean(list(row_out["miou"].values())))
             row_out["dev"] = evaluate(model, dev, height=tcfg.height, progress=False)["miou"]
+            row_out["parameters"] = parameter_count(model)
+            if isinstance(model, torch.nn.Module):
+                preset = model.preset.name
+                if preset not in speeds:
+                    speeds[preset] = inference_speed(model, tests, tcfg.height)
+                row_out["preset"] = preset
+                row_out["inference_img_s"] = speeds[preset]
             if name.startswith("client:"):
                 row_out["checkpoint"] = str(run.clients[name.split(":")[1]])
             else:
@@ -611,7 +662,9 @@ def run_demo(
         "methods": methods,
         "intervals": intervals,
         "premise": premise,
-        "curves": curves.curves,
+        "curves": {
+            k: v for k, v in merge_curves(previous_curves, curves.curves).items() if k in steps
+        },
         "unstable_classes": inc.unstable,
         "inconsistency": inc.scores,
         "generated": gen.to_dict(),
@@ -626,6 +679,58 @@ def run_demo(
     results["timing_s"]["total"] = round(sum(v for k, v in timing.items()), 2)
     write_atomic(out / "results.json", json.dumps(results, indent=2).encode())
     return results
+
+
+def _previous_curves(path: Path) -> dict[str, list[list[float]]]:
+    """The learning curves of an earlier run into the same OUT ({} if none can be read)."""
+    try:
+        curves = json.loads(path.read_text()).get("curves", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return curves if isinstance(curves, dict) else {}
+
+
+def merge_curves(
+    before: Mapping[str, list[list[float]]], now: Mapping[str, list[list[float]]]
+) -> dict[str, list[list[float]]]:
+    """Each run's curve: the points drawn now, after the earlier run's points before them.
+
+    A finished run that was reused draws no point (its earlier curve is kept whole); a run resumed
+    from a stopped state draws from its resume step on (earlier points before it are kept); a run
+    trained anew draws all of its points again (every earlier point is replaced)."""
+    merged = {name: list(points) for name, points in before.items()}
+    for name, points in now.items():
+        first = min((p[0] for p in points), default=float("inf"))
+        merged[name] = [p for p in merged.get(name, []) if p[0] < first] + list(points)
+    return merged
+
+
+def parameter_count(model) -> int:
+    """Parameters of a model, or of all teachers of an ensemble."""
+    if isinstance(model, TeacherEnsemble):
+        return sum(parameter_count(t) for t in model.teachers)
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def inference_speed(model, tests: Mapping[str, Any], height: int, repeats: int = 5) -> float:
+    """Median images per second of ``model`` on one batch of 8 test images at ``height`` (after
+    a warm-up), over ``repeats`` timings: a figure beside the mIoU; ``scripts/bench_models.py``
+    is the benchmark."""
+    from feds2r.engine.evaluate import resize_images
+
+    ds = next(iter(tests.values()))
+    images = resize_images(torch.stack([ds[i]["image"] for i in range(min(8, len(ds)))]), height)
+    was = model.training
+    model.eval()
+    model(images)
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        model(images)
+        times.append(time.perf_counter() - begin)
+    model.train(was)
+    return round(len(images) / float(np.median(times)), 1)
 
 
 def classes_above(row: dict, threshold: float) -> int:

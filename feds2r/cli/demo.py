@@ -16,12 +16,13 @@ def demo(
     world: Path | None,
     pretrained: bool,
     self_train: bool,
+    lite: bool,
     progress: bool,
 ) -> int:
     """Run the demo ``profile`` into ``out`` and print its table."""
-    from feds2r.demo import ROWS, SELFTRAIN_ROWS, results_table, run_demo
+    from feds2r.demo import LITE_ROWS, ROWS, SELFTRAIN_ROWS, results_table, run_demo
 
-    rows = ROWS + SELFTRAIN_ROWS if self_train else ROWS
+    rows = ROWS + (SELFTRAIN_ROWS if self_train else ()) + (LITE_ROWS if lite else ())
     results = run_demo(
         profile, out, seed=seed, world=world, progress=progress, pretrained=pretrained, rows=rows
     )
@@ -43,7 +44,9 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "images, distillation with feature fusion) and the baselines, and evaluate everything "
         "on the five real-like test domains. Writes OUT/results.json, OUT/report.md (table, "
         "per-class IoU, inconsistency chart, sample predictions), every checkpoint and "
-        "OUT/config.toml. Profiles: quick (a smoke test, about 2 minutes), default (about 15 "
+        "OUT/config.toml. Running again into the same OUT reuses every finished training (same "
+        "config and inputs) and trains only what is new, e.g. rows added with --self-train or "
+        "--lite. Profiles: quick (a smoke test, about 2 minutes), default (about 15 "
         "minutes on 2 CPU cores), full (larger world and budgets).",
         epilog=textwrap.dedent("""\
             examples:
@@ -51,6 +54,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
               feds2r demo --profile quick --out /tmp/demo-quick
               feds2r demo --profile default --seed 1 --out runs/demo-s1 --world runs/demo/world
               feds2r demo --self-train --out runs/demo-st
+              feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
             """),
     )
     p.add_argument("--profile", default="default", choices=("quick", "default", "full"))
@@ -69,5 +73,12 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         help="add the rows feds2r+st and feds2r+st-no-refine: FedS2R's model self-trained on "
         "the server's images (a mean teacher, ClassMix; with and without pseudo-labels refined "
         "by superpixels; docs/method.md); about 5 more minutes with the default profile",
+    )
+    p.add_argument(
+        "--lite",
+        action="store_true",
+        help="add the rows feds2r-lite (a segformer-cpu global model distilled through FedS2R's "
+        "model as a large student, DUDA) and direct-lite (the same preset distilled straight from "
+        "the clients); about 2 more minutes with the default profile",
     )
     add_quiet(p, None)

@@ -27,6 +27,9 @@ FEDERATION_FLAGS = {
     "connect-timeout": "seconds to wait for SuperNodes",
     "client-timeout": "seconds to wait for replies",
     "crop": "training crop HxW",
+    "route": "the server's stages: distill, distill+selftrain, distill+lite or "
+    "distill+selftrain+lite",
+    "lite-preset": "preset of the lightweight global model (routes with lite)",
 }
 """The settings flags of ``federate local`` and ``federate app``: flat run-config names
 (:data:`~feds2r.federation.protocol.RUN_CONFIG_ALIASES` and FederationConfig's own fields), each

@@ -1,7 +1,9 @@
-"""``feds2r server inconsistency | augment | distill``: the server's stages, one command each.
+"""``feds2r server inconsistency | augment | distill | self-train | lite``: the server's stages,
+one command each.
 
 Each command is a thin call of its stage function (:mod:`feds2r.server.pipeline`,
-:func:`feds2r.server.distill.run_distill`), which writes the stage's outputs and config.
+:func:`feds2r.server.distill.run_distill`, :func:`feds2r.server.selftrain.self_train`,
+:func:`feds2r.server.lite.distill_lite`), which writes the stage's outputs and config.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ if TYPE_CHECKING:  # imported where the flags are built: `feds2r --help` loads n
     from feds2r.engine.train import TrainConfig
     from feds2r.server.distill import DistillConfig, DistillInputs
     from feds2r.server.inconsistency import UnstableRule
-    from feds2r.server.pipeline import GenerationConfig
+    from feds2r.server.lite import LiteConfig
+    from feds2r.server.pipeline import GenerationConfig, StageInputs
+    from feds2r.server.selftrain import SelfTrainConfig
 
 
 def server_inconsistency(
@@ -130,6 +134,75 @@ def server_distill(
     return 0
 
 
+def _stage_inputs(server: StageInputs, what: str, command: str) -> None:
+    require(
+        server.model and server.clients and server.data,
+        f"server {command}: give --{what}, --clients and --data (or model, clients and data in "
+        "[server])",
+    )
+
+
+def server_self_train(
+    out: str,
+    server: StageInputs,
+    selftrain: SelfTrainConfig,
+    distill: DistillConfig,
+    train: TrainConfig,
+    on_error: str,
+    progress: bool,
+) -> int:
+    """Stage 4: the distilled global model ``server.model`` self-trained into ``out``."""
+    from feds2r.server.selftrain import self_train
+
+    _stage_inputs(server, "model", "self-train")
+    summary = self_train(
+        server.model,
+        list(server.clients),
+        server.data,
+        out,
+        selftrain,
+        distill,
+        train,
+        generated=server.generated or None,
+        on_error=on_error,
+        progress=progress,
+    )
+    print(f"self-trained {server.model} in {summary['seconds']:.0f} s; global model: {out}")
+    return 0
+
+
+def server_lite(
+    out: str,
+    server: StageInputs,
+    lite: LiteConfig,
+    distill: DistillConfig,
+    train: TrainConfig,
+    on_error: str,
+    progress: bool,
+) -> int:
+    """The lightweight route: a ``lite.student`` model distilled through ``server.model``."""
+    from feds2r.server.lite import distill_lite
+
+    _stage_inputs(server, "bridge", "lite")
+    summary = distill_lite(
+        server.model,
+        list(server.clients),
+        server.data,
+        out,
+        lite,
+        distill,
+        train,
+        generated=server.generated or None,
+        on_error=on_error,
+        progress=progress,
+    )
+    print(
+        f"distilled a {lite.student} through {server.model} in {summary['seconds']:.0f} s; "
+        f"lightweight global model: {out}"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- parsers
 
 
@@ -144,7 +217,7 @@ def augment_defaults() -> GenerationConfig:
 def add_server_commands(sub: argparse._SubParsersAction) -> None:
     server = sub.add_parser(
         "server",
-        help="server side: inconsistency, augmentation",
+        help="server side: inconsistency, augmentation, distillation, self-training, lite",
         description="Server-side commands of FedS2R.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -212,6 +285,54 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
               feds2r server distill --clients runs/gta5 runs/synthia runs/synscapes \\
                   --data cityscapes:data/world/cityscapes-like?split=train --kd pixel \\
                   --combine mean --out runs/feddf
+              feds2r server distill --clients runs/gta5 runs/synthia runs/synscapes \\
+                  --data cityscapes:data/world/cityscapes-like?split=train \\
+                  --student-preset segformer-cpu --out runs/direct-lite
+            """),
+    )
+    command(
+        server_sub,
+        "self-train",
+        server_self_train,
+        flags=_self_train_flags,
+        help="self-train the distilled global model on the server's images",
+        description="Self-training after distillation (CLOUDS' recipe, with DACS/DAFormer "
+        "values): a mean teacher (EMA of the student) pseudo-labels the server's real and "
+        "generated images, the student learns them on ClassMix views with a confidence "
+        "weight, optionally refined with class-agnostic regions (--refine builtin | "
+        "watershed | sam), and the clients' combined targets remain a term. Settings: a TOML "
+        "with [server], [selftrain], [distill] and [train] tables (--config; its own "
+        "config.toml is one), overridden by flags. See docs/method.md.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r server self-train --model runs/global \\
+                  --clients runs/gta5 runs/synthia runs/synscapes \\
+                  --data cityscapes:data/world/cityscapes-like?split=train \\
+                  --generated runs/generated --refine builtin --out runs/global-st
+              feds2r server self-train --model runs/global --clients runs/gta5 runs/synthia \\
+                  --data cityscapes:data/cs?split=train --refine sam --sam-dir /models/sam \\
+                  --device cuda --out runs/global-st-sam
+            """),
+    )
+    command(
+        server_sub,
+        "lite",
+        server_lite,
+        flags=_lite_flags,
+        help="distil a lightweight global model through the large one (DUDA)",
+        description="The lightweight route (DUDA's ideas): a small preset (--student-preset, "
+        "default segformer-cpu) learns first the large global model's predictions alone "
+        "(--bridge; pre-adaptation), then a mix of them and the clients' combined targets, "
+        "each pixel weighted by how much the two models disagree on its class. Settings: a "
+        "TOML with [server], [lite], [distill] and [train] tables (--config), overridden by "
+        "flags. The checkpoint's model.json names the route and its bridge. See "
+        "docs/method.md.",
+        epilog=textwrap.dedent("""\
+            examples:
+              feds2r server lite --bridge runs/global \\
+                  --clients runs/gta5 runs/synthia runs/synscapes \\
+                  --data cityscapes:data/world/cityscapes-like?split=train \\
+                  --generated runs/generated --student-preset segformer-cpu --out runs/lite
             """),
     )
 
@@ -287,8 +408,11 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
         "data": "the server's real images (labels unused; or data in [server])",
         "generated": "generated images: a spec or a `server augment` folder",
         "inconsistency": "inconsistency report (for --inconsistency-weighted)",
+        "student": "preset of the global model (another than the clients', e.g. segformer-cpu, "
+        "makes a lightweight model straight from the teachers)",
         "init": "student initialisation (default auto: FedAvg, or the client closest to the "
-        "teachers' ensemble when FedAvg agrees less with it)",
+        "teachers' ensemble when FedAvg agrees less with it; for another preset, its shipped "
+        "pretrained backbone)",
         "kd": "distillation objective",
         "class_targets": "class label of each mask target",
         "combine": "teachers' target: majority (default; their mean where most agree, elsewhere "
@@ -308,6 +432,7 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
         DistillConfig,
         ("student", "init", "kd", "class_targets", "combine", "pixel_weight"),
         help=words,
+        rename={"student": "student_preset"},
         choices={
             "init": INITS,
             "kd": ("mask", "pixel"),
@@ -315,6 +440,7 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
             "combine": COMBINES,
         },
     )
+    p.add_argument("--student", dest="distill.student", default=None, help=argparse.SUPPRESS)
     fusion = p.add_mutually_exclusive_group()
     add_switch(
         fusion,
@@ -357,3 +483,116 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
         ("steps", "batch_size", "lr", "warmup_steps", "seed", "height", "crop", "device"),
     )
     add_quiet(p, None)
+
+
+def _later_stage_inputs(p: argparse.ArgumentParser, model_flag: str, model_help: str) -> None:
+    from feds2r.server.pipeline import StageInputs
+
+    words = {
+        "model": model_help,
+        "clients": "client checkpoints (or clients in [server])",
+        "data": "the server's real images (labels unused; or data in [server])",
+        "generated": "generated images: a spec or a `server augment` folder",
+    }
+    add_config_flags(
+        p,
+        "server",
+        StageInputs,
+        ("model", "clients", "data", "generated"),
+        help=words,
+        rename={"model": model_flag},
+        extra={"clients": {"nargs": "+"}},
+    )
+    p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
+
+
+def _teacher_flags(p: argparse.ArgumentParser) -> None:
+    """How the clients' targets are combined: as in `server distill`."""
+    from feds2r.server.distill import COMBINES, DistillConfig
+
+    add_config_flags(
+        p,
+        "distill",
+        DistillConfig,
+        ("combine",),
+        help={"combine": "teachers' target: majority (default) or mean"},
+        choices={"combine": COMBINES},
+    )
+    add_switch(
+        p,
+        "--fusion",
+        "distill",
+        "feature_fusion",
+        True,
+        "combine the teachers from fused features (as the FedS2R distillation may)",
+    )
+
+
+def _stage_tail(p: argparse.ArgumentParser, section: str, cls: type) -> None:
+    from feds2r.engine.train import TrainConfig
+    from feds2r.server.distill import DistillConfig
+    from feds2r.server.pipeline import StageInputs
+
+    add_skip_bad(p, "leave unreadable images out")
+    add_config_file(
+        p,
+        {"server": StageInputs, section: cls, "distill": DistillConfig, "train": TrainConfig},
+        help=f"TOML with [server], [{section}], [distill] and [train] tables (e.g. its "
+        "config.toml)",
+    )
+    add_recipe_flags(
+        p,
+        "train",
+        ("steps", "batch_size", "lr", "warmup_steps", "seed", "height", "crop", "device"),
+    )
+    add_quiet(p, None)
+
+
+def _self_train_flags(p: argparse.ArgumentParser) -> None:
+    from feds2r.server.refine import PROPOSERS
+    from feds2r.server.selftrain import SelfTrainConfig
+
+    _later_stage_inputs(p, "model", "the distilled global model (or model in [server])")
+    add_config_flags(
+        p,
+        "selftrain",
+        SelfTrainConfig,
+        ("ema", "threshold", "teacher_weight", "teacher_steps", "refine", "refine_min_share",
+         "sam_dir"),
+        choices={"refine": ("none", *PROPOSERS)},
+    )  # fmt: skip
+    add_switch(p, "--no-classmix", "selftrain", "classmix", False, "no ClassMix views")
+    _teacher_flags(p)
+    _stage_tail(p, "selftrain", SelfTrainConfig)
+
+
+def _lite_flags(p: argparse.ArgumentParser) -> None:
+    from feds2r.server.lite import LiteConfig
+
+    _later_stage_inputs(p, "bridge", "the large global model to learn through (or model in "
+                        "[server])")  # fmt: skip
+    add_config_flags(
+        p,
+        "lite",
+        LiteConfig,
+        ("student", "pre_fraction", "bridge_weight", "temperature"),
+        rename={"student": "student_preset"},
+    )
+    add_switch(
+        p,
+        "--no-inconsistency-weighting",
+        "lite",
+        "inconsistency_weighting",
+        False,
+        "no class weighting after the pre-adaptation",
+    )
+    add_switch(
+        p,
+        "--no-pretrained",
+        "lite",
+        "pretrained",
+        False,
+        "start the small model from random weights instead of its shipped backbone",
+    )
+    _teacher_flags(p)
+    _stage_tail(p, "lite", LiteConfig)

@@ -223,6 +223,8 @@ RUN_CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
     "warmup-steps": _both("warmup-steps"),
     "seed": (*_both("seed"), "server.generation.seed"),
     "generated-images": ("server.generation.images",),
+    "route": ("server.route",),
+    "lite-preset": ("server.lite.student",),
 }
 """The flat run-config names of earlier versions (and the ``feds2r federate`` flags), each with
 the keys it sets: one value for the clients' recipe and the distillation's where both have the

@@ -118,14 +118,20 @@ def pixel_kd_loss(
     teacher_probs: Tensor,
     temperature: float = 2.0,
     valid: Tensor | None = None,
+    *,
+    weight: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Per-pixel KL(teacher || student) of (B, K, h, w) distributions, softened by T, x T^2.
 
-    ``valid`` (B, h, w) bool: the pixels to average over (default all).
+    ``valid`` (B, h, w) bool: the pixels to average over (default all). ``weight`` (B, h, w):
+    each pixel's KL is multiplied by it before the mean over the (valid) pixels.
     """
     t = soften(teacher_probs, temperature)
     s = soften(student_probs, temperature)
-    kl = _masked_mean((t * (t.clamp_min(1e-8).log() - s.clamp_min(1e-8).log())).sum(1), valid)
+    per_pixel = (t * (t.clamp_min(1e-8).log() - s.clamp_min(1e-8).log())).sum(1)
+    if weight is not None:
+        per_pixel = per_pixel * weight
+    kl = _masked_mean(per_pixel, valid)
     loss = kl * temperature**2
     return {"loss": loss, "loss_kd": loss}
 

@@ -34,7 +34,7 @@ from feds2r.server.teachers import (
     sample_batches,
 )
 
-INITS = ("auto", "fedavg", "client", "scratch")
+INITS = ("auto", "fedavg", "client", "pretrained", "scratch")
 COMBINES = ("mean", "majority")
 
 
@@ -47,8 +47,10 @@ class DistillConfig:
     init: str = "auto"
     """Student initialisation: "fedavg" (parameter mean of the clients), "client" (the client
     whose predictions agree most with the combined teachers on the server images), "auto"
-    (FedAvg unless it agrees less than that client, then the client; both label-free) or
-    "scratch". All but "scratch" need clients of the student's preset."""
+    (FedAvg unless it agrees less than that client, then the client; both label-free; for a
+    student of another preset than the clients', "pretrained"), "pretrained" (the preset's
+    shipped pretrained backbone and a random decoder) or "scratch" (random weights). "fedavg" and
+    "client" need clients of the student's preset."""
     kd: str = "mask"
     """"mask": set-level KL + BCE + Dice on matched queries (FedS2R); "pixel": per-pixel KL
     (FedDF-style; the only choice for per-pixel students)."""
@@ -241,10 +243,16 @@ def build_student(
     torch.manual_seed(seed)
     if config.init == "scratch":
         return create_model(config.student), None, {"init": "scratch"}
-    if any(t.preset.name != config.student for t in teachers):
+    other = any(t.preset.name != config.student for t in teachers)
+    if config.init == "pretrained" or (config.init == "auto" and other):
+        from feds2r.models import PUBLIC, shipped_weights
+
+        record = {"init": "pretrained", "backbone": str(shipped_weights(config.student))}
+        return create_model(config.student, backbone_weights=PUBLIC), None, record
+    if other:
         raise Feds2rError(
             f"student init {config.init!r} needs clients of the student's preset "
-            f"{config.student!r}; use init 'scratch' for another student"
+            f"{config.student!r}; use init 'pretrained' or 'scratch' for another student"
         )
     avg = fedavg(teachers)
     if config.init == "fedavg":
@@ -305,6 +313,7 @@ def distill(
         loss_fn = make_distill_loss(ensemble, config, with_features=with_features)
     info = {
         "role": "server",
+        "route": "distill",
         "distill_config": dataclasses.asdict(config),
         "student_init": init_record,
         **(meta or {}),

@@ -10,7 +10,12 @@ writes its outputs (with what it was run with) into its own place:
    image each -> a :class:`GeneratedImages` (an unlabelled dataset spec); ``generated/``.
 3. :func:`~feds2r.server.distill.run_distill` (:class:`~feds2r.server.distill.DistillConfig` and
    the training recipe): the teachers distilled into the global model -> a checkpoint.
-4. :func:`evaluate_checkpoint`: optional mIoU of a checkpoint on labelled sets.
+4. optional, by ``ServerConfig.route``: :func:`~feds2r.server.selftrain.self_train`
+   (:class:`~feds2r.server.selftrain.SelfTrainConfig`): the distilled model self-trained on the
+   server's images -> a checkpoint; :func:`~feds2r.server.lite.distill_lite`
+   (:class:`~feds2r.server.lite.LiteConfig`): a lightweight model through the large one -> a
+   checkpoint.
+5. :func:`evaluate_checkpoint`: optional mIoU of a checkpoint on labelled sets.
 
 :func:`run_server_pipeline` is those stages in order over one :class:`ServerConfig`. The CLI's
 ``feds2r server`` commands, the demo, the Flower ServerApp and the scripts call these functions;
@@ -37,9 +42,13 @@ from feds2r.io import write_atomic
 from feds2r.server.distill import DistillConfig
 from feds2r.server.generators import generated_spec
 from feds2r.server.inconsistency import Inconsistency, UnstableRule, load_inconsistency
+from feds2r.server.lite import LiteConfig
+from feds2r.server.selftrain import SelfTrainConfig
 
 PROMPTS = ("builtin", "llm")
 GENERATORS = ("builtin", "diffusers")
+ROUTES = ("distill", "distill+selftrain", "distill+lite", "distill+selftrain+lite")
+"""The server's routes to its global model (``ServerConfig.route``)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,39 @@ class ServerConfig:
     """Stage 3: how the clients are distilled."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Stage 3's training recipe (steps, batch, image height, seed ...); its height is also the
-    height at which stage 1 runs the clients."""
+    height at which stage 1 runs the clients, and the later stages train with it too."""
+    route: str = "distill"
+    """The stages that make the global model: "distill" (FedS2R), "distill+selftrain" (then
+    self-training on the server's images, ``selftrain``), "distill+lite" (then a lightweight
+    model through the distilled one as a large student, ``lite``) or "distill+selftrain+lite"."""
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    """Stage 4 of the routes with "selftrain"."""
+    lite: LiteConfig = field(default_factory=LiteConfig)
+    """The last stage of the routes with "lite"."""
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {self.route!r}")
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage after distillation learns from (self-training, the lightweight route): the
+    ``[server]`` table of its ``config.toml`` and of a config file given to ``feds2r server
+    self-train`` or ``feds2r server lite``."""
+
+    model: str = ""
+    """The global model the stage starts from (self-training) or learns through (the large
+    student of the lightweight route): a checkpoint folder."""
+    clients: tuple[str, ...] = ()
+    """The client checkpoints (folders): their combined targets are a term of the stage."""
+    data: str = ""
+    """The server's unlabelled real images (a dataset spec)."""
+    generated: str = ""
+    """Generated images (a dataset spec, or a folder written by ``feds2r server augment``)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
 
 @dataclass(frozen=True)
@@ -261,13 +302,16 @@ def run_server_pipeline(
     evaluate_on: Mapping[str, str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Distil the client checkpoints ``clients`` (name -> folder) into ``out/global``.
+    """Turn the client checkpoints ``clients`` (name -> folder) into the global model
+    ``out/global`` by the stages of ``config.route``.
 
     ``server_data``: the server's unlabelled images (a dataset spec; labels are never read).
     ``evaluate_on``: optional name -> labelled dataset spec on which the global model is scored.
-    Runs the stages in order: ``out/inconsistency.json`` (+ chart), ``out/generated/``,
-    ``out/global/``; returns a summary (the caller's to write). With a single client there is
-    no disagreement to measure: stages 1 and 2 are skipped and the one teacher is distilled.
+    Runs the stages in order: ``out/inconsistency.json`` (+ chart), ``out/generated/``, then
+    the route's training stages, the last one into ``out/global/`` and the others into
+    ``out/distilled/`` and ``out/selftrained/``; returns a summary (the caller's to write).
+    With a single client there is no disagreement to measure: stages 1 and 2 are skipped and
+    the one teacher is distilled.
     """
     from feds2r.data import open_dataset
     from feds2r.server.distill import run_distill
@@ -299,18 +343,47 @@ def run_server_pipeline(
         )
         timing["augmentation"] = round(time.perf_counter() - start, 2)
 
+    stages = config.route.split("+")
+    places = {"distill": "distilled", "selftrain": "selftrained", "lite": "global"}
+    places[stages[-1]] = "global"  # the last stage's model is the global model
+    paths: dict[str, str] = {}
+    client_paths = [clients[n] for n in names]
+    spec = generated.spec if generated else None
     start = time.perf_counter()
     run_distill(
-        [clients[n] for n in names],
+        client_paths,
         server_data,
-        out / "global",
+        out / places["distill"],
         config.distill,
         config.train,
-        generated=generated.spec if generated else None,
+        generated=spec,
         inconsistency=None if inc is None else inc.to_dict(),
         progress=progress,
     )
+    paths["distill"] = str(out / places["distill"])
     timing["distill"] = round(time.perf_counter() - start, 2)
+    large = out / places["distill"]
+    if "selftrain" in stages:
+        from feds2r.server.selftrain import self_train
+
+        start = time.perf_counter()
+        self_train(
+            large, client_paths, server_data, out / places["selftrain"], config.selftrain,
+            config.distill, config.train, generated=spec, progress=progress,
+        )  # fmt: skip
+        large = out / places["selftrain"]
+        paths["selftrain"] = str(large)
+        timing["selftrain"] = round(time.perf_counter() - start, 2)
+    if "lite" in stages:
+        from feds2r.server.lite import distill_lite
+
+        start = time.perf_counter()
+        distill_lite(
+            large, client_paths, server_data, out / places["lite"], config.lite,
+            config.distill, config.train, generated=spec, progress=progress,
+        )  # fmt: skip
+        paths["lite"] = str(out / places["lite"])
+        timing["lite"] = round(time.perf_counter() - start, 2)
 
     scores: dict[str, float] = {}
     if evaluate_on:
@@ -320,6 +393,8 @@ def run_server_pipeline(
     return {
         "clients": names,
         "global_model": str(out / "global"),
+        "route": config.route,
+        "stages": paths,
         "unstable_classes": [] if inc is None else inc.unstable,
         "inconsistency": {} if inc is None else inc.scores,
         "generated": generated.to_dict() if generated else None,
@@ -330,7 +405,9 @@ def run_server_pipeline(
 
 
 __all__ = [
+    "ROUTES",
     "GeneratedImages",
+    "StageInputs",
     "GenerationConfig",
     "ServerConfig",
     "evaluate_checkpoint",

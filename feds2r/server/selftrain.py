@@ -246,7 +246,7 @@ def self_train(
         {
             "selftrain": config,
             "server": {
-                "global_model": str(global_model),
+                "model": str(global_model),
                 "clients": identity["clients"],
                 "data": str(data),
                 "generated": generated or "",

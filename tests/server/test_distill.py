@@ -110,3 +110,17 @@ def test_client_init_picks_the_client_closest_to_the_ensemble():
     assert all(torch.equal(p, q) for p, q in zip(student.parameters(), a.parameters(), strict=True))
     with pytest.raises(Feds2rError, match="needs server images"):
         build_student(teachers, DistillConfig(init="auto"), 0, None)
+
+
+def test_a_student_of_another_preset_starts_from_its_shipped_backbone():
+    from feds2r.models import create_model
+    from feds2r.server.distill import DistillConfig, build_student
+
+    torch.manual_seed(0)
+    teachers = [create_model("m2f-cpu") for _ in range(2)]
+    student, ref, record = build_student(teachers, DistillConfig(student="segformer-cpu"), 0)
+    assert student.preset.name == "segformer-cpu" and ref is None
+    assert record["init"] == "pretrained"
+    assert record["backbone"].endswith("segformer-cpu-public.safetensors")
+    with pytest.raises(Feds2rError, match="use init 'pretrained' or 'scratch'"):
+        build_student(teachers, DistillConfig(student="segformer-cpu", init="fedavg"), 0)

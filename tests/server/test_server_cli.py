@@ -232,3 +232,79 @@ def test_distill_resume_with_other_clients_is_refused(setup, tmp_path, capsys):
     assert "clients" in err and "Traceback" not in err
     after = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir() if p.is_file()}
     assert after == before
+
+
+@pytest.mark.slow
+def test_self_train_and_lite_commands(setup, tmp_path, capsys):
+    from feds2r.engine.checkpoint import load_checkpoint
+
+    root, clients = setup
+    data = f"cityscapes:{root}/cs?split=train"
+    recipe = ["--steps", "2", "--batch-size", "2", "--height", "32", "--crop", "32x64",
+              "--warmup-steps", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    st = tmp_path / "st"
+    code = main(["server", "self-train", "--model", clients[0], "--clients", *clients,
+                 "--data", data, "--threshold", "0.05", "--refine", "builtin",
+                 "--out", str(st), *recipe])  # fmt: skip
+    assert code == 0 and "self-trained" in capsys.readouterr().out
+    _, meta = load_checkpoint(st)
+    assert meta["route"] == "distill+selftrain" and meta["selftrain_config"]["refine"] == "builtin"
+    lite = tmp_path / "lite"
+    code = main(["server", "lite", "--bridge", str(st), "--clients", *clients, "--data", data,
+                 "--student-preset", "segformer-cpu", "--out", str(lite), *recipe])  # fmt: skip
+    assert code == 0 and "lightweight global model" in capsys.readouterr().out
+    model, meta = load_checkpoint(lite)
+    assert model.preset.name == "segformer-cpu"
+    assert meta["route"] == "lite" and meta["bridge_route"] == "distill+selftrain"
+    # its config.toml is a config file of the command: the same run, so it is resumed (no step)
+    code = main(["server", "lite", "--config", str(lite / "config.toml"), "--out", str(lite),
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    # the direct route: `server distill` starting the student from its shipped backbone
+    direct = tmp_path / "direct"
+    code = main(["server", "distill", "--clients", *clients, "--data", data, "--init",
+                 "pretrained", "--student-preset", "segformer-cpu", "--out", str(direct),
+                 *recipe])  # fmt: skip
+    assert code == 0
+    model, meta = load_checkpoint(direct)
+    assert model.preset.name == "segformer-cpu" and meta["route"] == "distill"
+    assert meta["student_init"]["init"] == "pretrained"
+    # missing inputs are named
+    assert main(["server", "lite", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "give --bridge, --clients and --data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_every_stage_of_its_route(setup, tmp_path):
+    from feds2r.engine.checkpoint import load_checkpoint
+    from feds2r.engine.train import TrainConfig
+    from feds2r.server.lite import LiteConfig
+    from feds2r.server.pipeline import ServerConfig, run_server_pipeline
+    from feds2r.server.selftrain import SelfTrainConfig
+
+    root, clients = setup
+    recipe = TrainConfig(steps=2, batch_size=2, height=32, crop=(32, 64), warmup_steps=1)
+    config = ServerConfig(
+        train=recipe,
+        route="distill+selftrain+lite",
+        selftrain=SelfTrainConfig(threshold=0.05),
+        lite=LiteConfig(student="segformer-cpu"),
+    )
+    summary = run_server_pipeline(
+        dict(zip("ab", clients, strict=True)),
+        f"cityscapes:{root}/cs?split=train",
+        tmp_path / "srv",
+        config,
+        progress=False,
+    )
+    assert summary["route"] == "distill+selftrain+lite"
+    assert summary["stages"] == {
+        "distill": str(tmp_path / "srv" / "distilled"),
+        "selftrain": str(tmp_path / "srv" / "selftrained"),
+        "lite": str(tmp_path / "srv" / "global"),
+    }
+    model, meta = load_checkpoint(tmp_path / "srv" / "global")
+    assert model.preset.name == "segformer-cpu" and meta["bridge"] == summary["stages"]["selftrain"]
+    assert set(summary["timing_s"]) >= {"distill", "selftrain", "lite"}
+    with pytest.raises(ValueError, match="route must be one of"):
+        ServerConfig(route="lite")
