@@ -570,6 +570,7 @@ def reference_classes() -> list[type]:
     from feds2r.demo import Profile, WorldSizes
     from feds2r.engine.train import TrainConfig
     from feds2r.federation.protocol import FederationConfig
+    from feds2r.federation.round_client import RoundsConfig
     from feds2r.pretrain import PretrainConfig
     from feds2r.server.distill import DistillConfig, DistillInputs
     from feds2r.server.inconsistency import UnstableRule
@@ -589,6 +590,7 @@ def reference_classes() -> list[type]:
         LiteConfig,
         StageInputs,
         FederationConfig,
+        RoundsConfig,
         PretrainConfig,
         Profile,
         WorldSizes,

@@ -27,6 +27,11 @@ FEDERATION_FLAGS = {
     "connect-timeout": "seconds to wait for SuperNodes",
     "client-timeout": "seconds to wait for replies",
     "crop": "training crop HxW",
+    "method": "the federation: feds2r (one exchange) or a multi-round baseline, fedavg, "
+    "fedprox or fedseg",
+    "rounds": "rounds of a multi-round method (each client trains client-steps / rounds "
+    "steps per round)",
+    "proximal-mu": "FedProx's proximal weight",
     "route": "the server's stages: distill, distill+selftrain, distill+lite or "
     "distill+selftrain+lite",
     "lite-preset": "preset of the lightweight global model (routes with lite)",
@@ -94,9 +99,21 @@ def federate_local(
         run_timeout=timeout,
         log=print if progress else (lambda _text: None),
     )
-    for name, entry in results["clients"].items():
-        status = entry["status"] + (f" ({entry['reason']})" if entry.get("reason") else "")
-        print(f"client {name}: {status}")
+    if "communication" in results:  # a multi-round flow
+        comm = results["communication"]
+        for name, entry in comm["clients"].items():
+            print(
+                f"client {name}: {entry['rounds']} of {comm['rounds']} rounds, "
+                f"{(entry['download_bytes'] + entry['upload_bytes']) / 1e6:.1f} MB"
+            )
+        for past in results["history"]:
+            for name, why in past["dropped"].items():
+                print(f"round {past['round']}: client {name} dropped out ({why})")
+        print(f"communicated {comm['total']['megabytes']:.1f} MB in {comm['rounds']} rounds")
+    else:
+        for name, entry in results["clients"].items():
+            status = entry["status"] + (f" ({entry['reason']})" if entry.get("reason") else "")
+            print(f"client {name}: {status}")
     if results.get("miou"):
         for name, value in results["miou"].items():
             print(f"global model mIoU on {name}: {value:.2f}")
@@ -197,6 +214,7 @@ def add_federate_commands(sub: argparse._SubParsersAction) -> None:
                   --evaluate cs=cityscapes:data/world/cityscapes-like?split=val \\
                   --out runs/federation
               feds2r federate local --tls --auth ...   # TLS and SuperNode authentication
+              feds2r federate local --method fedavg --rounds 5 ...   # a multi-round baseline
             """),
     )
     p = command(

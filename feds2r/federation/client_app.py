@@ -1,5 +1,9 @@
 """The Flower ClientApp: receive the initial model once, train on the private data, reply.
 
+In a multi-round flow (FedAvg, FedProx, FedSeg: :mod:`feds2r.federation.rounds`) it receives the
+global model every round and replies with its round's update (:func:`~feds2r.federation.rounds.
+round_reply`).
+
 Adapter only: :func:`feds2r.federation.protocol.client_round` does the work. The private
 dataset is named by the SuperNode's node config (``--node-config 'data="gta5:/data/gta5"
 name="gta5"'``); in the Simulation Engine, by the run config's ``client-data`` list at the
@@ -19,6 +23,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from feds2r.federation.protocol import FederationError, client_failure, client_round
+from feds2r.federation.round_client import is_round_message
+from feds2r.federation.rounds import round_reply
 
 app = ClientApp()
 
@@ -46,8 +52,10 @@ def train(msg: Message, context: Context) -> Message:
     name = str(context.node_config.get("name") or "")
     try:
         spec, name = client_data(dict(context.node_config), dict(context.run_config))
-        state = msg.content["arrays"].to_torch_state_dict()
         settings = dict(msg.content["config"])
+        if is_round_message(settings):  # a multi-round flow (FedAvg, FedProx, FedSeg)
+            return round_reply(msg, spec, name)
+        state = msg.content["arrays"].to_torch_state_dict()
         workdir = context.node_config.get("workdir") or None
         trained, meta = client_round(state, settings, spec, name=name, workdir=workdir)
     except Exception as exc:

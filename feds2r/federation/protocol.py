@@ -30,6 +30,7 @@ from feds2r.config import check_types, flatten, unflatten, write_run_config
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import DataError, Feds2rError
+from feds2r.federation.round_client import ROUND_METHODS, RoundsConfig
 from feds2r.io import write_atomic
 from feds2r.server.distill import DistillConfig
 from feds2r.server.pipeline import ServerConfig, run_server_pipeline
@@ -163,6 +164,12 @@ class FederationConfig:
     pretrained: bool = True
     """The common initial model starts from the preset's shipped public backbone (docs/models.md),
     as FedS2R's clients start from one pretrained backbone; False: random weights."""
+    method: str = "feds2r"
+    """The federation: "feds2r" (one exchange, then the server pipeline) or a multi-round
+    baseline on Flower's strategies, "fedavg", "fedprox" or "fedseg" (``multiround``;
+    docs/federation.md)."""
+    multiround: RoundsConfig = field(default_factory=RoundsConfig)
+    """The multi-round flows' rounds and their methods' weights."""
     clients: TrainConfig = field(default_factory=_federation_recipe)
     """The recipe the server sends every client (:func:`train_settings`); its seed also seeds the
     common initial model. ``device`` and ``threads`` are each client's own, not sent."""
@@ -176,6 +183,14 @@ class FederationConfig:
             raise FederationError(f"out must be an absolute folder, not {self.out!r}")
         if self.min_clients < 1:
             raise FederationError("min-clients must be at least 1")
+        if self.method not in ("feds2r", *ROUND_METHODS):
+            valid = ", ".join(("feds2r", *ROUND_METHODS))
+            raise FederationError(f"method must be one of {valid}, not {self.method!r}")
+        if self.method != "feds2r" and self.clients.steps < self.multiround.rounds:
+            raise FederationError(
+                f"{self.multiround.rounds} rounds need at least as many client steps "
+                f"(clients.steps={self.clients.steps})"
+            )
         for name in CLIENT_LOCAL:
             if getattr(self.clients, name) != getattr(CLIENT_RECIPE, name):
                 raise FederationError(
@@ -224,6 +239,8 @@ RUN_CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
     "seed": (*_both("seed"), "server.generation.seed"),
     "generated-images": ("server.generation.images",),
     "route": ("server.route",),
+    "rounds": ("multiround.rounds",),
+    "proximal-mu": ("multiround.proximal-mu",),
     "lite-preset": ("server.lite.student",),
 }
 """The flat run-config names of earlier versions (and the ``feds2r federate`` flags), each with

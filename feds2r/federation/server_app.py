@@ -1,4 +1,6 @@
-"""The Flower ServerApp: one train message to every SuperNode, then the server pipeline.
+"""The Flower ServerApp: one train message to every SuperNode, then the server pipeline; or,
+with ``method`` fedavg, fedprox or fedseg in the run config, that many rounds of Flower's own
+strategy (:func:`feds2r.federation.rounds.run_rounds`).
 
 Adapter only: :func:`feds2r.federation.protocol.run_federation` does the work; this module sends
 its one exchange over Flower's Message API. Settings come from the run config
@@ -112,7 +114,13 @@ def _wait_for_nodes(grid: Grid, config: FederationConfig) -> list[int]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = FederationConfig.from_run_config(dict(context.run_config))
-    results = run_federation(grid_send(grid, config), config, progress=False, log=_log)
+    if config.method != "feds2r":  # a multi-round baseline on Flower's own strategy
+        from feds2r.federation.rounds import run_rounds
+
+        _wait_for_nodes(grid, config)
+        results = run_rounds(grid, config, log=_log)
+    else:
+        results = run_federation(grid_send(grid, config), config, progress=False, log=_log)
     _log(f"global model written to {results['global_model']}")
     if results.get("miou"):
         _log(f"global model mIoU: {results['miou']}")

@@ -1,6 +1,7 @@
 """A ClientApp for the failure tests: the node named "crash" fails, the node named "wrong"
-replies with a model of another architecture under the federation's preset name; any other node
-behaves like feds2r's own ClientApp."""
+replies with a model of another architecture under the federation's preset name, the node named
+"drop3" fails from round 3 of a multi-round flow on; any other node behaves like feds2r's own
+ClientApp."""
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -17,6 +18,8 @@ def train(msg: Message, context: Context) -> Message:
     name = context.node_config.get("name")
     if name == "crash":
         raise RuntimeError("simulated client crash")
+    if name == "drop3" and int(msg.content["config"].get("server-round", 0)) >= 3:
+        raise RuntimeError("simulated drop-out in round 3")
     if name == "wrong":
         meta = {
             "client": "wrong",

@@ -213,3 +213,28 @@ def test_sigterm_stops_every_process_and_the_cancelled_run_writes_nothing(tiny_w
             if "flower-" in _cmdline(pid) or "flwr-" in _cmdline(pid):  # still ours, not reused
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_five_fedavg_rounds_over_loopback_name_a_client_that_drops_out(tiny_world, tmp_path):
+    out = tmp_path / "rounds"
+    flags = [
+        "--client", f"gta5={tiny_world['clients']['gta5']}",
+        "--client", f"synthia={tiny_world['clients']['synthia']}",
+        "--client", f"drop3={tiny_world['clients']['synscapes']}",
+        "--client-app", "faulty_app:app", "--min-clients", "2",
+        "--method", "fedavg", "--rounds", "5",
+        "--server-data", tiny_world["server"], "--out", str(out), *TINY_FLAGS,
+        "--client-steps", "5",
+    ]  # fmt: skip
+    done = federate(flags, env={"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_no_flower_processes_left()
+    results = json.loads((out / "results.json").read_text())
+    comm = results["communication"]
+    assert results["method"] == "fedavg" and comm["rounds"] == 5
+    assert comm["clients"]["gta5"]["rounds"] == 5 and comm["clients"]["drop3"]["rounds"] == 2
+    assert comm["clients"]["gta5"]["train_steps"] == 5  # 5 steps over 5 rounds
+    dropped = {h["round"]: h["dropped"] for h in results["history"]}
+    assert dropped[1] == dropped[2] == {} and set(dropped[3]) == {"drop3"}
+    assert "round 3: client drop3 dropped out" in done.stdout
+    assert (out / "global" / "model.safetensors").is_file()

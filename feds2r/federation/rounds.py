@@ -1,0 +1,411 @@
+"""Multi-round federations on Flower's own strategies: FedAvg, FedProx and FedSeg.
+
+These are the baselines FedS2R's single exchange is compared with: the federations people run
+today talk for many rounds. The server side is Flower's ``FedAvg`` and ``FedProx`` strategies
+(:mod:`flwr.serverapp.strategy`) and their ``start(grid, ...)`` loop, with feds2r's accounting
+around them (:class:`CountedFedAvg`, :class:`CountedFedProx`): every train message and every reply
+is measured as the protobuf Flower serialises it (:func:`content_bytes`), and a client whose
+reply is a failure, or that does not reply, is named in the log and left out of that round's
+mean while enough clients remain. FedSeg is FedAvg aggregation; its clients train with FedSeg's
+losses (:func:`client_update`, :mod:`feds2r.losses.fedseg`).
+
+The client's part, :func:`client_update`, trains the received global model for its round's
+share of the recipe's steps (round r of R trains steps ``[(r-1)T/R, rT/R)`` of a T-step recipe,
+with the learning rate the one-shot client has at those steps: every method spends the same client
+steps on the same schedule). The same functions run in three places: Flower's deployment
+(``feds2r federate local --method fedavg``, the ServerApp and ClientApp of this package), the
+Simulation Engine, and in one process (:class:`InProcessGrid`, the demo's rows).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from feds2r.config import write_run_config
+from feds2r.errors import Feds2rError
+from feds2r.federation.round_client import (
+    ROUND_METHODS,
+    RoundsConfig,
+    client_update,
+    round_steps,
+)
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a message's content as Flower serialises it (its protobuf, the bulk of what
+    travels; the message's metadata adds a few hundred bytes)."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+def round_settings(config) -> dict[str, Any]:
+    """The train config of every round's message: the one-shot flow's settings (the preset and
+    the clients' recipe, :func:`~feds2r.federation.protocol.train_settings`), the method and R;
+    Flower's strategies add ``server-round`` (and FedProx ``proximal-mu``)."""
+    from feds2r.federation.protocol import train_settings
+
+    settings = {
+        **train_settings(config),
+        "method": config.method,
+        "rounds": config.multiround.rounds,
+    }
+    if config.method == "fedseg":
+        settings["contrast-weight"] = config.multiround.contrast_weight
+    return settings
+
+
+def round_reply(msg: Message, spec: str, name: str) -> Message:
+    """The ClientApp's reply to a round's train message: the tensors, the metrics FedAvg weighs
+    by, and the client's name (``meta``)."""
+    state = msg.content["arrays"].to_torch_state_dict()
+    settings = dict(msg.content["config"])
+    trained, metrics = client_update(state, settings, spec, name=name)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(torch_state_dict=trained),
+            "metrics": MetricRecord(metrics),
+            "meta": ConfigRecord({"client": name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class _Counted:
+    """Accounting around a Flower strategy: bytes and steps per client, rounds, drop-outs."""
+
+    def __init__(self, *args: Any, log: Callable[[str], None] = print, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+        self.names: dict[int, str] = {}
+        self.clients: dict[int, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        self._sent: dict[int, set[int]] = {}
+
+    def _entry(self, node: int) -> dict[str, Any]:
+        return self.clients.setdefault(
+            node, {"download_bytes": 0, "upload_bytes": 0, "rounds": 0, "train_steps": 0}
+        )
+
+    def configure_train(self, server_round, arrays, config, grid):  # noqa: D102 - Flower's
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        for m in messages:
+            self._entry(m.metadata.dst_node_id)["download_bytes"] += content_bytes(m.content)
+        self._sent[server_round] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def aggregate_train(self, server_round, replies):  # noqa: D102 - Flower's
+        valid, dropped = [], {}
+        replies = list(replies)
+        for m in replies:
+            node = m.metadata.src_node_id
+            if m.has_error():
+                dropped[node] = f"client failed: {m.error.reason}"
+                continue
+            size = content_bytes(m.content)  # a failure record travels too
+            self._entry(node)["upload_bytes"] += size
+            if "failure" in m.content:
+                failure = dict(m.content["failure"])
+                self.names.setdefault(node, str(failure.get("client") or f"node-{node}"))
+                dropped[node] = f"client failed: {str(failure.get('reason'))[:300]}"
+                continue
+            if "meta" in m.content:
+                self.names[node] = str(m.content["meta"].get("client") or f"node-{node}")
+            entry = self._entry(node)
+            entry["rounds"] += 1
+            entry["train_steps"] += int(m.content["metrics"].get("train-steps", 0))
+            valid.append(m)
+        replied = {m.metadata.src_node_id for m in replies}
+        for node in sorted(self._sent.get(server_round, set()) - replied):
+            dropped[node] = "no reply within the timeout"
+        for node, why in sorted(dropped.items()):
+            self.log(f"round {server_round}: client {self.name(node)} dropped out ({why})")
+        self.history.append(
+            {
+                "round": server_round,
+                "clients": sorted(self.name(m.metadata.src_node_id) for m in valid),
+                "dropped": {self.name(n): why for n, why in sorted(dropped.items())},
+            }
+        )
+        if len(valid) < self.min_clients:
+            raise Feds2rError(
+                f"round {server_round}: only {len(valid)} clients sent a model, fewer than "
+                f"min-clients={self.min_clients}"
+            )
+        return super().aggregate_train(server_round, valid)
+
+    def name(self, node: int) -> str:
+        return self.names.get(node, f"node-{node}")
+
+    def communication(self) -> dict[str, Any]:
+        """The measured communication: per client and in total."""
+        per = {self.name(n): dict(e) for n, e in sorted(self.clients.items())}
+        total = {
+            k: sum(e[k] for e in per.values())
+            for k in ("download_bytes", "upload_bytes", "train_steps")
+        }
+        total["megabytes"] = round((total["download_bytes"] + total["upload_bytes"]) / 1e6, 3)
+        return {"rounds": len(self.history), "clients": per, "total": total}
+
+
+class CountedFedAvg(_Counted, FedAvg):
+    """Flower's FedAvg (the parameter mean weighted by ``num-examples``), counted."""
+
+    def __init__(self, *, min_clients: int, log: Callable[[str], None] = print) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=min_clients,
+            min_available_nodes=min_clients,
+            log=log,
+        )
+        self.min_clients = min_clients
+
+
+class CountedFedProx(_Counted, FedProx):
+    """Flower's FedProx (FedAvg aggregation; its clients add the proximal term), counted."""
+
+    def __init__(
+        self, *, min_clients: int, proximal_mu: float, log: Callable[[str], None] = print
+    ) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=min_clients,
+            min_available_nodes=min_clients,
+            proximal_mu=proximal_mu,
+            log=log,
+        )
+        self.min_clients = min_clients
+
+
+def make_strategy(config, log: Callable[[str], None] = print) -> _Counted:
+    """The Flower strategy of ``config.method``: FedProx for fedprox, FedAvg otherwise."""
+    if config.method == "fedprox":
+        return CountedFedProx(
+            min_clients=config.min_clients, proximal_mu=config.multiround.proximal_mu, log=log
+        )
+    return CountedFedAvg(min_clients=config.min_clients, log=log)
+
+
+def run_rounds(
+    grid: Grid,
+    config,
+    *,
+    init: str | Path | None = None,
+    evaluate_on: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The server's multi-round run over ``grid``: the common initial model (or ``init``, a
+    checkpoint), ``config.multiround.rounds`` rounds of ``config.method``'s strategy, the global
+    model saved to ``OUT/global``, ``results.json`` with the communication and, per round, the
+    mIoU on ``evaluate_on`` (name -> labelled dataset; default the config's evaluation sets).
+
+    Written into a staging folder and renamed into place at the end, as the one-shot flow."""
+    import shutil
+
+    from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
+    from feds2r.engine.evaluate import evaluate
+    from feds2r.federation.protocol import check_new_output, check_server_inputs
+    from feds2r.io import write_atomic
+    from feds2r.models import PUBLIC, create_model
+
+    if config.method not in ROUND_METHODS:
+        raise Feds2rError(f"run_rounds runs {', '.join(ROUND_METHODS)}, not {config.method!r}")
+    out = Path(config.out)
+    check_new_output(out)
+    check_server_inputs(config)
+    if evaluate_on is None:
+        from feds2r.data import open_dataset
+
+        evaluate_on = {n: open_dataset(s) for n, s in config.evaluation_sets().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        write_run_config(stage, {"federation": config})
+        if init is not None:
+            model, _ = load_checkpoint(init)
+        else:
+            torch.manual_seed(config.clients.seed)
+            weights = PUBLIC if config.pretrained else None
+            model = create_model(config.preset, backbone_weights=weights)
+        save_checkpoint(model, stage / "init", meta={"role": "initial"})
+        template = copy.deepcopy(model)
+        curve: dict[str, list[list[float]]] = {}
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord):
+            if not evaluate_on:
+                return None
+            template.load_state_dict(arrays.to_torch_state_dict())
+            template.eval()
+            scores = {}
+            for name, ds in evaluate_on.items():
+                miou = evaluate(template, ds, height=config.clients.height, progress=False)
+                scores[name] = float(miou["miou"])
+                curve.setdefault(name, []).append([server_round, round(scores[name], 3)])
+            log(f"round {server_round}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+            return MetricRecord(scores)
+
+        strategy = make_strategy(config, log=log)
+        settings = round_settings(config)
+        start = time.perf_counter()
+        log(f"{config.method}: {config.multiround.rounds} rounds")
+        result = strategy.start(
+            grid,
+            ArrayRecord(torch_state_dict=model.state_dict()),
+            num_rounds=config.multiround.rounds,
+            timeout=config.client_timeout,
+            train_config=ConfigRecord(settings),
+            evaluate_fn=evaluate_fn,
+        )
+        seconds = round(time.perf_counter() - start, 2)
+        model.load_state_dict(result.arrays.to_torch_state_dict())
+        save_checkpoint(
+            model.eval(),
+            stage / "global",
+            meta={
+                "role": "server",
+                "route": config.method,
+                "rounds": config.multiround.rounds,
+                "clients": [strategy.name(n) for n in sorted(strategy.clients)],
+            },
+        )
+        results = {
+            "method": config.method,
+            "rounds": config.multiround.rounds,
+            "global_model": str(out / "global"),
+            "communication": strategy.communication(),
+            "history": strategy.history,
+            "curve": curve,
+            "miou": {k: v[-1][1] for k, v in curve.items()},
+            "timing_s": {"rounds": seconds},
+        }
+        write_atomic(stage / "results.json", json.dumps(results, indent=2).encode())
+        if out.exists():
+            out.rmdir()
+        os.replace(stage, out)
+        return results
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- in one process
+
+
+@contextmanager
+def _task_identity():
+    """Flower's task identity, which its messages read, for a run inside this process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 0, 0, 0
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class InProcessGrid(Grid):
+    """A Flower :class:`Grid` whose nodes are ClientApp handlers called in this process, one
+    after another: a strategy's ``start(grid, ...)`` runs unchanged, and every message is the
+    one a deployment would send (its bytes are counted the same way).
+
+    ``clients``: name -> dataset spec; node k (1-based) runs ``handler(message, context)`` (by
+    default the feds2r ClientApp's train function) with node config ``{"data", "name"}``.
+    """
+
+    def __init__(self, clients: dict[str, str], handler: Callable | None = None) -> None:
+        from flwr.app import Context
+
+        if handler is None:
+            from feds2r.federation.client_app import train as handler
+        self.handler = handler
+        self.contexts = {
+            k: Context(
+                run_id=0,
+                node_id=k,
+                node_config={"data": spec, "name": name},
+                state=RecordDict(),
+                run_config={},
+            )
+            for k, (name, spec) in enumerate(clients.items(), start=1)
+        }
+        self._pending: dict[str, Message] = {}
+        self._run = None
+
+    def set_run(self, run) -> None:  # noqa: D102 - Flower's
+        self._run = run
+
+    @property
+    def run(self):  # noqa: D102 - Flower's
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: D102
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102 - Flower's
+        return list(self.contexts)
+
+    def get_nodes(self):  # noqa: D102 - Flower's
+        return []
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            self._pending[msg.metadata.message_id] = msg
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        replies = []
+        for mid in list(message_ids):
+            msg = self._pending.pop(mid, None)
+            if msg is None:
+                continue
+            reply = self.handler(msg, self.contexts[msg.metadata.dst_node_id])
+            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            replies.append(reply)
+        return replies
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102 - Flower's
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run_rounds_in_process(clients: dict[str, str], config, **options: Any) -> dict[str, Any]:
+    """:func:`run_rounds` with every client trained in this process (:class:`InProcessGrid`)."""
+    with _task_identity():
+        return run_rounds(InProcessGrid(clients), config, **options)
+
+
+__all__ = [
+    "ROUND_METHODS",
+    "CountedFedAvg",
+    "CountedFedProx",
+    "InProcessGrid",
+    "RoundsConfig",
+    "client_update",
+    "content_bytes",
+    "make_strategy",
+    "round_steps",
+    "run_rounds",
+    "run_rounds_in_process",
+]
