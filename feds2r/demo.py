@@ -183,7 +183,9 @@ class Row:
     distillation stage with ``distill``'s DistillConfig fields, on the real server images plus the
     generated ones when ``generated``), "selftrain" (the self-training stage with ``selftrain``'s
     SelfTrainConfig fields, from the model of the row ``after``, for the distillation recipe's
-    steps), "lite" (the lightweight stage with ``lite``'s LiteConfig fields, through the large
+    steps), "rounds" (a multi-round federation on Flower's strategies, in this process, with
+    ``rounds``' fields: ``method`` and ``rounds``; :mod:`feds2r.federation.rounds`), "lite" (the
+    lightweight stage with ``lite``'s LiteConfig fields, through the large
     student of the row ``after``: :mod:`feds2r.server.lite`) or "supervised" (one model on all
     clients' labelled data, ``budget`` times a client's steps: an upper bound no federation can
     reach).
@@ -197,6 +199,7 @@ class Row:
     selftrain: Mapping[str, Any] = field(default_factory=dict)
     after: str = ""
     lite: Mapping[str, Any] = field(default_factory=dict)
+    rounds: Mapping[str, Any] = field(default_factory=dict)
 
 
 ROWS: tuple[Row, ...] = (
@@ -234,6 +237,16 @@ LITE_ROWS: tuple[Row, ...] = (
     Row("direct-lite", "distill",
         {"feature_fusion": True, "student": "segformer-cpu", "init": "pretrained", "kd": "pixel"}),
 )  # fmt: skip
+ROUNDS = 5
+"""Rounds of the demo's multi-round rows: 300 client steps become 5 rounds of 60 (docs/demo.md)."""
+
+ROUND_ROWS: tuple[Row, ...] = (
+    # the federations people run today, at the one-shot clients' total steps, from the same
+    # initial model (`feds2r demo --multi-round`; needs Flower: pip install 'feds2r[flower]')
+    Row(f"fedavg-{ROUNDS}", "rounds", rounds={"method": "fedavg", "rounds": ROUNDS}),
+    Row(f"fedprox-{ROUNDS}", "rounds", rounds={"method": "fedprox", "rounds": ROUNDS}),
+    Row(f"fedseg-{ROUNDS}", "rounds", rounds={"method": "fedseg", "rounds": ROUNDS}),
+)
 ORACLE, LABEL_FREE = "best-client (oracle)", "client (label-free pick)"
 
 # the differences the report and docs/results.md claim, each with a paired bootstrap interval
@@ -252,6 +265,9 @@ COMPARISONS = (
     ("feds2r+st", "feds2r+st-no-refine"),
     ("feds2r-lite", "feds2r"),
     ("feds2r-lite", "direct-lite"),
+    (f"fedseg-{ROUNDS}", f"fedavg-{ROUNDS}"),
+    ("feds2r", f"fedavg-{ROUNDS}"),
+    ("feds2r", f"fedseg-{ROUNDS}"),
 )
 
 
@@ -413,6 +429,49 @@ def _lite_row(row: Row, run: DemoRun) -> None:
     )
 
 
+def _rounds_row(row: Row, run: DemoRun) -> None:
+    """A multi-round federation of the demo's clients in this process; a finished one in OUT
+    with the same config is reused."""
+    try:
+        from feds2r.federation.rounds import run_rounds_in_process
+    except ImportError as exc:
+        raise Feds2rError(
+            f"the multi-round rows need Flower ({exc}); install it with: pip install "
+            "'feds2r[flower]'"
+        ) from None
+    from feds2r.config import flatten, from_dict, load_tables
+    from feds2r.federation.protocol import FederationConfig
+    from feds2r.federation.round_client import RoundsConfig
+
+    target = (run.out / row.name).resolve()
+    fields = dict(row.rounds)
+    config = FederationConfig(
+        out=str(target),
+        server_data=run.server_spec,
+        preset=run.profile.preset,
+        min_clients=len(run.clients),
+        pretrained=run.pretrained,
+        method=fields.pop("method"),
+        multiround=RoundsConfig(**fields),
+        clients=run.clients_recipe,
+    )
+    if (target / "results.json").is_file():
+        saved = load_tables(target / "config.toml", {"federation": FederationConfig})
+        if flatten(from_dict(FederationConfig, saved["federation"])) == flatten(config):
+            return  # finished with this config: reused
+        raise Feds2rError(f"{target} holds a run with another config; remove it or use another OUT")
+    clients = {d: world_spec(run.world, d, "train") for d in run.clients}
+    dev = {"dev": run.curves.dev}
+    tests = {d: open_dataset(world_spec(run.world, d, "val")) for d in REAL_DOMAINS}
+    run_rounds_in_process(
+        clients,
+        config,
+        init=run.out / "init",
+        evaluate_on={**dev, **tests},
+        log=print if run.progress else (lambda _text: None),
+    )
+
+
 def _supervised_row(row: Row, run: DemoRun) -> None:
     model, _ = load_checkpoint(run.out / "init")
     model = model.train().requires_grad_(True)
@@ -435,6 +494,7 @@ ROW_KINDS: dict[str, Callable[[Row, DemoRun], None] | None] = {
     "distill": _distill_row,
     "selftrain": _selftrain_row,
     "lite": _lite_row,
+    "rounds": _rounds_row,
     "supervised": _supervised_row,
 }
 
@@ -444,6 +504,7 @@ STAGE_NAMES = {
     "distill": "distill:{name}",
     "selftrain": "selftrain:{name}",
     "lite": "lite:{name}",
+    "rounds": "rounds:{name}",
     "supervised": "upper_bound",
 }
 """The timing key of each row kind's stage in ``results.json`` (rows of one kind without a
@@ -597,13 +658,13 @@ def run_demo(
         if row.kind == "ensemble":
             models[row.name] = TeacherEnsemble(list(teachers.values()))
         else:
-            models[row.name], meta = load_checkpoint(out / row.name)
+            models[row.name], meta = load_checkpoint(row_checkpoint(row, out))
             if meta.get("student_init"):
                 student_init[row.name] = meta["student_init"]
     tests = {d: open_dataset(world_spec(world, d, "val")) for d in REAL_DOMAINS}
     methods: dict[str, Any] = {}
     confusion: dict[str, list[np.ndarray]] = {}
-    kinds = {r.name: r.kind for r in rows}
+    by_name = {r.name: r for r in rows}
     speeds: dict[str, float] = {}
     with stage("evaluation"):
         for name, model in models.items():
@@ -626,7 +687,10 @@ def run_demo(
             if name.startswith("client:"):
                 row_out["checkpoint"] = str(run.clients[name.split(":")[1]])
             else:
-                row_out["checkpoint"] = None if kinds[name] == "ensemble" else str(out / name)
+                row = by_name[name]
+                row_out["checkpoint"] = (
+                    None if row.kind == "ensemble" else str(row_checkpoint(row, out))
+                )
             methods[name] = row_out
             if progress:
                 print(f"{name:<20} mean mIoU {row_out['mean']:.2f}", flush=True)
@@ -668,6 +732,8 @@ def run_demo(
         "unstable_classes": inc.unstable,
         "inconsistency": inc.scores,
         "generated": gen.to_dict(),
+        "communication": communication(rows, out, teachers, tcfg),
+        "round_curves": round_curves(rows, out),
         "student_init": student_init,
         "timing_s": {**timing, "total": round(sum(timing.values()), 2)},
         "environment": environment(),
@@ -703,6 +769,133 @@ def merge_curves(
         first = min((p[0] for p in points), default=float("inf"))
         merged[name] = [p for p in merged.get(name, []) if p[0] < first] + list(points)
     return merged
+
+
+def communication(rows: tuple[Row, ...], out: Path, teachers: dict, recipe: TrainConfig) -> dict:
+    """What each federated row moved, measured as the serialized Flower messages: the one
+    exchange of the one-shot rows (the initial model and settings to each client, each client's
+    model and metadata back; the server's own stages move nothing), the rounds of the multi-round
+    rows (their results.json); the upper bounds pool the data and are not federations."""
+    try:
+        from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+        from feds2r.federation.rounds import content_bytes
+    except ImportError:
+        return {"measured": False, "why": "Flower is not installed (pip install 'feds2r[flower]')"}
+    from feds2r import __version__
+    from feds2r.federation.protocol import FederationConfig, train_settings
+
+    settings = train_settings(
+        FederationConfig(out=str(out.resolve()), server_data="-", clients=recipe)
+    )
+    init, _ = load_checkpoint(out / "init")
+    down = content_bytes(
+        RecordDict(
+            {"arrays": ArrayRecord(torch_state_dict=init.state_dict()),
+             "config": ConfigRecord(settings)}
+        )
+    )  # fmt: skip
+    up = 0
+    for name, model in teachers.items():
+        meta = {
+            "client": name,
+            "preset": model.preset.name,
+            "class-names": list(CLASS_NAMES),
+            "steps": recipe.steps,
+            "train-seconds": 0.0,
+            "feds2r-version": __version__,
+        }
+        content = {"arrays": ArrayRecord(torch_state_dict=model.state_dict()),
+                   "meta": ConfigRecord(meta)}  # fmt: skip
+        up += content_bytes(RecordDict(content))
+    n = len(teachers)
+    one_shot = {
+        "rounds": 1,
+        "download_bytes": down * n,
+        "upload_bytes": up,
+        "train_steps": recipe.steps * n,
+        "megabytes": round((down * n + up) / 1e6, 3),
+    }
+    table: dict[str, Any] = {"measured": True}
+    for row in rows:
+        if row.kind == "supervised":
+            table[row.name] = {"rounds": 0, "note": "centralised: the clients' data pooled"}
+        elif row.kind == "rounds":
+            done = json.loads((out / row.name / "results.json").read_text())["communication"]
+            table[row.name] = {"rounds": done["rounds"], **done["total"]}
+        else:
+            table[row.name] = dict(one_shot)
+    return table
+
+
+def round_curves(rows: tuple[Row, ...], out: Path) -> dict[str, list[list[float]]]:
+    """Per multi-round row: [round, megabytes moved so far, mean test mIoU, dev mIoU] from round
+    0 (the initial model) to the last, from its results.json."""
+    curves = {}
+    for row in rows:
+        if row.kind != "rounds":
+            continue
+        done = json.loads((out / row.name / "results.json").read_text())
+        moved, points = [0.0], []
+        for past in done["history"]:
+            moved.append(moved[-1] + (past["download_bytes"] + past["upload_bytes"]) / 1e6)
+        for k, (r, dev_miou) in enumerate(done["curve"]["dev"]):
+            test = float(np.mean([done["curve"][d][k][1] for d in REAL_DOMAINS]))
+            points.append([r, round(moved[k], 3), round(test, 3), dev_miou])
+        curves[row.name] = points
+    return curves
+
+
+def plot_communication(results: dict, dest: Path) -> None:
+    """Mean test mIoU against the megabytes each federated method moved: one point per one-shot
+    method, one curve over the rounds per multi-round method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comm = results.get("communication", {})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in results.get("round_curves", {}).items():
+        xs = [max(p[1], 1e-3) for p in points[1:]]
+        ax.plot(xs, [p[2] for p in points[1:]], marker="o", ms=3, label=f"{name} (rounds)")
+    for name, entry in comm.items():
+        if not isinstance(entry, dict) or entry.get("rounds") != 1:
+            continue
+        mean = results["methods"][name]["mean"]
+        ax.scatter([entry["megabytes"]], [mean], s=18)
+        ax.annotate(name, (entry["megabytes"], mean), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("megabytes communicated (all clients, both directions)")
+    ax.set_ylabel("mean test mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, dest)
+
+
+def communication_table(results: dict) -> str:
+    """Markdown: rounds, megabytes and mean mIoU of every federated row."""
+    comm = results.get("communication", {})
+    if not comm.get("measured"):
+        return comm.get("why", "not measured")
+    lines = [
+        "| method | rounds | MB moved | client steps | mean mIoU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, entry in comm.items():
+        if isinstance(entry, dict) and entry.get("rounds"):
+            mean = results["methods"][name]["mean"]
+            lines.append(
+                f"| {name} | {entry['rounds']} | {entry['megabytes']:.1f} | "
+                f"{entry['train_steps']} | {mean:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def row_checkpoint(row: Row, out: Path) -> Path:
+    """The checkpoint folder of a row's model."""
+    return out / row.name / "global" if row.kind == "rounds" else out / row.name
 
 
 def parameter_count(model) -> int:
@@ -806,6 +999,8 @@ def write_report(results: dict, out: Path, models: dict, tests: dict, height: in
         )
     sample_grid(models, tests, out / "samples.png", height)
     plot_curves(results.get("curves", {}), out / "curves.png")
+    if results.get("communication", {}).get("measured"):
+        plot_communication(results, out / "communication.png")
     premise = results["premise"]
     pairs = ", ".join(f"{k} {v:.2f}" for k, v in premise["feature_cosine"]["pairs"].items())
     moved = ", ".join(f"{k} {v:.3f}" for k, v in premise["change_from_start"].items())
@@ -833,6 +1028,8 @@ def write_report(results: dict, out: Path, models: dict, tests: dict, height: in
         if "ensemble" in methods
         else ""
     )
+    measured = results.get("communication", {}).get("measured")
+    comm_figure = "\n![communication](communication.png)\n" if measured else ""
     text = f"""# feds2r demo report
 
 Profile `{results["profile"]}`, seed {results["seed"]}. mIoU (%) on the five real-like test domains
@@ -861,6 +1058,13 @@ FedS2R assumes clients that share a feature space (one pretrained backbone). On
 (relative L2): {moved}; FedAvg's arg-max agrees with the ensemble's on
 {100 * premise["fedavg_agreement"]:.0f} % of pixels; each client's agreement with the ensemble:
 {agree}.{ensemble_line}
+
+## Communication
+
+What each federated row moved (serialized Flower messages, all clients, both directions).
+
+{communication_table(results)}
+{comm_figure}
 
 ## Learning curves (dev mIoU)
 

@@ -17,12 +17,14 @@ def demo(
     pretrained: bool,
     self_train: bool,
     lite: bool,
+    multi_round: bool,
     progress: bool,
 ) -> int:
     """Run the demo ``profile`` into ``out`` and print its table."""
-    from feds2r.demo import LITE_ROWS, ROWS, SELFTRAIN_ROWS, results_table, run_demo
+    from feds2r.demo import LITE_ROWS, ROUND_ROWS, ROWS, SELFTRAIN_ROWS, results_table, run_demo
 
     rows = ROWS + (SELFTRAIN_ROWS if self_train else ()) + (LITE_ROWS if lite else ())
+    rows += ROUND_ROWS if multi_round else ()
     results = run_demo(
         profile, out, seed=seed, world=world, progress=progress, pretrained=pretrained, rows=rows
     )
@@ -55,6 +57,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
               feds2r demo --profile default --seed 1 --out runs/demo-s1 --world runs/demo/world
               feds2r demo --self-train --out runs/demo-st
               feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
+              feds2r demo --multi-round --out runs/demo
             """),
     )
     p.add_argument("--profile", default="default", choices=("quick", "default", "full"))
@@ -80,5 +83,13 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         help="add the rows feds2r-lite (a segformer-cpu global model distilled through FedS2R's "
         "model as a large student, DUDA) and direct-lite (the same preset distilled straight from "
         "the clients); about 2 more minutes with the default profile",
+    )
+    p.add_argument(
+        "--multi-round",
+        action="store_true",
+        help="add the rows fedavg-5, fedprox-5 and fedseg-5: multi-round federations on "
+        "Flower's strategies at the clients' total steps (5 rounds of a fifth each), with what "
+        "every method communicated; needs Flower (pip install 'feds2r[flower]'); about 12 more "
+        "minutes with the default profile",
     )
     add_quiet(p, None)

@@ -98,6 +98,7 @@ class _Counted:
         self.clients: dict[int, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
         self._sent: dict[int, set[int]] = {}
+        self._round_bytes = {"download_bytes": 0, "upload_bytes": 0}
 
     def _entry(self, node: int) -> dict[str, Any]:
         return self.clients.setdefault(
@@ -106,8 +107,11 @@ class _Counted:
 
     def configure_train(self, server_round, arrays, config, grid):  # noqa: D102 - Flower's
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._round_bytes = {"download_bytes": 0, "upload_bytes": 0}
         for m in messages:
-            self._entry(m.metadata.dst_node_id)["download_bytes"] += content_bytes(m.content)
+            size = content_bytes(m.content)
+            self._entry(m.metadata.dst_node_id)["download_bytes"] += size
+            self._round_bytes["download_bytes"] += size
         self._sent[server_round] = {m.metadata.dst_node_id for m in messages}
         return messages
 
@@ -121,6 +125,7 @@ class _Counted:
                 continue
             size = content_bytes(m.content)  # a failure record travels too
             self._entry(node)["upload_bytes"] += size
+            self._round_bytes["upload_bytes"] += size
             if "failure" in m.content:
                 failure = dict(m.content["failure"])
                 self.names.setdefault(node, str(failure.get("client") or f"node-{node}"))
@@ -142,8 +147,12 @@ class _Counted:
                 "round": server_round,
                 "clients": sorted(self.name(m.metadata.src_node_id) for m in valid),
                 "dropped": {self.name(n): why for n, why in sorted(dropped.items())},
+                **self._round_bytes,
             }
         )
+        # a fixed order (by client name): the weighted mean's float sums do not depend on the
+        # order the transport or the strategy's node sampling delivered the replies in
+        valid.sort(key=lambda m: self.name(m.metadata.src_node_id))
         if len(valid) < self.min_clients:
             raise Feds2rError(
                 f"round {server_round}: only {len(valid)} clients sent a model, fewer than "
