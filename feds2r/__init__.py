@@ -48,6 +48,13 @@ _LAZY = {
     "run_server_pipeline": "feds2r.server.pipeline",
     "TeacherEnsemble": "feds2r.server.teachers",
     "fedavg": "feds2r.server.distill",
+    "SelfTrainConfig": "feds2r.server.selftrain",
+    "self_train": "feds2r.server.selftrain",
+    "LiteConfig": "feds2r.server.lite",
+    "distill_lite": "feds2r.server.lite",
+    # the multi-round baselines (need Flower: pip install 'feds2r[flower]')
+    "RoundsConfig": "feds2r.federation.round_client",
+    "run_rounds": "feds2r.federation.rounds",
     # the whole demo
     "run_demo": "feds2r.demo",
 }
@@ -62,14 +69,18 @@ __all__ = [  # the dataset API, then the lazily loaded names of _LAZY (a test ke
     "open_dataset",
     "DistillConfig",
     "GenerationConfig",
+    "LiteConfig",
     "PRESETS",
     "PretrainConfig",
+    "RoundsConfig",
     "SegModel",
+    "SelfTrainConfig",
     "ServerConfig",
     "TeacherEnsemble",
     "TrainConfig",
     "UnstableRule",
     "create_model",
+    "distill_lite",
     "evaluate",
     "evaluate_checkpoint",
     "fedavg",
@@ -79,8 +90,10 @@ __all__ = [  # the dataset API, then the lazily loaded names of _LAZY (a test ke
     "pretrain",
     "run_demo",
     "run_distill",
+    "run_rounds",
     "run_server_pipeline",
     "save_checkpoint",
+    "self_train",
     "train",
     "train_client",
 ]
@@ -105,10 +118,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
     from feds2r.engine.evaluate import evaluate
     from feds2r.engine.train import TrainConfig, train
+    from feds2r.federation.round_client import RoundsConfig
+    from feds2r.federation.rounds import run_rounds
     from feds2r.models import PRESETS, SegModel, create_model
     from feds2r.pretrain import PretrainConfig, pretrain
     from feds2r.server.distill import DistillConfig, fedavg, run_distill
     from feds2r.server.inconsistency import UnstableRule
+    from feds2r.server.lite import LiteConfig, distill_lite
     from feds2r.server.pipeline import (
         GenerationConfig,
         ServerConfig,
@@ -117,4 +133,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         generate_images,
         run_server_pipeline,
     )
+    from feds2r.server.selftrain import SelfTrainConfig, self_train
     from feds2r.server.teachers import TeacherEnsemble

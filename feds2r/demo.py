@@ -870,7 +870,8 @@ def plot_communication(results: dict, dest: Path) -> None:
     ax.set_xlabel("megabytes communicated (all clients, both directions)")
     ax.set_ylabel("mean test mIoU (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if results.get("round_curves"):
+        ax.legend(fontsize=7)
     save_figure(fig, dest)
 
 

@@ -3,7 +3,8 @@
     python scripts/demo_seeds.py runs/demo-s0 runs/demo-s1 runs/demo-s2 runs/demo-s3 runs/demo-s4
 
 Prints Markdown: the table of rows (mean ± std over seeds of each test domain, the mean, dev and
-the number of classes above 10 IoU), then, for every difference the demo claims
+the number of classes above 10 IoU; a row that only some runs have, e.g. of ``--multi-round``,
+is over those runs and says how many), then, for every difference the demo claims
 (``feds2r.demo.COMPARISONS``), its mean over seeds with a 95 % t-interval over seeds (the seeds'
 spread: clients, students and their training order all change with the seed), each seed's paired
 bootstrap interval over test images, and how many seeds have that interval above 0. Then the
@@ -35,17 +36,20 @@ def main() -> None:
     print()
     print("| method | " + " | ".join(domains) + " | mean | dev | classes > 10 |")
     print("|---|" + "---:|" * (len(domains) + 3))
-    for name in results[0]["methods"]:
+    names = list(dict.fromkeys(m for r in results for m in r["methods"]))
+    for name in names:
         cells = []
+        have = [r for r in results if name in r["methods"]]  # runs without a row's flag lack it
         for d in [*domains, "mean", "dev", "classes_above_10"]:
-            row = [r["methods"][name] for r in results]
+            row = [r["methods"][name] for r in have]
             if d not in ("mean", "dev", "classes_above_10") or d in row[0]:
                 vals = np.array([m[d] if d in m else m["miou"][d] for m in row], dtype=float)
-                sd = vals.std(ddof=1) if n > 1 else 0.0
+                sd = vals.std(ddof=1) if len(vals) > 1 else 0.0
                 cells.append(f"{vals.mean():.1f} ± {sd:.1f}")
             else:
                 cells.append("-")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        label = name if len(have) == n else f"{name} ({len(have)} seeds)"
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print()
     print("| difference (mean mIoU) | mean over seeds | 95 % t-interval over seeds | per seed "
           "(paired bootstrap over images) | seeds with interval > 0 |")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -127,3 +128,46 @@ def test_demo_runs_any_list_of_rows_including_self_training(tmp_path):
     assert {"distill:feds2r", "selftrain:feds2r+st"} <= set(results["timing_s"])
     assert {"feds2r+st - feds2r", "feds2r+st - feds2r+st-no-refine"} <= set(results["intervals"])
     assert "feds2r - feddf" not in results["intervals"]  # only comparisons of rows that ran
+
+
+def test_merge_curves_keeps_reused_and_resumed_runs_and_replaces_retrained_ones():
+    from feds2r.demo import merge_curves
+
+    before = {"reused": [[150, 1.0], [300, 2.0]], "resumed": [[150, 1.0], [300, 2.0]],
+              "retrained": [[150, 1.0], [300, 2.0]]}  # fmt: skip
+    now = {"resumed": [[300, 2.5]], "retrained": [[150, 0.5], [300, 0.7]], "new": [[150, 3.0]]}
+    merged = merge_curves(before, now)
+    assert merged["reused"] == [[150, 1.0], [300, 2.0]]  # drew nothing now: kept whole
+    assert merged["resumed"] == [[150, 1.0], [300, 2.5]]  # earlier points before the resume
+    assert merged["retrained"] == [[150, 0.5], [300, 0.7]]
+    assert merged["new"] == [[150, 3.0]]
+
+
+@pytest.mark.slow
+def test_lite_and_multi_round_rows_and_a_rerun_that_trains_only_the_new_rows(tmp_path):
+    pytest.importorskip("flwr")
+    from feds2r.demo import LITE_ROWS, ROUND_ROWS, ROWS
+
+    feds2r = next(r for r in ROWS if r.name == "feds2r")
+    first = run_demo(TINY, tmp_path, seed=0, progress=False, rows=(feds2r,))
+    assert "feds2r-lite" not in first["methods"]
+    state = tmp_path / "feds2r" / "state" / "state.json"
+    stamp = state.stat().st_mtime_ns
+    two = dataclasses.replace(ROUND_ROWS[0], rounds={"method": "fedavg", "rounds": 2})
+    rows = (feds2r, *LITE_ROWS, two)  # TINY trains 2 client steps: 2 rounds of 1
+    results = run_demo(TINY, tmp_path, seed=0, progress=False, rows=rows)
+    assert state.stat().st_mtime_ns == stamp  # the finished feds2r training was reused
+    assert results["curves"]["feds2r"] == first["curves"]["feds2r"]  # its curve carried over
+    methods = results["methods"]
+    assert methods["feds2r-lite"]["preset"] == "segformer-cpu"
+    assert methods["feds2r-lite"]["parameters"] < methods["feds2r"]["parameters"] / 2
+    assert methods["feds2r-lite"]["inference_img_s"] > 0
+    assert methods["fedavg-5"]["checkpoint"].endswith("fedavg-5/global")
+    comm = results["communication"]
+    assert comm["measured"] and comm["feds2r"]["rounds"] == 1 and comm["fedavg-5"]["rounds"] == 2
+    assert comm["fedavg-5"]["megabytes"] > 1.9 * comm["feds2r"]["megabytes"]  # 2 exchanges vs 1
+    assert [p[0] for p in results["round_curves"]["fedavg-5"]] == [0, 1, 2]
+    assert {"feds2r-lite - direct-lite", "feds2r - fedavg-5"} <= set(results["intervals"])
+    assert (tmp_path / "communication.png").is_file()
+    again = run_demo(TINY, tmp_path, seed=0, progress=False, rows=rows)  # all reused
+    assert again["methods"]["fedavg-5"]["mean"] == methods["fedavg-5"]["mean"]

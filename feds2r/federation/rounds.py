@@ -400,9 +400,18 @@ class InProcessGrid(Grid):
 
 
 def run_rounds_in_process(clients: dict[str, str], config, **options: Any) -> dict[str, Any]:
-    """:func:`run_rounds` with every client trained in this process (:class:`InProcessGrid`)."""
-    with _task_identity():
-        return run_rounds(InProcessGrid(clients), config, **options)
+    """:func:`run_rounds` with every client trained in this process (:class:`InProcessGrid`);
+    Flower's own per-round INFO log is held back (``log`` says what each round did)."""
+    import logging
+
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.WARNING)
+    try:
+        with _task_identity():
+            return run_rounds(InProcessGrid(clients), config, **options)
+    finally:
+        flwr_log.setLevel(level)
 
 
 __all__ = [
