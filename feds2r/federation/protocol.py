@@ -18,7 +18,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,6 +402,22 @@ def in_process_send(
     return send
 
 
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A staging folder beside ``out`` for a run to write into: renamed to ``out`` when the block
+    ends, removed when it raises (also on Ctrl-C), so a failed run leaves no half-written output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    os.replace(stage, out)
+
+
 def run_federation(
     send: SendFn, config: FederationConfig, *, progress: bool = True, log=print
 ) -> dict[str, Any]:
@@ -416,9 +433,7 @@ def run_federation(
     out = Path(config.out)
     check_new_output(out)
     check_server_inputs(config)  # before any client trains
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged(out) as stage:
         write_run_config(stage, {"federation": config})
         torch.manual_seed(config.clients.seed)
         init = create_model(config.preset, backbone_weights=PUBLIC if config.pretrained else None)
@@ -472,13 +487,7 @@ def run_federation(
         results = _moved_paths(results, str(stage), str(out))
         _move_json_paths(stage, str(stage), str(out))
         write_atomic(stage / "results.json", json.dumps(results, indent=2).encode())
-        if out.exists():
-            out.rmdir()
-        os.replace(stage, out)
-        return results
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    return results
 
 
 def _moved_paths(value: Any, old: str, new: str) -> Any:

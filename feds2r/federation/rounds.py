@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -228,11 +226,9 @@ def run_rounds(
     mIoU on ``evaluate_on`` (name -> labelled dataset; default the config's evaluation sets).
 
     Written into a staging folder and renamed into place at the end, as the one-shot flow."""
-    import shutil
-
     from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
     from feds2r.engine.evaluate import evaluate
-    from feds2r.federation.protocol import check_new_output, check_server_inputs
+    from feds2r.federation.protocol import check_new_output, check_server_inputs, staged
     from feds2r.io import write_atomic
     from feds2r.models import PUBLIC, create_model
 
@@ -245,9 +241,7 @@ def run_rounds(
         from feds2r.data import open_dataset
 
         evaluate_on = {n: open_dataset(s) for n, s in config.evaluation_sets().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged(out) as stage:
         write_run_config(stage, {"federation": config})
         if init is not None:
             model, _ = load_checkpoint(init)
@@ -307,13 +301,7 @@ def run_rounds(
             "timing_s": {"rounds": seconds},
         }
         write_atomic(stage / "results.json", json.dumps(results, indent=2).encode())
-        if out.exists():
-            out.rmdir()
-        os.replace(stage, out)
-        return results
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    return results
 
 
 # ----------------------------------------------------------------------------- in one process

@@ -179,6 +179,7 @@ def distill_lite(
     from feds2r.engine.train import check_resume, train
     from feds2r.models import PUBLIC, create_model, shipped_weights
     from feds2r.server.distill import image_sources, load_server_images, open_server_images
+    from feds2r.server.pipeline import StageInputs
     from feds2r.server.teachers import TeacherEnsemble, sample_batches
 
     if not client_paths:
@@ -204,12 +205,9 @@ def distill_lite(
         out,
         {
             "lite": config,
-            "server": {
-                "model": str(bridge),
-                "clients": identity["clients"],
-                "data": str(data),
-                "generated": generated or "",
-            },  # fmt: skip
+            "server": StageInputs(
+                str(bridge), tuple(identity["clients"]), str(data), generated or ""
+            ),
             "distill": distill_config,
             "train": train_config,
         },

@@ -216,6 +216,7 @@ def self_train(
     from feds2r.engine.device import resolve_device
     from feds2r.engine.train import check_resume, train
     from feds2r.server.distill import image_sources, load_server_images, open_server_images
+    from feds2r.server.pipeline import StageInputs
     from feds2r.server.teachers import TeacherEnsemble, sample_batches
 
     if not client_paths:
@@ -245,12 +246,9 @@ def self_train(
         out,
         {
             "selftrain": config,
-            "server": {
-                "model": str(global_model),
-                "clients": identity["clients"],
-                "data": str(data),
-                "generated": generated or "",
-            },  # fmt: skip
+            "server": StageInputs(
+                str(global_model), tuple(identity["clients"]), str(data), generated or ""
+            ),
             "distill": distill_config,
             "train": train_config,
         },
