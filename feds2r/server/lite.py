@@ -180,7 +180,7 @@ def distill_lite(
     from feds2r.models import PUBLIC, create_model, shipped_weights
     from feds2r.server.distill import image_sources, load_server_images, open_server_images
     from feds2r.server.pipeline import StageInputs
-    from feds2r.server.teachers import TeacherEnsemble, sample_batches
+    from feds2r.server.teachers import TeacherEnsemble, cached_ensemble_targets
 
     if not client_paths:
         raise Feds2rError("the lightweight route needs the client models (its second teacher)")
@@ -214,11 +214,10 @@ def distill_lite(
     )
     device = resolve_device(train_config.device)
     cache = load_server_images(real, gen, train_config.height, progress=progress)
-    for t in [large, *teachers]:
-        t.to(device).eval().requires_grad_(False)
-    batches = [b.to(device) for b in sample_batches(cache, 32)]
-    ensemble = TeacherEnsemble.for_distillation(teachers, distill_config, batches, device=device)
-    ens_maps, _ = ensemble.cache_targets(cache, device=device, progress=progress)
+    large.to(device).eval().requires_grad_(False)
+    ens_maps, batches = cached_ensemble_targets(
+        teachers, cache, distill_config, device=device, progress=progress
+    )
     bridge_maps, _ = TeacherEnsemble([large]).cache_targets(cache, device=device, progress=progress)
     k = large.num_classes
     maps = [
@@ -226,7 +225,7 @@ def distill_lite(
         for b, e in zip(bridge_maps, ens_maps, strict=True)
     ]
     cache = cache.with_maps(maps)
-    del teachers, ensemble, ens_maps, bridge_maps
+    del teachers, ens_maps, bridge_maps
 
     torch.manual_seed(train_config.seed)
     weights_file = shipped_weights(config.student) if config.pretrained else None

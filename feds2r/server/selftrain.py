@@ -217,7 +217,7 @@ def self_train(
     from feds2r.engine.train import check_resume, train
     from feds2r.server.distill import image_sources, load_server_images, open_server_images
     from feds2r.server.pipeline import StageInputs
-    from feds2r.server.teachers import TeacherEnsemble, sample_batches
+    from feds2r.server.teachers import cached_ensemble_targets
 
     if not client_paths:
         raise Feds2rError("self-training needs the client models (their targets are a term)")
@@ -255,14 +255,10 @@ def self_train(
     )
     device = resolve_device(train_config.device)
     cache = load_server_images(real, gen, train_config.height, progress=progress)
-    for t in teachers:
-        t.to(device).eval().requires_grad_(False)
-    batches = [b.to(device) for b in sample_batches(cache, 32)]
     plain = dataclasses.replace(distill_config, feature_fusion=False)
-    ensemble = TeacherEnsemble.for_distillation(teachers, plain, batches, device=device)
-    maps, _ = ensemble.cache_targets(cache, device=device, progress=progress)
+    maps, _ = cached_ensemble_targets(teachers, cache, plain, device=device, progress=progress)
     cache = cache.with_maps(maps)
-    del teachers, ensemble
+    del teachers
     student = student.to(device).train().requires_grad_(True)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     done = [0]

@@ -317,3 +317,17 @@ class TeacherEnsemble:
             bar.update(len(idx))
         bar.close()
         return maps, channels
+
+
+def cached_ensemble_targets(
+    teachers: Sequence[SegModel], data, config, *, device="cpu", progress: bool = True
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The server stages' common start: freeze ``teachers``, sample the comparison batches of
+    ``data`` (a ResizedCache), build the ensemble ``config`` (a DistillConfig) asks for and cache
+    its targets (no feature term). Returns the per-image maps and the batches."""
+    for t in teachers:
+        t.to(device).eval().requires_grad_(False)
+    batches = [b.to(device) for b in sample_batches(data, 32)]
+    ensemble = TeacherEnsemble.for_distillation(teachers, config, batches, device=device)
+    maps, _ = ensemble.cache_targets(data, device=device, progress=progress)
+    return maps, batches
