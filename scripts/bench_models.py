@@ -34,6 +34,7 @@ def bench_one(
 ) -> dict:
     import torch
 
+    from feds2r.engine.train import TrainConfig, build_optimizer
     from feds2r.losses import supervised_loss
     from feds2r.models import create_model
 
@@ -41,7 +42,8 @@ def bench_one(
     dev = torch.device(device)
     model = create_model(preset).to(dev)
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    config = TrainConfig()
+    opt = build_optimizer(model, config)  # our loop's optimizer (fused AdamW) and clipping
     x = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=dev)
     y = torch.randint(0, 19, (batch, *size), device=dev)
 
@@ -55,6 +57,7 @@ def bench_one(
             loss = supervised_loss(model(x), y)["loss"]
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
 
     def infer_step():
@@ -65,6 +68,21 @@ def bench_one(
         ):
             model.predict(x)
 
+    def before_step():
+        """Our step as it was before issue 14's exact changes (commit b67e358): the loss one layer
+        and one image at a time, the unfused AdamW; same model and clipping."""
+        model.train()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = before_loss(model(x), y)["loss"]
+        before_opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        before_opt.step()
+
+    before_loss = reference_loss()
+    before_opt = torch.optim.AdamW(
+        [{k: v for k, v in g.items() if k != "fused"} for g in opt.param_groups], foreach=False
+    )
     bare_step = make_bare_step(preset, x, y, dev)
     out = {
         "preset": preset,
@@ -74,22 +92,47 @@ def bench_one(
         "device": device,
         "threads": torch.get_num_threads(),
     }
-    for name, fn in (("train", train_step), ("infer", infer_step), ("bare_train", bare_step)):
+    loops = {"train": train_step, "before_train": before_step, "bare_train": bare_step}
+    loops["infer"] = infer_step
+    for fn in loops.values():
         for _ in range(warmup):
             fn()
-        sync()
-        times = []
-        for _ in range(repeats):
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(repeats):  # the loops interleaved, so that the machine's noise hits them all
+        for name, fn in loops.items():
             start = time.perf_counter()
             fn()
             sync()
-            times.append(time.perf_counter() - start)
-        out[f"{name}_img_s"] = batch / statistics.median(times)
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        out[f"{name}_img_s"] = batch / statistics.median(ts)
     if dev.type == "cuda":
         out["peak_mem_MiB"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         out["peak_mem_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+def reference_loss():
+    """The supervised loss before it was batched (the reference implementation the tests keep,
+    tests/losses/reference_set_loss.py), as a function of (model output, labels)."""
+    import importlib.util
+    from pathlib import Path
+
+    from feds2r.losses import pixel_cross_entropy
+
+    path = Path(__file__).parents[1] / "tests" / "losses" / "reference_set_loss.py"
+    spec = importlib.util.spec_from_file_location("reference_set_loss", path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+
+    def loss(output, labels):
+        if output.class_logits is None:
+            return pixel_cross_entropy(output.seg_logits, labels)
+        return ref.mask2former_loss(output.class_logits, output.mask_logits, output.aux, labels)
+
+    return loss
 
 
 def make_bare_step(preset: str, x, y, dev):
@@ -139,13 +182,15 @@ def profile_one(preset: str, size: tuple[int, int], batch: int, device: str) -> 
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from feds2r.engine.train import TrainConfig, build_optimizer
     from feds2r.losses import supervised_loss
     from feds2r.models import create_model
 
     torch.manual_seed(0)
     dev = torch.device(device)
     model = create_model(preset).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    config = TrainConfig()
+    opt = build_optimizer(model, config)
     x = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=dev)
     y = torch.randint(0, 19, (batch, *size), device=dev)
 
@@ -159,6 +204,7 @@ def profile_one(preset: str, size: tuple[int, int], batch: int, device: str) -> 
             opt.zero_grad()
             loss.backward()
         with record_function("optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
 
     def infer_step():
@@ -226,9 +272,10 @@ def main() -> None:
         return
     print(
         "| preset | params (M) | input | batch | device | threads | train img/s | infer img/s | "
-        "bare-loop train img/s | our step / bare step | peak memory (MiB) |"
+        "before train img/s | speed-up | bare-loop train img/s | our step / bare step | "
+        "peak memory (MiB) |"
     )
-    print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for preset in presets:
         cmd = [
             sys.executable,
@@ -252,7 +299,8 @@ def main() -> None:
         print(
             f"| {r['preset']} | {r['params_M']:.2f} | {r['size'][0]}x{r['size'][1]} | "
             f"{r['batch']} | {r['device']} | {r['threads']} | {r['train_img_s']:.1f} | "
-            f"{r['infer_img_s']:.1f} | {r['bare_train_img_s']:.1f} | "
+            f"{r['infer_img_s']:.1f} | {r['before_train_img_s']:.1f} | "
+            f"{r['train_img_s'] / r['before_train_img_s']:.2f}x | {r['bare_train_img_s']:.1f} | "
             f"{r['bare_train_img_s'] / r['train_img_s']:.2f} | {r['peak_mem_MiB']:.0f} |",
             flush=True,
         )

@@ -286,3 +286,32 @@ def test_non_finite_matching_costs_raise_floating_point_error():
     masks = torch.zeros(4, 8, 8)
     with pytest.raises(FloatingPointError, match="matching cost is not finite"):
         hungarian_match(logits, masks, torch.tensor([0, 1]), torch.ones(2, 8, 8), num_points=16)
+
+
+def test_the_fused_optimizer_makes_the_plain_adamw_update():
+    from feds2r.engine.train import build_optimizer
+
+    torch.manual_seed(0)
+    model, plain = create_model("m2f-cpu"), create_model("m2f-cpu")
+    plain.load_state_dict(model.state_dict())
+    start = [p.detach().clone() for p in model.parameters()]
+    config = TrainConfig(weight_decay=0.05)
+    fused = build_optimizer(model, config)
+    assert fused.defaults["fused"] is True
+    # the same groups (backbone at its lower learning rate) over the copy, unfused
+    position = {id(p): i for i, p in enumerate(model.parameters())}
+    copies = list(plain.parameters())
+    groups = [
+        {"params": [copies[position[id(p)]] for p in g["params"]], "lr": g["lr"]}
+        for g in fused.param_groups
+    ]
+    ref = torch.optim.AdamW(groups, weight_decay=config.weight_decay, foreach=False)
+    for step in range(3):
+        for m in (model, plain):
+            for i, p in enumerate(m.parameters()):
+                p.grad = torch.full_like(p, 0.1 * (step + 1)) + 0.01 * start[i]
+        fused.step()
+        ref.step()
+    for (name, a), b in zip(model.named_parameters(), copies, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(not torch.equal(a, s) for a, s in zip(model.parameters(), start, strict=True))
