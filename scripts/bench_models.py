@@ -21,6 +21,7 @@ training step and one inference step, and the share of multi-scale deformable at
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -37,6 +38,7 @@ def bench_one(
     from feds2r.engine.train import TrainConfig, build_optimizer
     from feds2r.losses import supervised_loss
     from feds2r.models import create_model
+    from feds2r.models.deformable import use_transformers_attention
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -60,28 +62,35 @@ def bench_one(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
 
-    def infer_step():
-        model.eval()
+    def infer_step(net=model):
+        net.eval()
         with (
             torch.no_grad(),
             torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"),
         ):
-            model.predict(x)
+            net.predict(x)
 
     def before_step():
-        """Our step as it was before issue 14's exact changes (commit b67e358): the loss one layer
-        and one image at a time, the unfused AdamW; same model and clipping."""
-        model.train()
+        """Our step as it was before issue 14's exact changes (commit b67e358): transformers'
+        per-level deformable attention, the loss one layer and one image at a time, the unfused
+        AdamW; a copy of the same model, the same clipping."""
+        before.train()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = before_loss(model(x), y)["loss"]
+            loss = before_loss(before(x), y)["loss"]
         before_opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(before.parameters(), config.grad_clip)
         before_opt.step()
 
+    before = copy.deepcopy(model)
+    use_transformers_attention(before)
     before_loss = reference_loss()
     before_opt = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "fused"} for g in opt.param_groups], foreach=False
+        [
+            {k: v for k, v in g.items() if k != "fused"}
+            for g in build_optimizer(before, config).param_groups
+        ],
+        foreach=False,
     )
     bare_step = make_bare_step(preset, x, y, dev)
     out = {
@@ -94,6 +103,7 @@ def bench_one(
     }
     loops = {"train": train_step, "before_train": before_step, "bare_train": bare_step}
     loops["infer"] = infer_step
+    loops["before_infer"] = lambda: infer_step(before)
     for fn in loops.values():
         for _ in range(warmup):
             fn()
@@ -272,10 +282,10 @@ def main() -> None:
         return
     print(
         "| preset | params (M) | input | batch | device | threads | train img/s | infer img/s | "
-        "before train img/s | speed-up | bare-loop train img/s | our step / bare step | "
-        "peak memory (MiB) |"
+        "before train img/s | speed-up | before infer img/s | speed-up | "
+        "bare-loop train img/s | our step / bare step | peak memory (MiB) |"
     )
-    print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for preset in presets:
         cmd = [
             sys.executable,
@@ -300,7 +310,8 @@ def main() -> None:
             f"| {r['preset']} | {r['params_M']:.2f} | {r['size'][0]}x{r['size'][1]} | "
             f"{r['batch']} | {r['device']} | {r['threads']} | {r['train_img_s']:.1f} | "
             f"{r['infer_img_s']:.1f} | {r['before_train_img_s']:.1f} | "
-            f"{r['train_img_s'] / r['before_train_img_s']:.2f}x | {r['bare_train_img_s']:.1f} | "
+            f"{r['train_img_s'] / r['before_train_img_s']:.2f}x | {r['before_infer_img_s']:.1f} | "
+            f"{r['infer_img_s'] / r['before_infer_img_s']:.2f}x | {r['bare_train_img_s']:.1f} | "
             f"{r['bare_train_img_s'] / r['train_img_s']:.2f} | {r['peak_mem_MiB']:.0f} |",
             flush=True,
         )

@@ -13,6 +13,7 @@ from transformers import Mask2FormerForUniversalSegmentation, SegformerForSemant
 from feds2r.data.labels import NUM_CLASSES
 from feds2r.errors import Feds2rError
 from feds2r.io import refuse_pickle
+from feds2r.models.deformable import use_canvas_attention
 from feds2r.models.presets import PRESETS, Preset
 
 # ImageNet statistics, the usual input normalisation of both backbone families.
@@ -70,6 +71,7 @@ class SegModel(nn.Module):
         config = preset.build_config(num_classes)
         if preset.family == "mask2former":
             self.net = Mask2FormerForUniversalSegmentation(config)
+            use_canvas_attention(self.net)  # the same attention, one grid_sample for all levels
         else:
             self.net = SegformerForSemanticSegmentation(config)
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
