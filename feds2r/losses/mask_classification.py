@@ -176,6 +176,9 @@ def layer_losses(
     )  # fmt: skip
     image = torch.as_tensor(present, device=dev)[image]
     target_cls[layer, image, query] = classes[target]
+    # the matched queries as rows of the flattened (L*B*Q) outputs: index_select, whose
+    # backward stays fast with deterministic algorithms on (advanced indexing's does not)
+    flat = (layer * b + image) * q + query
 
     per_query = F.cross_entropy(
         class_logits.permute(0, 3, 1, 2), target_cls, reduction="none"
@@ -183,13 +186,14 @@ def layer_losses(
     w = weight[target_cls]
     if class_dists is not None:
         teacher = torch.cat([class_dists[i] for i in present])[target]
-        student = F.log_softmax(class_logits[layer, image, query] / temperature, dim=-1)
+        student = class_logits.flatten(0, 2).index_select(0, flat)
+        student = F.log_softmax(student / temperature, dim=-1)
         kl = (teacher * (teacher.clamp_min(1e-8).log() - student)).sum(-1) * temperature**2
         per_query = per_query.index_put((layer, image, query), kl)
         w = w.index_put((layer, image, query), torch.ones_like(kl))
     ce = (per_query * w).sum((1, 2)) / w.sum((1, 2))
 
-    pred = mask_logits[layer, image, query]  # (L*M, h, w), layer by layer
+    pred = mask_logits.flatten(0, 2).index_select(0, flat)  # (L*M, h, w), layer by layer
     with torch.no_grad():
         coords = _uncertain_points(pred, cand.flatten(0, 1), rest.flatten(0, 1), num_points)
         # each target mask sampled once, at the points of its match in every layer
