@@ -5,6 +5,8 @@ Each preset runs in its own process (so peak memory is its own): ``--warmup`` un
 then ``--repeats`` timed ones; the median is reported. CPU presets run at 128x256 on the CPU;
 paper-scale presets at 512x1024 on CUDA when a GPU is present (``--paper`` forces them on CPU).
 
+Our loops run as the training loop runs them, with deterministic algorithms on; "before" is our
+step as it was before issue 14's exact changes, on a copy of the same model, in the same run.
 The reference ("bare") is the same transformers model built straight from the preset's config
 (``Mask2FormerForUniversalSegmentation`` / ``SegformerForSemanticSegmentation``), trained with
 its own loss (``labels`` / ``mask_labels`` + ``class_labels``) and plain AdamW on the same
@@ -21,6 +23,7 @@ training step and one inference step, and the share of multi-scale deformable at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import resource
@@ -35,6 +38,7 @@ def bench_one(
 ) -> dict:
     import torch
 
+    from feds2r.engine.repro import deterministic
     from feds2r.engine.train import TrainConfig, build_optimizer
     from feds2r.losses import supervised_loss
     from feds2r.models import create_model
@@ -111,10 +115,13 @@ def bench_one(
     times: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(repeats):  # the loops interleaved, so that the machine's noise hits them all
         for name, fn in loops.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            # ours (and ours before) as the training loop runs them: deterministic algorithms on
+            ours = contextlib.nullcontext() if name == "bare_train" else deterministic(0)
+            with ours:
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
     for name, ts in times.items():
         out[f"{name}_img_s"] = batch / statistics.median(ts)
     if dev.type == "cuda":
