@@ -57,14 +57,19 @@ def bench_one(
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def train_step():
-        model.train()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = supervised_loss(model(x), y)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
+    def step_of(net, opt, loss_fn):
+        """One training step of ``net`` as our loop makes it (clipping included)."""
+
+        def step():
+            net.train()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                loss = loss_fn(net(x), y)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            opt.step()
+
+        return step
 
     def infer_step(net=model):
         net.eval()
@@ -74,18 +79,9 @@ def bench_one(
         ):
             net.predict(x)
 
-    def before_step():
-        """Our step as it was before issue 14's exact changes (commit b67e358): transformers'
-        per-level deformable attention, the loss one layer and one image at a time, the unfused
-        AdamW; a copy of the same model, the same clipping."""
-        before.train()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = before_loss(before(x), y)["loss"]
-        before_opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(before.parameters(), config.grad_clip)
-        before_opt.step()
-
+    # our step as it was before issue 14's exact changes (commit b67e358): transformers'
+    # per-level deformable attention, the loss one layer and one image at a time, the unfused
+    # AdamW; on a copy of the same model, with the same clipping
     before = copy.deepcopy(model)
     use_transformers_attention(before)
     before_loss = reference_loss()
@@ -96,6 +92,8 @@ def bench_one(
         ],
         foreach=False,
     )
+    train_step = step_of(model, opt, supervised_loss)
+    before_step = step_of(before, before_opt, before_loss)
     bare_step = make_bare_step(preset, x, y, dev)
     out = {
         "preset": preset,

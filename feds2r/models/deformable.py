@@ -116,19 +116,16 @@ class CanvasDeformableAttention(MultiscaleDeformableAttention):
 def use_canvas_attention(model: nn.Module) -> int:
     """Switch every pixel-decoder deformable attention module of ``model`` to
     :class:`CanvasDeformableAttention` (parameters untouched); returns how many were switched."""
-    count = 0
-    for module in model.modules():
-        if type(module) is MultiscaleDeformableAttention:
-            module.__class__ = CanvasDeformableAttention
-            count += 1
-    return count
+    return _switch(model, MultiscaleDeformableAttention, CanvasDeformableAttention)
 
 
 def use_transformers_attention(model: nn.Module) -> int:
     """Undo :func:`use_canvas_attention`: transformers' own per-level path (for comparisons)."""
-    count = 0
-    for module in model.modules():
-        if type(module) is CanvasDeformableAttention:
-            module.__class__ = MultiscaleDeformableAttention
-            count += 1
-    return count
+    return _switch(model, CanvasDeformableAttention, MultiscaleDeformableAttention)
+
+
+def _switch(model: nn.Module, old: type, new: type) -> int:
+    modules = [m for m in model.modules() if type(m) is old]
+    for module in modules:
+        module.__class__ = new
+    return len(modules)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from feds2r.data.labels import IGNORE_INDEX
@@ -18,6 +17,7 @@ from feds2r.losses.mask_classification import (
     POINT_FRACTION,
     bce_loss,
     dice_loss,
+    hungarian_match,  # unchanged by the batching: the library's own
     point_sample,
 )
 
@@ -45,36 +45,6 @@ def importance_points(
     chosen = torch.gather(cand, 1, top[..., None].expand(-1, -1, 2))
     rest = torch.rand(n, num_points - k, 2, device=logits.device)
     return torch.cat([chosen, rest], dim=1)
-
-
-@torch.no_grad()
-def hungarian_match(
-    class_logits: Tensor,
-    mask_logits: Tensor,
-    target_classes: Tensor,
-    target_masks: Tensor,
-    num_points: int,
-) -> tuple[Tensor, Tensor]:
-    """Match Q predictions of one image to its T targets; returns (query idx, target idx).
-
-    ``class_logits`` (Q, K+1), ``mask_logits`` (Q, h, w), ``target_masks`` (T, H, W) in [0, 1].
-    Cost = -2 p(class) + 5 BCE + 5 Dice, masks compared on the same uniform random points.
-    Raises FloatingPointError if the cost is not finite (NaN or infinite predictions).
-    """
-    prob = class_logits.softmax(-1)[:, target_classes]  # (Q, T)
-    coords = torch.rand(1, num_points, 2, device=mask_logits.device)
-    pred = point_sample(mask_logits, coords.expand(mask_logits.shape[0], -1, -1))  # (Q, P)
-    tgt = point_sample(target_masks, coords.expand(target_masks.shape[0], -1, -1))  # (T, P)
-    pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
-    bce = (pos @ tgt.T + neg @ (1 - tgt).T) / num_points  # (Q, T)
-    p = pred.sigmoid()
-    dice = 1 - (2 * p @ tgt.T + 1) / (p.sum(-1)[:, None] + tgt.sum(-1)[None] + 1)
-    cost = -CLASS_WEIGHT * prob + MASK_WEIGHT * bce + DICE_WEIGHT * dice
-    if not torch.isfinite(cost).all():  # the matcher cannot rank NaNs; the training loop reports it
-        raise FloatingPointError("the matching cost is not finite: NaN or infinite predictions")
-    rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
-    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 
 
 def set_prediction_loss(
