@@ -97,7 +97,7 @@ class CanvasDeformableAttention(MultiscaleDeformableAttention):
         value = value.view(b, value.shape[1], heads, self.d_model // heads)
         offsets = self.sampling_offsets(queries).view(b, nq, heads, levels, points, 2)
         weights = self.attention_weights(queries).view(b, nq, heads, levels * points)
-        weights = weights.softmax(-1).view(b, nq, heads, levels, points)
+        weights = _softmax(weights).view(b, nq, heads, levels, points)
         ref = reference_points[:, :, None, :, None, :]
         if reference_points.shape[-1] == 2:  # points: offsets in pixels of each level
             wh = torch.tensor([[w, h] for h, w in spatial_shapes_list], device=offsets.device)
@@ -111,6 +111,14 @@ class CanvasDeformableAttention(MultiscaleDeformableAttention):
         attend = canvas_deformable_attention if torch.is_grad_enabled() else per_level_attention
         out = attend(value, spatial_shapes_list, locations, weights)
         return self.output_proj(out), weights
+
+
+def _softmax(x: Tensor) -> Tensor:
+    """Softmax over the last dimension, written out: PyTorch's CPU kernel is slow for a short last
+    dimension (the 12 levels x points here: 2.4 ms against 0.5 ms for m2f-cpu's (8, 672, 4, 12)
+    weights); equal to ``x.softmax(-1)`` within rounding (1e-7)."""
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
 
 
 def use_canvas_attention(model: nn.Module) -> int:

@@ -67,6 +67,9 @@ def test_the_model_switches_every_pixel_decoder_attention_and_keeps_its_outputs(
         if isinstance(m, hf.Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention)
     ]
     assert modules and all(type(m) is CanvasDeformableAttention for m in modules)
+    with torch.no_grad():  # transformers starts them uniform: give the attention weights a shape
+        for m in modules:
+            m.attention_weights.weight.normal_(0, 0.5)
     plain = copy.deepcopy(model)
     assert use_transformers_attention(plain) == len(modules)
     assert not any(type(m) is CanvasDeformableAttention for m in plain.modules())
@@ -77,7 +80,21 @@ def test_the_model_switches_every_pixel_decoder_attention_and_keeps_its_outputs(
     assert a.mask_logits.requires_grad
     torch.testing.assert_close(a.mask_logits, b.mask_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.class_logits, b.class_logits, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():  # without: transformers' own path
-        assert torch.equal(model(x).mask_logits, plain(x).mask_logits)
+    with torch.no_grad():  # without: transformers' own sampling, our softmax
+        torch.testing.assert_close(model(x).mask_logits, plain(x).mask_logits)
     assert model.state_dict().keys() == plain.state_dict().keys()
     assert use_canvas_attention(plain) == len(modules)
+
+
+def test_the_written_out_softmax_equals_torch_softmax():
+    from feds2r.models.deformable import _softmax
+
+    x = torch.randn(3, 50, 4, 12) * 6
+    x[0, 0, 0] = 80.0  # large logits: the maximum is subtracted first
+    torch.testing.assert_close(_softmax(x), x.softmax(-1), rtol=1e-6, atol=1e-7)
+    g = torch.randn_like(x)
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    (_softmax(a) * g).sum().backward()
+    (b.softmax(-1) * g).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
