@@ -153,10 +153,8 @@ def layer_losses(
     weight[-1] = NO_OBJECT_WEIGHT
     target_cls = torch.full((n_layers, b, q), k1 - 1, dtype=torch.long, device=dev)
     if not present:
-        ce = F.cross_entropy(class_logits.permute(0, 3, 1, 2), target_cls, reduction="none")
-        w = weight[target_cls]
         zero = mask_logits.sum((1, 2, 3, 4)) * 0
-        return {"ce": (ce * w).sum((1, 2)) / w.sum((1, 2)), "bce": zero, "dice": zero}
+        return {"ce": _class_term(class_logits, target_cls, weight), "bce": zero, "dice": zero}
 
     # The random points, in the order a layer-by-layer, image-by-image loss draws them: per layer,
     # the matching's points of each image, then the loss's candidates and uniform points.
@@ -180,18 +178,13 @@ def layer_losses(
     # backward stays fast with deterministic algorithms on (advanced indexing's does not)
     flat = (layer * b + image) * q + query
 
-    per_query = F.cross_entropy(
-        class_logits.permute(0, 3, 1, 2), target_cls, reduction="none"
-    )  # (L, B, Q)
-    w = weight[target_cls]
+    kl = None
     if class_dists is not None:
         teacher = torch.cat([class_dists[i] for i in present])[target]
         student = class_logits.flatten(0, 2).index_select(0, flat)
         student = F.log_softmax(student / temperature, dim=-1)
         kl = (teacher * (teacher.clamp_min(1e-8).log() - student)).sum(-1) * temperature**2
-        per_query = per_query.index_put((layer, image, query), kl)
-        w = w.index_put((layer, image, query), torch.ones_like(kl))
-    ce = (per_query * w).sum((1, 2)) / w.sum((1, 2))
+    ce = _class_term(class_logits, target_cls, weight, (layer, image, query), kl)
 
     pred = mask_logits.flatten(0, 2).index_select(0, flat)  # (L*M, h, w), layer by layer
     with torch.no_grad():
@@ -207,6 +200,24 @@ def layer_losses(
         "bce": bce_loss(pred_pts, tgt_pts).view(n_layers, n_matched).mean(1),
         "dice": dice_loss(pred_pts, tgt_pts).view(n_layers, n_matched).mean(1),
     }
+
+
+def _class_term(
+    class_logits: Tensor,
+    target_cls: Tensor,
+    weight: Tensor,
+    matched: tuple[Tensor, Tensor, Tensor] | None = None,
+    kl: Tensor | None = None,
+) -> Tensor:
+    """Each layer's class term (L,): the class-weighted mean cross-entropy of ``class_logits``
+    (L, B, Q, K+1) against ``target_cls`` (L, B, Q); with ``kl``, the ``matched`` queries'
+    (layer, image, query) terms are those KL divergences instead, at weight 1."""
+    per_query = F.cross_entropy(class_logits.permute(0, 3, 1, 2), target_cls, reduction="none")
+    w = weight[target_cls]
+    if kl is not None:
+        per_query = per_query.index_put(matched, kl)
+        w = w.index_put(matched, torch.ones_like(kl))
+    return (per_query * w).sum((1, 2)) / w.sum((1, 2))
 
 
 @torch.no_grad()
