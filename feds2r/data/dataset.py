@@ -93,6 +93,8 @@ def read_label(path: Path, encoding: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if encoding == "channel0" and img.mode in ("RGB", "RGBA"):
+                return np.asarray(img)[:, :, 0]
             if img.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(
                     f"label {path} is a {img.mode} image, expected single-channel ids "

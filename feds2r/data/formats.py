@@ -62,7 +62,9 @@ class Format:
     valid_ids: np.ndarray  # (n,) bool
     lut: np.ndarray  # (n,) uint8
     lister: Callable[[Path, str, dict[str, str], bool], Listing]
-    label_encoding: str = "8bit"  # "8bit" (L or P PNG) or "synthia16" (16-bit, class in channel 0)
+    # "8bit" (L or P PNG), "synthia16" (16-bit, class in channel 0) or "channel0" (8-bit, single
+    # channel or RGB with the class in the first channel)
+    label_encoding: str = "8bit"
     options: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source: str = ""
 
@@ -191,6 +193,26 @@ def _flat_lister(fmt: str, image_dir: str, label_dir: str) -> Callable:
         return _pair(images, labels)
 
     return lister
+
+
+def _urbansyn_lister(root: Path, split: str, options: dict[str, str], with_labels: bool) -> Listing:
+    """UrbanSyn: ``ROOT/rgb/rgb_<n>.png`` paired with ``ROOT/ss/ss_<n>.png`` by the number."""
+    img_root = _require_dir(root / "rgb", "urbansyn", "images")
+    keep = _split_names(root, split, "urbansyn")
+
+    def by_number(folder: Path, prefix: str) -> dict[str, Path]:
+        files = _files(folder, (".png",), recursive=False)
+        return {p.stem[len(prefix) :]: p for p in files if p.stem.startswith(prefix)}
+
+    images = by_number(img_root, "rgb_")
+    if keep is not None:  # split files name the images (rgb_0001.png) or their stems
+        images = {k: p for k, p in images.items() if p.stem in keep}
+    labels = None
+    if with_labels:
+        labels = by_number(_require_dir(root / "ss", "urbansyn", "labels"), "ss_")
+        if keep is not None:
+            labels = {k: p for k, p in labels.items() if k in images}
+    return _pair(images, labels, {k: p.stem for k, p in images.items()})
 
 
 def _cityscapes_like_lister(fmt: str, label_suffix: str, image_suffixes: tuple[str, ...]):
@@ -394,6 +416,21 @@ FORMATS: dict[str, Format] = {
         lut=_CS_LUT,
         lister=_flat_lister("synscapes", "img/rgb", "img/class"),
         source="Wrenninge & Unger, arXiv 1810.08705; class images use Cityscapes label ids",
+    ),
+    "urbansyn": Format(
+        name="urbansyn",
+        kind="synthetic",
+        title="UrbanSyn",
+        layout="ROOT/rgb/rgb_0001.png\nROOT/ss/ss_0001.png         (Cityscapes train ids 0-18, "
+        "19 unlabelled; the id in the first channel)\nsplits: all, or ROOT/<split>.txt",
+        splits=("all", "train", "val", "test"),
+        default_split="all",
+        valid_ids=_ids(20, (255,)),
+        lut=lookup_table({i: i for i in range(19)}),
+        lister=_urbansyn_lister,
+        label_encoding="channel0",
+        source="Gomez et al., arXiv 2312.12176 (urbansyn.org); the public release's rgb/ and ss/ "
+        "folders",
     ),
     "cityscapes": Format(
         name="cityscapes",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from feds2r.data import open_dataset, parse_spec
 from feds2r.data.labels import IGNORE_INDEX, class_index
@@ -45,6 +46,7 @@ CS_VALUES = list(range(34))
 SYN_VALUES = list(range(23))
 MAP_VALUES = list(range(66))
 TRAIN_VALUES = list(range(19)) + [255]
+URBANSYN_VALUES = list(range(20))  # 19: unlabelled
 
 
 def build(fmt: str, root: Path) -> tuple[str, list[int], dict[int, str]]:
@@ -64,6 +66,18 @@ def build(fmt: str, root: Path) -> tuple[str, list[int], dict[int, str]]:
         (root / "meta").mkdir(parents=True)
         (root / "meta/1.json").write_text("{}")
         return f"synscapes:{root}", CS_VALUES, CITYSCAPES_IDS
+    if fmt == "urbansyn":
+        write_rgb(root / "rgb/rgb_0001.png", 4, len(URBANSYN_VALUES))
+        # the release's ss PNGs carry the train id in the first channel of an RGB image
+        ids = strip(URBANSYN_VALUES).astype(np.uint8)
+        (root / "ss").mkdir(parents=True)
+        Image.fromarray(np.stack([ids, ids // 2, ids * 3], axis=-1), mode="RGB").save(
+            root / "ss/ss_0001.png"
+        )
+        write_rgb(root / "ss_colour/ss_colour_0001.png", 4, len(URBANSYN_VALUES))
+        (root / "depth").mkdir()
+        (root / "depth/depth_0001.exr").write_bytes(b"not read")
+        return f"urbansyn:{root}", URBANSYN_VALUES, TRAIN_IDS
     if fmt == "cityscapes":
         stem = "frankfurt_000000_000294"
         write_rgb(root / f"leftImg8bit/val/frankfurt/{stem}_leftImg8bit.png", 4, len(CS_VALUES))
@@ -99,7 +113,9 @@ def build(fmt: str, root: Path) -> tuple[str, list[int], dict[int, str]]:
     raise AssertionError(fmt)
 
 
-FORMATS = ["gta5", "synthia", "synscapes", "cityscapes", "bdd", "mapillary", "idd", "acdc"]
+FORMATS = [
+    "gta5", "synthia", "synscapes", "urbansyn", "cityscapes", "bdd", "mapillary", "idd", "acdc"
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -247,3 +263,19 @@ def test_skip_bad_leaves_a_bad_sample_out_instead_of_serving_another_twice(tmp_p
     assert [d.kind for d in ds.defects] == ["unreadable_image"]
     with pytest.raises(IndexError):
         ds[7]
+
+
+def test_urbansyn_pairs_by_number_and_reads_single_channel_labels(tmp_path):
+    root = tmp_path / "urbansyn"
+    for n in (1, 2, 10):
+        write_rgb(root / f"rgb/rgb_{n:04d}.png", 4, 6)
+        write_ids(root / f"ss/ss_{n:04d}.png", strip([0, 13, 19, 2, 2, 10]))
+    write_rgb(root / "rgb/rgb_0011.png", 4, 6)  # no label
+    (root / "train.txt").write_text("rgb_0001.png\nrgb_0010.png\n")
+    with pytest.warns(UserWarning, match="rgb_0011"):
+        everything = open_dataset(f"urbansyn:{root}", on_error="skip")
+    assert [s.name for s in everything.samples] == ["rgb_0001", "rgb_0002", "rgb_0010"]
+    train = open_dataset(f"urbansyn:{root}?split=train")
+    assert [s.name for s in train.samples] == ["rgb_0001", "rgb_0010"]
+    label = train[0]["label"][0].tolist()
+    assert label == [0, 13, IGNORE_INDEX, 2, 2, 10]
