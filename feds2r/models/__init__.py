@@ -1,7 +1,9 @@
 """Segmentation models: presets built from configs, one wrapper interface over all of them."""
 
+from feds2r.models.efficientnet import EfficientNetLite, EfficientNetLiteConfig
 from feds2r.models.presets import PRESETS, Preset
 from feds2r.models.segmodel import (
+    IMAGENET,
     PUBLIC,
     SegModel,
     SegOutput,
@@ -9,12 +11,16 @@ from feds2r.models.segmodel import (
     is_hf_dir,
     load_backbone_weights,
     load_hf_model,
+    load_imagenet_weights,
     shipped_weights,
 )
 
 __all__ = [
+    "IMAGENET",
     "PRESETS",
     "PUBLIC",
+    "EfficientNetLite",
+    "EfficientNetLiteConfig",
     "Preset",
     "SegModel",
     "SegOutput",
@@ -22,5 +28,6 @@ __all__ = [
     "is_hf_dir",
     "load_backbone_weights",
     "load_hf_model",
+    "load_imagenet_weights",
     "shipped_weights",
 ]

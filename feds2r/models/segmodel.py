@@ -14,11 +14,8 @@ from feds2r.data.labels import NUM_CLASSES
 from feds2r.errors import Feds2rError
 from feds2r.io import refuse_pickle
 from feds2r.models.deformable import use_canvas_attention
+from feds2r.models.efficientnet import EfficientNetLite, PerPixelNet, load_imagenet_backbone
 from feds2r.models.presets import PRESETS, Preset
-
-# ImageNet statistics, the usual input normalisation of both backbone families.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -68,14 +65,9 @@ class SegModel(nn.Module):
         super().__init__()
         self.preset = preset
         self.num_classes = num_classes
-        config = preset.build_config(num_classes)
-        if preset.family == "mask2former":
-            self.net = Mask2FormerForUniversalSegmentation(config)
-            use_canvas_attention(self.net)  # the same attention, one grid_sample for all levels
-        else:
-            self.net = SegformerForSemanticSegmentation(config)
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        self.net = build_network(preset, num_classes)
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def is_mask_classification(self) -> bool:
@@ -145,7 +137,29 @@ class SegModel(nn.Module):
     def backbone(self) -> nn.Module:
         if self.is_mask_classification:
             return self.net.model.pixel_level_module.encoder
+        if isinstance(self.net, PerPixelNet):
+            return self.net.backbone
         return self.net.segformer
+
+
+def build_network(preset: Preset, num_classes: int) -> nn.Module:
+    """The network of ``preset`` with random weights: transformers' Mask2Former or SegFormer, or
+    for a preset with a feds2r backbone, Mask2Former around it or an all-MLP head on it."""
+    config = preset.build_config(num_classes)
+    if preset.family == "mask2former":
+        net = Mask2FormerForUniversalSegmentation(config)
+        if preset.backbone is not None:
+            # built around a stand-in with the same channels (its pixel decoder fits them), then
+            # the stand-in is replaced; net.config still describes the stand-in
+            backbone = EfficientNetLite(preset.backbone)
+            stand_in = net.model.pixel_level_module.encoder
+            assert list(stand_in.channels) == backbone.channels, stand_in.channels
+            net.model.pixel_level_module.encoder = backbone
+        use_canvas_attention(net)  # the same attention, one grid_sample for all levels
+        return net
+    if preset.backbone is not None:
+        return PerPixelNet(EfficientNetLite(preset.backbone), config)
+    return SegformerForSemanticSegmentation(config)
 
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
@@ -155,10 +169,19 @@ PUBLIC = "public"
 """``backbone_weights=PUBLIC``: the backbone feds2r ships for the preset, pretrained on the
 built-in world's `public` domain (the offline stand-in for ImageNet weights)."""
 
+IMAGENET = "imagenet"
+"""``backbone_weights=IMAGENET``: the preset's ImageNet weights, from an installed package
+(EfficientNet-Lite0's, for the ``*-effl0`` presets; docs/models.md)."""
+
 
 def shipped_weights(preset: str) -> Path:
     """The shipped pretrained backbone of ``preset``, or a clear error naming the alternatives."""
     path = SHIPPED_DIR / f"{preset}-public.safetensors"
+    if preset in PRESETS and PRESETS[preset].pretrained == IMAGENET:
+        raise Feds2rError(
+            f"preset {preset!r} starts from ImageNet weights, not from a shipped `public` "
+            "backbone: pass --backbone-weights imagenet (or a .safetensors FILE of its backbone)"
+        )
     if not path.is_file():
         have = sorted(
             p.name.removesuffix("-public.safetensors") for p in SHIPPED_DIR.glob("*.safetensors")
@@ -177,18 +200,49 @@ def create_model(
 ) -> SegModel:
     """Build a model from a preset name (see :data:`PRESETS`); nothing is downloaded.
 
-    ``backbone_weights``: ``"public"`` (the backbone feds2r ships for the preset), a local
-    ``.safetensors`` file of backbone weights, or a Hugging Face model directory (``config.json``
-    + safetensors, as ``save_pretrained`` writes) whose backbone is taken. ``None``: random.
+    ``backbone_weights``: ``"public"`` (the backbone feds2r ships for the preset), ``"imagenet"``
+    (the preset's ImageNet weights: the ``*-effl0`` presets), a local ``.safetensors`` file of
+    backbone weights, or a Hugging Face model directory (``config.json`` + safetensors, as
+    ``save_pretrained`` writes) whose backbone is taken. ``None``: random.
     """
     if preset not in PRESETS:
         raise Feds2rError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     model = SegModel(PRESETS[preset], num_classes)
     if backbone_weights is not None:
+        if str(backbone_weights) == IMAGENET:
+            load_imagenet_weights(model)
+            return model
         if str(backbone_weights) == PUBLIC:
             backbone_weights = shipped_weights(preset)
         load_backbone_weights(model, backbone_weights)
     return model
+
+
+def load_imagenet_weights(model: SegModel) -> None:
+    """Load the preset's ImageNet weights into the model's backbone, or say what to use instead."""
+    preset = model.preset
+    if preset.pretrained != IMAGENET or not isinstance(model.backbone(), EfficientNetLite):
+        have = ", ".join(n for n, p in PRESETS.items() if p.pretrained == IMAGENET)
+        public = (
+            "the backbone feds2r ships (--backbone-weights public) or "
+            if preset.pretrained == PUBLIC
+            else ""
+        )
+        raise Feds2rError(
+            f"feds2r has no ImageNet weights for preset {preset.name!r} (it has them for: "
+            f"{have}); start it from {public}your own weights (--backbone-weights FILE)"
+        )
+    load_imagenet_backbone(model.backbone())
+
+
+def _refuse_feds2r_backbone(model: SegModel, path: Path) -> None:
+    if model.preset.backbone is not None:
+        raise Feds2rError(
+            f"preset {model.preset.name!r} has a backbone written in feds2r (EfficientNet-Lite0), "
+            f"which a Hugging Face model directory ({path}) cannot hold; start it from "
+            "--backbone-weights imagenet, a .safetensors file of its backbone, or a feds2r "
+            "checkpoint (--init)"
+        )
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -240,6 +294,7 @@ def load_hf_model(model: SegModel, path: str | Path) -> None:
     feds2r's 19; otherwise one message says what does not fit.
     """
     path = Path(path)
+    _refuse_feds2r_backbone(model, path)
     config, weights = _read_hf_dir(path, model.preset.family)
     labels = config.get("num_labels", len(config.get("id2label") or {}))
     if labels != model.num_classes:
@@ -277,6 +332,7 @@ def load_backbone_weights(model: SegModel, path: str | Path) -> None:
     path = Path(path)
     backbone = model.backbone()
     if is_hf_dir(path):
+        _refuse_feds2r_backbone(model, path)
         _, full = _read_hf_dir(path, model.preset.family)
         prefix = next(
             name + "." for name, module in model.net.named_modules() if module is backbone

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from feds2r.errors import Feds2rError
 from feds2r.models import (
+    IMAGENET,
     PRESETS,
     PUBLIC,
     create_model,
@@ -20,9 +21,16 @@ from feds2r.models import (
 )
 
 CPU = [n for n, p in PRESETS.items() if p.scale == "cpu"]
+SHIPPED = [n for n, p in PRESETS.items() if p.pretrained == PUBLIC]
+HF = [n for n in CPU if PRESETS[n].backbone is None]  # presets that are transformers models
 
 
-@pytest.mark.parametrize("preset", CPU)
+def test_every_cpu_preset_has_a_pretrained_start():
+    assert {PRESETS[n].pretrained for n in CPU} == {PUBLIC, IMAGENET}
+    assert set(SHIPPED) == {"m2f-cpu", "segformer-cpu"}
+
+
+@pytest.mark.parametrize("preset", SHIPPED)
 def test_shipped_public_backbone_loads_into_its_preset(preset):
     path = shipped_weights(preset)
     assert path.is_file() and path.stat().st_size < 8 * 2**20  # small files in the package
@@ -38,6 +46,8 @@ def test_shipped_public_backbone_loads_into_its_preset(preset):
 def test_no_shipped_backbone_is_a_clear_error():
     with pytest.raises(Feds2rError, match="ships no pretrained backbone for preset 'm2f-r50'"):
         shipped_weights("m2f-r50")
+    with pytest.raises(Feds2rError, match="--backbone-weights imagenet"):
+        create_model("m2f-effl0", backbone_weights=PUBLIC)
 
 
 def _save_hf(model, path, **config_changes):
@@ -50,7 +60,7 @@ def _save_hf(model, path, **config_changes):
     return path
 
 
-@pytest.mark.parametrize("preset", CPU)
+@pytest.mark.parametrize("preset", HF)
 def test_hugging_face_directory_as_the_starting_model(preset, tmp_path):
     torch.manual_seed(1)
     source = create_model(preset)
@@ -81,6 +91,16 @@ def test_hugging_face_directory_that_does_not_fit(tmp_path):
     (tmp_path / "empty" / "config.json").write_text('{"model_type": "mask2former"}')
     with pytest.raises(Feds2rError, match="no .safetensors weights"):
         load_hf_model(m2f, tmp_path / "empty")
+
+
+def test_a_feds2r_backbone_refuses_hugging_face_directories(tmp_path):
+    hf = _save_hf(create_model("m2f-cpu"), tmp_path / "hf")
+    for preset in ("m2f-effl0", "seg-effl0"):
+        model = create_model(preset)
+        with pytest.raises(Feds2rError, match="backbone written in feds2r.*imagenet"):
+            load_hf_model(model, hf)
+        with pytest.raises(Feds2rError, match="backbone written in feds2r.*imagenet"):
+            load_backbone_weights(model, hf)
 
 
 def test_client_train_starts_from_a_hugging_face_directory(tmp_path):
