@@ -3,7 +3,8 @@
 Every ``feds2r ...`` line in a shell code block of README.md (and of the docs listed in
 ``DOCS``) must parse with feds2r's own argparse parser, built by :func:`feds2r.cli.build_parser`
 exactly as ``feds2r`` builds it; nothing is run. The README's command table must name every
-registered command, and only those.
+registered command, and only those; docs/data.md's formats listing is what ``feds2r data formats``
+prints.
 """
 
 from __future__ import annotations
@@ -234,3 +235,16 @@ def test_a_table_row_that_names_no_command_is_found() -> None:
     rows = dict(table_commands("| `feds2r server distil` | typo |\n| `feds2r models` | ok |\n"))
     assert rows == {1: ("server", "distil"), 2: ("models",)}
     assert ("server", "distil") not in registered_commands()
+
+
+def test_the_formats_listing_in_docs_data_is_what_the_command_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from feds2r.cli import main
+
+    text = (ROOT / "docs" / "data.md").read_text(encoding="utf-8")
+    after = text.split("Output of `feds2r data formats`", 1)[1]
+    shown = after.split("```\n", 2)[1]
+    assert main(["data", "formats"]) == 0
+    printed = capsys.readouterr().out
+    assert shown == printed, "docs/data.md's formats listing differs from `feds2r data formats`"
