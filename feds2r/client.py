@@ -13,7 +13,8 @@ from feds2r.config import check_types, write_run_config
 from feds2r.data import open_dataset
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.data import ResizedCache
-from feds2r.engine.train import TrainConfig, check_resume, train
+from feds2r.engine.runs import claim_run
+from feds2r.engine.train import TrainConfig, train
 from feds2r.errors import Feds2rError
 from feds2r.losses import supervised_loss
 from feds2r.models import SegModel, create_model, is_hf_dir, load_hf_model
@@ -86,38 +87,40 @@ def train_client(
         "init": settings.init,
         "backbone_weights": settings.backbone_weights,
     }
-    check_resume(out, config, preset=preset, identity=identity)  # before anything is written
-    torch.manual_seed(config.seed)  # the initial weights follow from the seed too
-    if init is not None and is_hf_dir(init):
-        model = create_model(preset)
-        load_hf_model(model, init)
-    elif init is not None:
-        model, meta = load_checkpoint(init)
-        if meta["preset"] != preset:
-            raise Feds2rError(f"initial model {init} is a {meta['preset']!r}, not a {preset!r}")
-    else:
-        model = create_model(preset, backbone_weights=backbone_weights)
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, {"client": settings, "train": config})
-    cache = ResizedCache(dataset, config.height, progress=progress, desc="loading data")
-    meta = {
-        "role": "client",
-        "data": {
-            "spec": str(dataset.spec),
-            "fingerprint": identity["fingerprint"],
-            "num_images": len(dataset),
-        },
-        "init": str(init) if init else None,
-    }
-    summary = train(
-        model,
-        supervised_step,
-        cache,
-        config,
-        out,
-        meta=meta,
-        identity=identity,
-        progress=progress,
-        on_step=None if on_step is None else (lambda step: on_step(model, step)),
-    )
+    # the one output rule: OUT is new, empty or this run's own (resumed); nothing is written
+    # into it before that is known
+    with claim_run(out, "client train", config, preset=preset, identity=identity) as dest:
+        torch.manual_seed(config.seed)  # the initial weights follow from the seed too
+        if init is not None and is_hf_dir(init):
+            model = create_model(preset)
+            load_hf_model(model, init)
+        elif init is not None:
+            model, meta = load_checkpoint(init)
+            if meta["preset"] != preset:
+                raise Feds2rError(f"initial model {init} is a {meta['preset']!r}, not a {preset!r}")
+        else:
+            model = create_model(preset, backbone_weights=backbone_weights)
+        write_run_config(out, {"client": settings, "train": config})
+        cache = ResizedCache(dataset, config.height, progress=progress, desc="loading data")
+        meta = {
+            "role": "client",
+            "data": {
+                "spec": str(dataset.spec),
+                "fingerprint": identity["fingerprint"],
+                "num_images": len(dataset),
+            },
+            "init": str(init) if init else None,
+        }
+        summary = train(
+            model,
+            supervised_step,
+            cache,
+            config,
+            out,
+            meta=meta,
+            identity=identity,
+            progress=progress,
+            on_step=None if on_step is None else (lambda step: on_step(model, step)),
+        )
+        dest.finish()
     return {**summary, "data": str(dataset.spec), "preset": preset}

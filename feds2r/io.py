@@ -27,8 +27,10 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from feds2r.errors import Feds2rError
 
@@ -233,6 +235,7 @@ class Output:
 
     ``previous`` is True when the folder held an earlier output of the same kind (complete or
     not); ``entries`` lists what it held (names, without feds2r's own lock and state files).
+    ``fresh`` is True when the folder was new or empty.
     """
 
     path: Path
@@ -240,9 +243,23 @@ class Output:
     previous: bool
     entries: list[str] = field(default_factory=list)
     created: bool = False
+    inputs: dict[str, Any] | None = None
+    keep: Callable[[Path], bool] | None = None
     _top: Path | None = None  # the highest folder this run created (``path`` or an ancestor)
     _closed: bool = False
     _finished: bool = False
+    _begun: bool = False
+
+    @property
+    def fresh(self) -> bool:
+        return not self.entries and not self.previous
+
+    def begin(self) -> None:
+        """Mark the folder in progress: call once the command has decided to write into it (a
+        new or empty folder is marked at once). Until then the folder is as it was found."""
+        if not self._begun:
+            self._begun = True
+            self._mark(complete=False)
 
     def clear(self) -> None:
         """Remove everything in the folder except the lock (only for its own earlier output)."""
@@ -255,10 +272,14 @@ class Output:
             else:
                 target.unlink()
         self.entries = []
-        self._mark(complete=False)
+        self._begun = False
+        self.begin()
 
     def _mark(self, *, complete: bool) -> None:
-        write_json(self.path / STATE_NAME, {"kind": self.kind, "complete": complete})
+        state: dict[str, Any] = {"kind": self.kind, "complete": complete}
+        if self.inputs is not None:
+            state["inputs"] = self.inputs
+        write_json(self.path / STATE_NAME, state)
 
     def finish(self) -> None:
         """Mark the output complete (call after the last file) and release the lock."""
@@ -269,23 +290,41 @@ class Output:
     def close(self) -> None:
         """Release the lock; the folder stays marked incomplete unless :meth:`finish` ran.
 
-        A folder this run created and left empty (it failed before writing anything) is removed.
+        A folder this run found new or empty and leaves without anything worth keeping (nothing
+        written but the marker, or, for a resumable kind, no resumable state: ``keep``) is put
+        back as it was found: removed if this run created it, emptied otherwise.
         """
         if self._closed:
             return
         self._closed = True
         with contextlib.suppress(FileNotFoundError):
             (self.path / LOCK_NAME).unlink()
-        if self.created and not self._finished:
-            with contextlib.suppress(OSError):
-                if set(os.listdir(self.path)) <= {STATE_NAME}:
+        if self._finished or not self.fresh:
+            return
+        with contextlib.suppress(OSError):
+            names = set(os.listdir(self.path))
+            if names <= {STATE_NAME} or (self.keep is not None and not self.keep(self.path)):
+                if self.created:
                     _remove_created(self.path, self._top or self.path)
+                else:
+                    _empty(self.path)
 
     def __enter__(self) -> Output:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _empty(path: Path) -> None:
+    """Remove everything inside ``path`` (a folder that was empty before this run)."""
+    for name in os.listdir(path):
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
 
 
 def _remove_created(path: Path, top: Path) -> None:
@@ -310,26 +349,112 @@ def read_state(folder: str | Path) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
+def config_tables(folder: str | Path) -> set[str]:
+    """The top-level tables of ``FOLDER/config.toml`` (what a run recorded), or an empty set."""
+    import tomllib
+
+    try:
+        with open(Path(folder) / "config.toml", "rb") as f:
+            return {k for k, v in tomllib.load(f).items() if isinstance(v, dict)}
+    except (OSError, ValueError):
+        return set()
+
+
+def _what(path: Path, entries: list[str], state: dict | None) -> str:
+    """What a folder holds, in words, for a refusal."""
+    if state is not None and isinstance(state.get("kind"), str):
+        return f"a `feds2r {state['kind']}` output"
+    if "feds2r_world.json" in entries or "world.json" in entries:
+        return "a dataset"
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    return f"other files ({shown})"
+
+
+Marker = str | Callable[[Path], bool]
+"""How an earlier output of a kind is recognised without a state file: a file it always holds,
+or a test of the folder (e.g. the tables of its ``config.toml``)."""
+
+
+def _judge(
+    path: Path,
+    kind: str,
+    marker: Marker | None,
+    flag: str,
+    command: str,
+    inputs: dict[str, Any] | None,
+    same: Callable[[Path], None] | None,
+    hint: str,
+) -> tuple[list[str], bool]:
+    """Decide, reading only, whether ``path`` may receive this run: returns (entries, previous)
+    or raises. The one rule every writing command follows (see :func:`prepare_output`)."""
+    if not path.is_dir():
+        return [], False
+    entries = sorted(n for n in os.listdir(path) if n not in _OURS)
+    state = read_state(path)
+    if not entries:
+        return [], False
+    if state is not None and "kind" in state:
+        previous = state.get("kind") == kind
+    elif callable(marker):
+        previous = marker(path)
+    else:
+        previous = marker is not None and marker in entries
+    if not previous:
+        raise OutputError(
+            f"{flag} {path} already holds {_what(path, entries, state)}, not an earlier "
+            f"`{command}` output; give a new or empty folder so that nothing is overwritten"
+        )
+    held = (state or {}).get("inputs")
+    if inputs is not None and isinstance(held, dict) and held != _plain(inputs):
+        differ = sorted(k for k in set(held) | set(inputs) if held.get(k) != _plain(inputs).get(k))
+        raise OutputError(
+            f"{flag} {path} holds an earlier `{command}` output made with other settings "
+            f"({', '.join(differ)} differ); it is left as it is. {hint}"
+        )
+    if same is not None:
+        same(path)
+    return entries, True
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value))
+
+
 def prepare_output(
     path: str | Path,
     kind: str,
     *,
-    marker: str | None = None,
+    marker: Marker | None = None,
     flag: str = "--out",
     command: str | None = None,
+    inputs: dict[str, Any] | None = None,
+    same: Callable[[Path], None] | None = None,
+    keep: Callable[[Path], bool] | None = None,
+    hint: str = "Give the same settings, or another folder",
 ) -> Output:
-    """Check, create, lock and mark an output folder for one run of ``kind``.
+    """Check, create, lock and claim an output folder for one run of ``kind``.
 
-    The folder must be new, empty, or hold an earlier output of the same ``kind`` (its state file
-    says so, or it holds ``marker``, the kind's own manifest such as ``predictions.json``); any
-    other content is refused, so that no command writes over another's files. A file at ``path``,
-    a read-only place, or a folder locked by a live run is refused too. The caller decides what
-    to do with an earlier output (:meth:`Output.clear` to replace it, or resume it), writes its
-    files, then calls :meth:`Output.finish`; on failure :meth:`Output.close` (or ``with``)
-    releases the lock and leaves the folder marked incomplete.
+    **The rule of every feds2r command that writes**: nothing is written into the folder until
+    it is known to be new, empty, or an earlier output of the same ``kind`` (its state file
+    says so, or ``marker`` recognises it) made with the same ``inputs`` (JSON values recorded
+    in the state file) and accepted by ``same`` (a resumable run's own comparison, e.g. its
+    config and data, raising :class:`Feds2rError` when they differ). Anything else is refused
+    with the folder left byte for byte as it was, as is a file at ``path``, a read-only place
+    or a folder locked by a live run.
+
+    The folder is then locked (``.feds2r.lock``; removed again on refusal). A new or empty
+    folder is marked in progress at once; an earlier output only when the caller calls
+    :meth:`Output.begin` (or :meth:`Output.clear`, to replace it). The caller writes its files
+    and calls :meth:`Output.finish`; on failure :meth:`Output.close` (or ``with``) releases
+    the lock, leaves a folder it began marked incomplete, and puts a new or empty folder back
+    as it found it when nothing worth keeping was written (``keep(path)``, e.g. a resumable
+    training state, says what is).
     """
     path = check_output_dir(path, flag)
     command = command or f"feds2r {kind}"
+    args = (kind, marker, flag, command, inputs, same, hint)
+    _judge(path, *args)  # before anything is created, locked or marked
     created = not path.exists()
     top = path.absolute()
     while not top.parent.exists():
@@ -339,21 +464,17 @@ def prepare_output(
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create {flag} {path}: {_reason(exc)}") from None
-    _take_lock(path / LOCK_NAME, flag, path)
     try:
-        entries = sorted(n for n in os.listdir(path) if n not in _OURS)
-        state = read_state(path)
-        previous = (state is not None and state.get("kind") == kind) or (
-            marker is not None and marker in entries
-        )
-        if entries and not previous:
-            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-            raise OutputError(
-                f"{flag} {path} already holds other files ({shown}), not an earlier "
-                f"`{command}` output; give a new or empty folder so that nothing is overwritten"
-            )
-        out = Output(path, kind, previous, entries, created, top if created else None)
-        out._mark(complete=False)
+        _take_lock(path / LOCK_NAME, flag, path)
+    except BaseException:
+        if created:
+            _remove_created(path, top)
+        raise
+    try:
+        entries, previous = _judge(path, *args)  # again under the lock: another run may have won
+        out = Output(path, kind, previous, entries, created, inputs, keep, top if created else None)
+        if out.fresh:
+            out.begin()
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             (path / LOCK_NAME).unlink()
@@ -374,6 +495,7 @@ __all__ = [
     "PickleError",
     "check_output_dir",
     "check_output_file",
+    "config_tables",
     "is_safetensors_head",
     "prepare_output",
     "read_state",

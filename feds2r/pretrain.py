@@ -31,6 +31,7 @@ from feds2r.data import open_dataset
 from feds2r.data.labels import CLASS_NAMES, NUM_CLASSES
 from feds2r.data.world import synth_domain
 from feds2r.engine.data import ResizedCache, make_batch
+from feds2r.engine.runs import claim_run
 from feds2r.engine.train import TrainConfig, train
 from feds2r.errors import Feds2rError
 from feds2r.io import write_atomic
@@ -165,6 +166,50 @@ def save_backbone(model: BackboneClassifier, out: Path, meta: dict[str, Any]) ->
     write_atomic(out / "pretrain.json", json.dumps(meta, indent=2).encode())
 
 
+def _world_needs_images(root: Path, want: dict[str, Any], flag: str) -> bool:
+    """Whether the `public` images must be written into ``root``; refuse a folder they may not
+    be written into (another dataset, another command's output, or `public` images made with
+    other settings), reading only, before anything is written."""
+    from feds2r.io import STATE_NAME, read_state
+
+    have = _read_json(root / "feds2r_world.json")
+    split = have.get("splits", {}).get("train") if isinstance(have.get("splits"), dict) else None
+    if isinstance(split, dict) and split.get("complete", True) is not False:
+        if {k: split.get(k) for k in want} == want:
+            return False  # written by an earlier run: reused
+        shape = "x".join(str(v) for v in split.get("size") or ())
+        raise Feds2rError(
+            f"{flag} {root} holds {split.get('count')} public images at {shape} (seed "
+            f"{split.get('seed')}), not the {want['count']} this pretraining uses; give "
+            f"--images {split.get('count')} to train on them, or another --world folder"
+        )
+    entries = (
+        [p.name for p in root.iterdir() if p.name not in (STATE_NAME, ".feds2r.lock")]
+        if (root.is_dir())
+        else []
+    )
+    if entries and have.get("domain") != "public":
+        state = read_state(root) or {}
+        what = (
+            f"a `feds2r {state['kind']}` output"
+            if "kind" in state
+            else (f"the world domain {have['domain']}" if have.get("domain") else "other files")
+        )
+        raise Feds2rError(
+            f"{flag} {root} already holds {what}, not feds2r's `public` images; give a new or "
+            "empty --world folder (or none: the images go to OUT/public)"
+        )
+    return True
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def pretrain(
     config: PretrainConfig,
     out: str | Path,
@@ -180,31 +225,29 @@ def pretrain(
     """
     out = Path(out)
     root = Path(world) if world else out / "public"
-    manifest = root / "feds2r_world.json"
     want = {"count": config.images, "size": list(config.size), "seed": config.world_seed}
-    have = None
-    if manifest.is_file():
-        have = json.loads(manifest.read_text()).get("splits", {}).get("train")
-    if not have or not have.get("complete", True) or {k: have.get(k) for k in want} != want:
-        synth_domain("public", root, split="train", num=config.images, size=config.size,
-                     seed=config.world_seed, progress=progress)  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     top = {k: v for k, v in asdict(config).items() if k != "train"}
-    write_run_config(out, {"pretrain": top, "train": config.train})
-    data = TaggedImages(root, config.train.height, progress=progress)
-    torch.manual_seed(config.train.seed)
-    model = BackboneClassifier(create_model(config.preset))
-    meta = {
-        "preset": config.preset,
-        "task": "image-level labels of the public domain: classes present (multi-label BCE) and "
-        "class shares (KL)",
-        "classes": list(CLASS_NAMES),
-        "config": asdict(config),
-        "public": {"root": str(root), **want},
-    }
-
-    summary = train(
-        model, tag_loss, data, config.train, out, meta=meta, progress=progress,
-        batch_fn=tagged_batch, save_fn=save_backbone,
-    )  # fmt: skip
+    identity = {k: top[k] for k in ("preset", "images", "size", "world_seed")}
+    # the one output rule: OUT and the world folder are judged before either is written
+    with claim_run(out, "pretrain", config.train, preset=None, identity=identity) as dest:
+        if _world_needs_images(root, want, "--world" if world else "the public folder of --out"):
+            synth_domain("public", root, split="train", num=config.images, size=config.size,
+                         seed=config.world_seed, progress=progress)  # fmt: skip
+        write_run_config(out, {"pretrain": top, "train": config.train})
+        data = TaggedImages(root, config.train.height, progress=progress)
+        torch.manual_seed(config.train.seed)
+        model = BackboneClassifier(create_model(config.preset))
+        meta = {
+            "preset": config.preset,
+            "task": "image-level labels of the public domain: classes present (multi-label BCE) "
+            "and class shares (KL)",
+            "classes": list(CLASS_NAMES),
+            "config": asdict(config),
+            "public": {"root": str(root), **want},
+        }
+        summary = train(
+            model, tag_loss, data, config.train, out, meta=meta, identity=identity,
+            progress=progress, batch_fn=tagged_batch, save_fn=save_backbone,
+        )  # fmt: skip
+        dest.finish()
     return {**summary, "weights": str(out / "backbone.safetensors")}

@@ -46,31 +46,50 @@ def server_inconsistency(
     progress: bool,
 ) -> int:
     """Stage 1: the clients' per-class inconsistency on the server's images, into ``out``."""
+    import dataclasses
     from pathlib import Path
 
+    from feds2r.io import prepare_output
     from feds2r.server.pipeline import find_unstable
 
     if len(clients) < 2:
         raise Feds2rError("server inconsistency: give at least two --clients checkpoints")
-    teachers: dict = {}
-    dev = None
-    for path in clients:
-        model, _, dev = load_model(path, device)
-        name, k = str(path), 1
-        while name in teachers:  # the same checkpoint given twice stays two teachers
-            k += 1
-            name = f"{path}#{k}"
-        teachers[name] = model
-    result = find_unstable(
-        teachers,
-        data,
-        rule,
-        out=out,
-        height=height,
-        device=dev,
-        on_error=on_error,
-        progress=progress,
-    )
+    inputs = {
+        "clients": [str(c) for c in clients],
+        "data": data,
+        "height": height,
+        "rule": dataclasses.asdict(rule),
+    }
+    # the one output rule, before any model is loaded: OUT is new, empty or an earlier report
+    # of the same inputs (redone)
+    with prepare_output(
+        out,
+        "server inconsistency",
+        marker="inconsistency.json",
+        inputs=inputs,
+        hint="Give another --out (or the same --clients, --data, --height and rule to redo it)",
+    ) as dest:
+        teachers: dict = {}
+        dev = None
+        for path in clients:
+            model, _, dev = load_model(path, device)
+            name, k = str(path), 1
+            while name in teachers:  # the same checkpoint given twice stays two teachers
+                k += 1
+                name = f"{path}#{k}"
+            teachers[name] = model
+        dest.begin()
+        result = find_unstable(
+            teachers,
+            data,
+            rule,
+            out=out,
+            height=height,
+            device=dev,
+            on_error=on_error,
+            progress=progress,
+        )
+        dest.finish()
     for name, score in sorted(result.scores.items(), key=lambda kv: -(kv[1] or -1)):
         mark = "  unstable" if name in result.unstable else ""
         shown = f"{score:.3f}" if score is not None else "  n/a"
@@ -155,6 +174,12 @@ def server_self_train(
     from feds2r.server.selftrain import self_train
 
     _stage_inputs(server, "model", "self-train")
+    if distill.feature_fusion:
+        raise Feds2rError(
+            "server self-train: --fusion does not apply (self-training combines the client "
+            "models' predictions without feature fusion); leave it out (or set feature_fusion "
+            "= false in the [distill] table of --config)"
+        )
     summary = self_train(
         server.model,
         list(server.clients),
@@ -181,9 +206,17 @@ def server_lite(
     progress: bool,
 ) -> int:
     """The lightweight route: a ``lite.student`` model distilled through ``server.model``."""
+    from feds2r.engine.checkpoint import read_sidecar
     from feds2r.server.lite import distill_lite
 
     _stage_inputs(server, "bridge", "lite")
+    bridge_preset = read_sidecar(server.model)["preset"]
+    if bridge_preset == lite.student:
+        raise Feds2rError(
+            f"server lite: --student-preset {lite.student} is the preset of --bridge "
+            f"{server.model} itself, so the result would be no lighter; give a smaller preset "
+            "(see `feds2r models`)"
+        )
     summary = distill_lite(
         server.model,
         list(server.clients),
@@ -361,7 +394,8 @@ def _augment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output folder: new, empty, or an earlier augment output (replaced)",
+        help="output folder: new, empty, or an earlier augment output of the same settings "
+        "(replaced)",
     )
     add_config_flags(
         p,

@@ -77,7 +77,7 @@ class Format:
             )
         for key, value in options.items():
             if key not in self.options:
-                valid = ", ".join(self.options) or "none"
+                valid = ", ".join(("split", *self.options))  # the split is an option too
                 raise DataError(
                     f"format {self.name!r} has no option {key!r} (valid options: {valid})",
                     kind="bad_spec",

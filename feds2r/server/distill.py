@@ -378,7 +378,7 @@ def run_distill(
     """
     from feds2r.config import write_run_config
     from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.train import check_resume
+    from feds2r.engine.runs import claim_run
     from feds2r.server.inconsistency import load_inconsistency
 
     if not client_paths:
@@ -398,26 +398,36 @@ def run_distill(
         weights = agreement_weights(report["agreement"])
     sources = image_sources(real, gen)
     meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
-    check_resume(out, train_config, preset=config.student, identity=_identity(meta, config))
     inputs = DistillInputs(
         clients=tuple(str(c) for c in client_paths),
         data=str(data),
         generated=generated or "",
         inconsistency=report_path,
     )
-    write_run_config(out, {"server": inputs, "distill": config, "train": train_config})
-    cache = load_server_images(real, gen, train_config.height, progress=progress)
-    return distill(
-        teachers,
-        cache,
-        config,
-        train_config,
+    # the one output rule: OUT is new, empty or this run's own (resumed) before it is written
+    with claim_run(
         out,
-        weights=weights,
-        meta=meta,
-        progress=progress,
-        on_step=on_step,
-    )
+        "server distill",
+        train_config,
+        preset=config.student,
+        identity=_identity(meta, config),
+        preset_flag="--student-preset",
+    ) as dest:
+        write_run_config(out, {"server": inputs, "distill": config, "train": train_config})
+        cache = load_server_images(real, gen, train_config.height, progress=progress)
+        summary = distill(
+            teachers,
+            cache,
+            config,
+            train_config,
+            out,
+            weights=weights,
+            meta=meta,
+            progress=progress,
+            on_step=on_step,
+        )
+        dest.finish()
+    return summary
 
 
 def open_server_images(data: str, generated: str | None, on_error: str = "raise"):

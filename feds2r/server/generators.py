@@ -122,13 +122,24 @@ def generate_dataset(
 
     Writes ``OUT/prompts.jsonl`` (one line per image: file, seed and the prompt) and
     ``OUT/generated.json`` (summary, written last). ``OUT`` must be new, empty or an earlier
-    ``server augment`` output, which is replaced (see :func:`feds2r.io.prepare_output`); each file
-    is written atomically, and a run that stops midway leaves ``OUT`` marked incomplete.
+    ``server augment`` output of the same settings (generator, count, classes, size, seed),
+    which is replaced (see :func:`feds2r.io.prepare_output`); each file is written atomically,
+    and a run that stops midway leaves ``OUT`` marked incomplete.
     """
     out = Path(out)
-    with prepare_output(out, "server augment", marker="generated.json") as dest:
+    inputs = {
+        "generator": generator.name,
+        "num_images": len(prompts),
+        "size": list(size),
+        "seed": seed,
+        "classes": [p.classes[0] if p.classes else "" for p in prompts],
+    }
+    hint = "Give another --out (or the same --num, --size, --seed and report to redo it)"
+    with prepare_output(
+        out, "server augment", marker="generated.json", inputs=inputs, hint=hint
+    ) as dest:
         if dest.previous:
-            dest.clear()  # never mix the new images with an earlier run's
+            dest.clear()  # the same settings: redone, never mixed with the earlier images
         summary = _generate(prompts, generator, out, size=size, seed=seed, progress=progress)
         dest.finish()
     return summary

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from feds2r.config import check_types
 from feds2r.errors import Feds2rError
-from feds2r.models import SegModel
+from feds2r.models import PRESETS, SegModel
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ class LiteConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.student not in PRESETS:
+            raise ValueError(
+                f"unknown student preset {self.student!r} (--student-preset); valid: "
+                f"{', '.join(PRESETS)}"
+            )
         if not 0.0 <= self.pre_fraction < 1.0:
             raise ValueError(f"pre_fraction must be in [0, 1), got {self.pre_fraction}")
         if not 0.0 <= self.bridge_weight <= 1.0:
@@ -175,15 +180,23 @@ def distill_lite(
     measures its class weights again from the resumed student."""
     from feds2r.config import write_run_config
     from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.device import resolve_device
-    from feds2r.engine.train import check_resume, train
-    from feds2r.models import PUBLIC, create_model, shipped_weights
-    from feds2r.server.distill import image_sources, load_server_images, open_server_images
-    from feds2r.server.pipeline import StageInputs
-    from feds2r.server.teachers import TeacherEnsemble, cached_ensemble_targets
+    from feds2r.engine.runs import claim_run
+    from feds2r.server.distill import image_sources, open_server_images
+    from feds2r.server.inputs import StageInputs
 
     if not client_paths:
         raise Feds2rError("the lightweight route needs the client models (its second teacher)")
+    if config.pretrained:  # checked before any model is built or image read
+        from feds2r.models import shipped_weights
+
+        try:
+            shipped_weights(config.student)
+        except Feds2rError:
+            raise Feds2rError(
+                f"--student-preset {config.student}: feds2r ships no pretrained backbone for "
+                "this preset, which the lightweight model starts from; choose a preset that has "
+                "one (segformer-cpu), or add --no-pretrained to start it from random weights"
+            ) from None
     large, large_meta = load_checkpoint(bridge)
     teachers = [load_checkpoint(p)[0] for p in client_paths]
     if large.num_classes != teachers[0].num_classes:
@@ -200,18 +213,59 @@ def distill_lite(
         "combine": distill_config.combine,
         "feature_fusion": distill_config.feature_fusion,
     }
-    check_resume(out, train_config, preset=config.student, identity=identity)
-    write_run_config(
+    # the one output rule: OUT is new, empty or this run's own (resumed) before it is written;
+    # a run that fails before its first checkpoint leaves a new or empty OUT as it was
+    dest = claim_run(
         out,
-        {
-            "lite": config,
-            "server": StageInputs(
-                str(bridge), tuple(identity["clients"]), str(data), generated or ""
-            ),
-            "distill": distill_config,
-            "train": train_config,
-        },
+        "server lite",
+        train_config,
+        preset=config.student,
+        identity=identity,
+        preset_flag="--student-preset",
     )
+    with dest:
+        write_run_config(
+            out,
+            {
+                "lite": config,
+                "server": StageInputs(
+                    str(bridge), tuple(identity["clients"]), str(data), generated or ""
+                ),
+                "distill": distill_config,
+                "train": train_config,
+            },
+        )
+        summary = _distill_lite(
+            large, large_meta, teachers, real, gen, out, config, distill_config, train_config,
+            bridge=bridge, identity=identity, progress=progress, on_step=on_step,
+        )  # fmt: skip
+        dest.finish()
+    return summary
+
+
+def _distill_lite(
+    large: SegModel,
+    large_meta: dict[str, Any],
+    teachers: list[SegModel],
+    real,
+    gen,
+    out: Path,
+    config: LiteConfig,
+    distill_config,
+    train_config,
+    *,
+    bridge: str | Path,
+    identity: dict[str, Any],
+    progress: bool,
+    on_step: Callable[[SegModel, int], None] | None,
+) -> dict[str, Any]:
+    """The body of :func:`distill_lite` once its output folder is claimed."""
+    from feds2r.engine.device import resolve_device
+    from feds2r.engine.train import train
+    from feds2r.models import PUBLIC, create_model, shipped_weights
+    from feds2r.server.distill import load_server_images
+    from feds2r.server.teachers import TeacherEnsemble, cached_ensemble_targets
+
     device = resolve_device(train_config.device)
     cache = load_server_images(real, gen, train_config.height, progress=progress)
     large.to(device).eval().requires_grad_(False)

@@ -73,6 +73,11 @@ class SelfTrainConfig:
             raise ValueError(f"refine must be one of {valid}, not {self.refine!r}")
         if not 0.0 <= self.refine_min_share <= 1.0:
             raise ValueError("refine_min_share must be in [0, 1]")
+        if self.sam_dir and self.refine != "sam":
+            raise ValueError(
+                f"sam_dir (--sam-dir) is used only with refine 'sam' (--refine sam), not with "
+                f"refine {self.refine!r}; add --refine sam or leave --sam-dir out"
+            )
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 < self.threshold < 1.0:
@@ -213,11 +218,9 @@ def self_train(
     teacher from the resumed student (the teacher is not part of the saved state)."""
     from feds2r.config import write_run_config
     from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.device import resolve_device
-    from feds2r.engine.train import check_resume, train
-    from feds2r.server.distill import image_sources, load_server_images, open_server_images
-    from feds2r.server.pipeline import StageInputs
-    from feds2r.server.teachers import cached_ensemble_targets
+    from feds2r.engine.runs import claim_run
+    from feds2r.server.distill import image_sources, open_server_images
+    from feds2r.server.inputs import StageInputs
 
     if not client_paths:
         raise Feds2rError("self-training needs the client models (their targets are a term)")
@@ -241,18 +244,61 @@ def self_train(
         "server_data": image_sources(real, gen),
         "selftrain": dataclasses.asdict(config),
     }
-    check_resume(out, train_config, preset=student.preset.name, identity=identity)
-    write_run_config(
+    # the one output rule: OUT is new, empty or this run's own (resumed) before it is written;
+    # a run that fails before its first checkpoint leaves a new or empty OUT as it was
+    dest = claim_run(
         out,
-        {
-            "selftrain": config,
-            "server": StageInputs(
-                str(global_model), tuple(identity["clients"]), str(data), generated or ""
-            ),
-            "distill": distill_config,
-            "train": train_config,
-        },
+        "server self-train",
+        train_config,
+        preset=student.preset.name,
+        identity=identity,
+        preset_flag=None,
+        source="the --model it was started from",
     )
+    with dest:
+        write_run_config(
+            out,
+            {
+                "selftrain": config,
+                "server": StageInputs(
+                    str(global_model), tuple(identity["clients"]), str(data), generated or ""
+                ),
+                "distill": distill_config,
+                "train": train_config,
+            },
+        )
+        summary = _self_train(
+            student, teachers, real, gen, out, config, distill_config, train_config,
+            refiner=refiner, meta0=meta0, identity=identity, global_model=global_model,
+            progress=progress, on_step=on_step,
+        )  # fmt: skip
+        dest.finish()
+    return summary
+
+
+def _self_train(
+    student: SegModel,
+    teachers: list[SegModel],
+    real,
+    gen,
+    out: Path,
+    config: SelfTrainConfig,
+    distill_config,
+    train_config,
+    *,
+    refiner,
+    meta0: dict[str, Any],
+    identity: dict[str, Any],
+    global_model: str | Path,
+    progress: bool,
+    on_step: Callable[[SegModel, int], None] | None,
+) -> dict[str, Any]:
+    """The body of :func:`self_train` once its output folder is claimed."""
+    from feds2r.engine.device import resolve_device
+    from feds2r.engine.train import train
+    from feds2r.server.distill import load_server_images
+    from feds2r.server.teachers import cached_ensemble_targets
+
     device = resolve_device(train_config.device)
     cache = load_server_images(real, gen, train_config.height, progress=progress)
     plain = dataclasses.replace(distill_config, feature_fusion=False)

@@ -38,7 +38,7 @@ def test_formats_lists_all(capsys):
     code, out, _ = run(capsys, "data", "formats", "--json")
     assert code == 0
     assert set(json.loads(out)) == {"gta5", "synthia", "synscapes", "cityscapes", "bdd",
-                                    "mapillary", "idd", "acdc", "folder"}  # fmt: skip
+                                    "mapillary", "idd", "acdc", "urbansyn", "folder"}  # fmt: skip
 
 
 def test_check_exit_codes_and_json(tmp_path, capsys):

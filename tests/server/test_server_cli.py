@@ -250,11 +250,17 @@ def test_self_train_and_lite_commands(setup, tmp_path, capsys):
     _, meta = load_checkpoint(st)
     assert meta["route"] == "distill+selftrain" and meta["selftrain_config"]["refine"] == "builtin"
     lite = tmp_path / "lite"
+    # the bridge's own preset is no lightweight model: refused before anything is written
     code = main(["server", "lite", "--bridge", str(st), "--clients", *clients, "--data", data,
                  "--student-preset", "segformer-cpu", "--out", str(lite), *recipe])  # fmt: skip
+    assert code == 2 and "is the preset of --bridge" in capsys.readouterr().err
+    assert not lite.exists()
+    # (the tiny clients are segformer-cpu: here the other preset stands in for a smaller one)
+    code = main(["server", "lite", "--bridge", str(st), "--clients", *clients, "--data", data,
+                 "--student-preset", "m2f-cpu", "--out", str(lite), *recipe])  # fmt: skip
     assert code == 0 and "lightweight global model" in capsys.readouterr().out
     model, meta = load_checkpoint(lite)
-    assert model.preset.name == "segformer-cpu"
+    assert model.preset.name == "m2f-cpu"
     assert meta["route"] == "lite" and meta["bridge_route"] == "distill+selftrain"
     # its config.toml is a config file of the command: the same run, so it is resumed (no step)
     code = main(["server", "lite", "--config", str(lite / "config.toml"), "--out", str(lite),

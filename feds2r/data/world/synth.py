@@ -120,6 +120,7 @@ def synth_domain(
     _check_request(dom, split, num)
     with prepare_output(root, "data synth", marker=MANIFEST) as dest:
         _prepare_split(dest, dom, split=split, num=num, size=size, seed=seed, force=force)
+        dest.begin()  # decided: only now is the folder marked in progress
         if dom.kind == "public":
             summary = _synth_public(dom, root, split=split, num=num, size=size, seed=seed,
                                     progress=progress)  # fmt: skip
