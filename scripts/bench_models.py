@@ -11,13 +11,20 @@ The reference ("bare") is the same transformers model built straight from the pr
 (``Mask2FormerForUniversalSegmentation`` / ``SegformerForSemanticSegmentation``), trained with
 its own loss (``labels`` / ``mask_labels`` + ``class_labels``) and plain AdamW on the same
 inputs, with no feds2r code in the loop; the table gives our step time as a ratio of it.
+Presets with a backbone written in feds2r (``*-effl0``) have no bare transformers model: their
+"bare" column is empty.
 ``--profile`` prints, per preset, the PyTorch profiler's operators by self CPU time for one
 training step and one inference step, and the share of multi-scale deformable attention
 (``grid_sample``) and of the set-prediction loss.
+``--side-by-side`` times the presets in one process, interleaved (so the machine's noise hits
+them all): the median of a forward and backward pass (training mode, the supervised loss, no
+optimiser step) and of an inference forward, with the parameter counts.
 
     python scripts/bench_models.py                     # CPU presets, this machine
     python scripts/bench_models.py --presets m2f-cpu --profile
     python scripts/bench_models.py --paper --device cuda
+    OMP_NUM_THREADS=1 python scripts/bench_models.py --side-by-side --size 96x192 \
+        --presets m2f-cpu m2f-effl0 seg-effl0
 """
 
 from __future__ import annotations
@@ -103,7 +110,9 @@ def bench_one(
         "device": device,
         "threads": torch.get_num_threads(),
     }
-    loops = {"train": train_step, "before_train": before_step, "bare_train": bare_step}
+    loops = {"train": train_step, "before_train": before_step}
+    if bare_step is not None:
+        loops["bare_train"] = bare_step
     loops["infer"] = infer_step
     loops["before_infer"] = lambda: infer_step(before)
     for fn in loops.values():
@@ -127,6 +136,71 @@ def bench_one(
     else:
         out["peak_mem_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+def side_by_side(
+    presets: list[str], size: tuple[int, int], batch: int, warmup: int, repeats: int
+) -> str:
+    """A table of the presets' forward+backward and inference medians (ms), timed interleaved
+    in this process on the CPU."""
+    import torch
+
+    from feds2r.losses import supervised_loss
+    from feds2r.models import create_model
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8)
+    y = torch.randint(0, 19, (batch, *size))
+    models = {name: create_model(name) for name in presets}
+
+    def fwd_bwd(model):
+        model.train()
+        model.zero_grad(set_to_none=True)
+        supervised_loss(model(x), y)["loss"].backward()
+
+    def infer(model):
+        model.eval()
+        with torch.no_grad():
+            model.predict(x)
+
+    def backbone_fwd_bwd(model):  # the backbone alone, its four maps' sum as the loss
+        model.train()
+        model.zero_grad(set_to_none=True)
+        pixels = model.normalize(x)
+        if model.is_mask_classification or hasattr(model.backbone(), "channels"):
+            maps = model.backbone()(pixels).feature_maps
+        else:
+            maps = model.backbone()(pixels, output_hidden_states=True).hidden_states
+        sum(m.mean() for m in maps).backward()
+
+    kinds = (("train", fwd_bwd), ("backbone", backbone_fwd_bwd), ("infer", infer))
+    times = {(n, k): [] for n in presets for k, _ in kinds}
+    for i in range(warmup + repeats):
+        for name, model in models.items():
+            for kind, fn in kinds:
+                start = time.perf_counter()
+                fn(model)
+                if i >= warmup:
+                    times[name, kind].append(time.perf_counter() - start)
+    lines = [
+        f"{batch} images of {size[0]}x{size[1]}, {torch.get_num_threads()} thread(s), "
+        f"medians of {repeats} interleaved repeats after {warmup} warm-up",
+        "",
+        "| preset | params (M) | backbone (M) | forward+backward (ms) | "
+        "backbone forward+backward (ms) | inference (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, model in models.items():
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        backbone = sum(p.numel() for p in model.backbone().parameters()) / 1e6
+        train_ms = 1e3 * statistics.median(times[name, "train"])
+        infer_ms = 1e3 * statistics.median(times[name, "infer"])
+        backbone_ms = 1e3 * statistics.median(times[name, "backbone"])
+        cells = (
+            f"{params:.2f} | {backbone:.2f} | {train_ms:.0f} | {backbone_ms:.0f} | {infer_ms:.0f}"
+        )
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
 
 
 def reference_loss():
@@ -159,6 +233,8 @@ def make_bare_step(preset: str, x, y, dev):
     from feds2r.models import PRESETS  # only to read the preset's transformers config
 
     p = PRESETS[preset]
+    if p.backbone is not None:  # no transformers model holds feds2r's backbone
+        return None
     config = p.build_config(19)
     torch.manual_seed(0)
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
@@ -263,10 +339,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="print the profiler's breakdown")
+    parser.add_argument("--size", help="input HxW (default 128x256; 512x1024 with --paper)")
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="forward+backward medians in one process"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = (512, 1024) if args.paper else (128, 256)
+    if args.size:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
     batch = args.batch or (2 if args.paper else 8)
+    if args.side_by_side:
+        presets = args.presets or ["m2f-cpu", "m2f-effl0", "seg-effl0"]
+        print(side_by_side(presets, size, batch, args.warmup, args.repeats))
+        return
     if args.one:  # child process
         if args.profile:
             print(profile_one(args.one, size, batch, args.device))
@@ -282,6 +368,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", preset, "--device", args.device, "--profile"]
             cmd += ["--paper"] if args.paper else []
             cmd += ["--batch", str(args.batch)] if args.batch else []
+            cmd += ["--size", args.size] if args.size else []
             res = subprocess.run(cmd, capture_output=True, text=True)
             print(res.stdout if res.returncode == 0 else res.stderr, flush=True)
         return
@@ -306,18 +393,21 @@ def main() -> None:
         ]
         cmd += ["--paper"] if args.paper else []
         cmd += ["--batch", str(args.batch)] if args.batch else []
+        cmd += ["--size", args.size] if args.size else []
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
             print(f"| {preset} | failed: {res.stderr.strip().splitlines()[-1]} |")
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
+        bare = r.get("bare_train_img_s")
+        bare_cells = f"{bare:.1f} | {bare / r['train_img_s']:.2f}" if bare else " | "
         print(
             f"| {r['preset']} | {r['params_M']:.2f} | {r['size'][0]}x{r['size'][1]} | "
             f"{r['batch']} | {r['device']} | {r['threads']} | {r['train_img_s']:.1f} | "
             f"{r['infer_img_s']:.1f} | {r['before_train_img_s']:.1f} | "
             f"{r['train_img_s'] / r['before_train_img_s']:.2f}x | {r['before_infer_img_s']:.1f} | "
-            f"{r['infer_img_s'] / r['before_infer_img_s']:.2f}x | {r['bare_train_img_s']:.1f} | "
-            f"{r['bare_train_img_s'] / r['train_img_s']:.2f} | {r['peak_mem_MiB']:.0f} |",
+            f"{r['infer_img_s'] / r['before_infer_img_s']:.2f}x | {bare_cells} | "
+            f"{r['peak_mem_MiB']:.0f} |",
             flush=True,
         )
 
