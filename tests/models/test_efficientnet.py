@@ -154,3 +154,15 @@ def test_frozen_batchnorm_statistics_and_stem_stay_frozen_while_training():
     stem = {id(p) for p in model.backbone().stem.parameters()}
     optimizer = build_optimizer(model, TrainConfig(steps=1, warmup_steps=0))
     assert not any(id(p) in stem for g in optimizer.param_groups for p in g["params"])
+
+
+def test_a_backbone_file_moves_between_the_two_presets(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = create_model("seg-effl0")
+    state = {f"backbone.{k}": v for k, v in source.backbone().state_dict().items()}
+    save_file(state, str(tmp_path / "effl0.safetensors"))
+    target = create_model("m2f-effl0", backbone_weights=tmp_path / "effl0.safetensors")
+    want, got = source.backbone().state_dict(), target.backbone().state_dict()
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
