@@ -17,10 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from feds2r.__version__ import __version__
 from feds2r.data import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, open_dataset
 from feds2r.errors import DataError, Feds2rError
-
-__version__ = "0.1.0"
 
 _LAZY = {
     # models and checkpoints

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import inspect
 import re
 import types
@@ -23,7 +22,15 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from feds2r.config import field_docs, format_size, from_dict, load_tables
+from feds2r.config import (
+    as_dict,
+    field_docs,
+    format_size,
+    from_dict,
+    load_tables,
+    merged,
+    parse_size,
+)
 from feds2r.errors import Feds2rError
 
 SWITCH = "!"
@@ -35,8 +42,6 @@ SWITCH = "!"
 
 def size_type(text: str) -> tuple[int, int]:
     """An argparse type: ``HxW`` (see :func:`feds2r.config.parse_size`), both sides even, >= 32."""
-    from feds2r.config import parse_size
-
     try:
         h, w = parse_size(text)
     except ValueError as exc:
@@ -262,25 +267,11 @@ def call(func: Callable[..., int], args: argparse.Namespace) -> int:
         if name in builders:
             kwargs[name] = builders[name](args)
         elif name in configs:
-            base = _merged(_fields(bases[name]) if name in bases else {}, tables.get(name, {}))
+            base = merged(as_dict(bases[name]) if name in bases else {}, tables.get(name, {}))
             kwargs[name] = config_from_flags(configs[name], args, name, base=base, source=source)
         else:
             kwargs[name] = getattr(args, name)
     return func(**kwargs)
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {
-        f.name: _fields(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v
-        for f in dataclasses.fields(obj)
-    }
-
-
-def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in changes.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def command(

@@ -3,9 +3,9 @@
 A checkpoint is a folder holding ``model.safetensors`` and ``model.json`` (or the two files side by
 side, ``NAME.safetensors`` + ``NAME.json``). Loading reads the sidecar, checks that it names a known
 preset and feds2r's 19-class label space, checks every tensor's name and shape against the model
-the preset builds, and only then reads the tensors, refusing NaN or infinite values. Files that are
-pickles (``torch.save``, ``.pt``/``.pth``/``.ckpt``/``.bin``) are refused before anything is read
-from them: unpickling can run arbitrary code.
+the preset builds, and only then reads the tensors, refusing NaN or infinite values. A file whose
+first bytes are a pickle's (``torch.save``) is refused before anything else is read from it:
+unpickling can run arbitrary code. The type of a file is judged by its content, not its name.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from feds2r.__version__ import __version__
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.errors import Feds2rError
-from feds2r.io import PickleError, refuse_pickle
+from feds2r.io import PickleError, is_safetensors_head, refuse_pickle
 from feds2r.models import PRESETS, SegModel, create_model
 
 FORMAT = "feds2r-checkpoint"
@@ -47,8 +48,13 @@ def _resolve(path: str | Path) -> tuple[Path, Path]:
     if not weights.is_file():
         hint = " (a folder with model.safetensors and model.json)" if path.is_dir() else ""
         raise CheckpointError(f"no checkpoint weights at {weights}{hint}")
-    if weights.suffix != ".safetensors":
-        raise CheckpointError(f"checkpoint weights must be a .safetensors file, got {weights}")
+    with open(weights, "rb") as f:  # the type by the content, not the name
+        head = f.read(9)
+    if not is_safetensors_head(head, weights.stat().st_size):
+        raise CheckpointError(
+            f"checkpoint weights {weights} are not a safetensors file (no safetensors header); "
+            "give the model.safetensors a feds2r command wrote"
+        )
     if not sidecar.is_file():
         raise CheckpointError(
             f"checkpoint {weights} has no sidecar {sidecar}: the JSON that names its preset and "
@@ -111,7 +117,6 @@ def save_checkpoint(
     model: SegModel, out_dir: str | Path, *, meta: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``out_dir`` (each atomically)."""
-    from feds2r import __version__
     from feds2r.engine.repro import environment
 
     out_dir = Path(out_dir)

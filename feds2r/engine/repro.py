@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from feds2r.__version__ import __version__
+
 # /proc/cpuinfo flags that decide which MKL / oneDNN / ATen kernels run (and so the last bits)
 CPU_FLAGS = (
     "sse4_2",
@@ -96,7 +98,6 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
 
     A JSON-ready dict, written into every checkpoint sidecar as ``environment``.
     """
-    from feds2r import __version__
 
     record: dict[str, Any] = {
         "feds2r": __version__,

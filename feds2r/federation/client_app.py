@@ -1,15 +1,15 @@
 """The Flower ClientApp: receive the initial model once, train on the private data, reply.
 
 In a multi-round flow (FedAvg, FedProx, FedSeg: :mod:`feds2r.federation.rounds`) it receives the
-global model every round and replies with its round's update (:func:`~feds2r.federation.rounds.
-round_reply`).
+global model every round and replies with its round's update (:func:`round_reply`).
 
-Adapter only: :func:`feds2r.federation.protocol.client_round` does the work. The private
+Adapter only: :func:`feds2r.federation.oneshot_client.client_round` and
+:func:`feds2r.federation.round_client.client_update` do the work. The private
 dataset is named by the SuperNode's node config (``--node-config 'data="gta5:/data/gta5"
 name="gta5"'``); in the Simulation Engine, by the run config's ``client-data`` list at the
 virtual node's ``partition-id``.
 
-A client that fails replies with a "failure" record (:data:`~feds2r.federation.protocol.
+A client that fails replies with a "failure" record (:data:`~feds2r.federation.replies.
 FAILURE_METADATA`: its name and a category) instead of the model; the error itself is printed to
 this SuperNode's log only, since its text may name the private data's paths and files.
 """
@@ -19,12 +19,13 @@ from __future__ import annotations
 import sys
 import traceback
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from feds2r.federation.protocol import FederationError, client_failure, client_round
-from feds2r.federation.round_client import is_round_message
-from feds2r.federation.rounds import round_reply
+from feds2r.federation.config import FederationError
+from feds2r.federation.oneshot_client import client_round
+from feds2r.federation.replies import client_failure
+from feds2r.federation.round_client import client_update, is_round_message
 
 app = ClientApp()
 
@@ -45,6 +46,22 @@ def client_data(node_config: dict, run_config: dict) -> tuple[str, str]:
     raise FederationError(
         "this SuperNode names no private dataset: start it with --node-config 'data=\"SPEC\"'"
     )
+
+
+def round_reply(msg: Message, spec: str, name: str) -> Message:
+    """The ClientApp's reply to a round's train message: the tensors, the metrics FedAvg weighs
+    by, and the client's name (``meta``)."""
+    state = msg.content["arrays"].to_torch_state_dict()
+    settings = dict(msg.content["config"])
+    trained, metrics = client_update(state, settings, spec, name=name)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(torch_state_dict=trained),
+            "metrics": MetricRecord(metrics),
+            "meta": ConfigRecord({"client": name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
 
 
 @app.train()

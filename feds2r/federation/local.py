@@ -7,8 +7,9 @@ code), stops every process it started by its id, and raises :class:`FederationEr
 reason when the run did not complete.
 
 Signals: every process starts in its own session, with the kernel told to kill it when the
-launcher dies uncleanly (``PR_SET_PDEATHSIG``, Linux), and the launcher turns SIGTERM and
-SIGHUP into the same cancellation as Ctrl-C (:mod:`feds2r.signals`). However the launcher ends
+launcher dies uncleanly (``PR_SET_PDEATHSIG``, Linux; :mod:`feds2r.federation.processes`), and
+the launcher turns SIGTERM and SIGHUP into the same cancellation as Ctrl-C
+(:mod:`feds2r.signals`). However the launcher ends
 (Ctrl-C, ``kill``, an error or a normal exit), it stops every process it started and their
 children, and removes the staging folder of a run that did not complete: a cancelled run
 writes nothing.
@@ -21,24 +22,27 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feds2r.config import flatten
-from feds2r.federation.protocol import (
+from feds2r.__version__ import __version__
+from feds2r.config import flatten, to_toml
+from feds2r.data.dataset import parse_spec
+from feds2r.federation.config import (
     FederationConfig,
     FederationError,
     check_client_name,
-    check_new_output,
     check_server_inputs,
 )
+from feds2r.federation.outputs import check_new_output
+from feds2r.federation.processes import Supervisor, free_port
+from feds2r.federation.tls import make_certificates, make_node_keys
 from feds2r.io import write_atomic
 from feds2r.signals import cancel_on_signals, signals_deferred
 
@@ -50,9 +54,6 @@ def app_pyproject(
     config: FederationConfig, client_app: str = CLIENT_APP, server_app: str = SERVER_APP
 ) -> str:
     """The ``pyproject.toml`` of a Flower app that runs the installed feds2r with ``config``."""
-    from feds2r import __version__
-    from feds2r.config import to_toml
-
     values = run_config_values(config)
     return (
         "[project]\n"
@@ -77,16 +78,8 @@ def run_config_values(config: FederationConfig) -> dict[str, Any]:
 
 def absolute_spec(spec: str) -> str:
     """``spec`` with its path made absolute (relative to the current folder)."""
-    from feds2r.data.dataset import parse_spec
-
     parsed = parse_spec(spec)
     return str(dataclasses.replace(parsed, path=parsed.path.resolve()))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
@@ -113,32 +106,11 @@ def _bin(name: str) -> str:
 
 
 @dataclass
-class LocalDeployment:
-    """The processes of a local deployment; :meth:`stop` ends each one by its process id."""
+class LocalDeployment(Supervisor):
+    """The SuperLink and SuperNodes of a local deployment (:class:`~feds2r.federation.processes.
+    Supervisor`), and the ``flwr`` command line that talks to them over ``connection``."""
 
-    home: Path
-    env: dict[str, str]
     connection: str = "feds2r-local"
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def start(
-        self, name: str, args: list[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen:
-        """Start ``args`` in its own session; Linux kills it if this process dies uncleanly."""
-        log = open(self.home / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
-        with signals_deferred():  # a cancellation never finds a started process unrecorded
-            proc = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env or self.env,
-                cwd=self.home,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
-            proc.log = log  # type: ignore[attr-defined]
-            self.procs[name] = proc
-        return proc
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -149,90 +121,6 @@ class LocalDeployment:
             text=True,
             timeout=timeout,
         )
-
-    def stop(self) -> None:
-        """End every started process and everything they started (SIGTERM, then SIGKILL)."""
-        pids = []
-        for proc in self.procs.values():
-            pids += _descendants(proc.pid)
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-            proc.log.close()  # type: ignore[attr-defined]
-        while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-            time.sleep(0.1)
-        for pid in pids:
-            _signal(pid, signal.SIGKILL)
-
-
-def _die_with_parent():
-    """A ``preexec_fn`` asking Linux to SIGKILL the child when the launcher dies without its
-    cleanup, as by ``kill -9`` (``prctl(PR_SET_PDEATHSIG)``); None elsewhere. SIGKILL, not
-    SIGTERM: a SuperLink with a run under way does not exit on SIGTERM within seconds. Their own
-    helpers (flower-superexec, the apps) exit when they see their parent gone. libc is looked up
-    before the fork."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = ctypes.c_int(1)
-    sigkill = ctypes.c_ulong(int(signal.SIGKILL))
-    zero = ctypes.c_ulong(0)
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigkill, zero, zero, zero)
-
-    return preexec
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _descendants(pid: int) -> list[int]:
-    """Process ids below ``pid`` (Linux /proc; empty elsewhere). Flower starts some helpers in
-    their own sessions, which a process-group signal would miss."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def client_threads(num_clients: int, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -313,7 +201,7 @@ def _federate_local(
     # before any process starts; the ServerApp checks again
     check_new_output(out)
     check_server_inputs(config)
-    staging = f".{out.name}.partial-*"  # the ServerApp's (protocol.run_federation)
+    staging = f".{out.name}.partial-*"  # the ServerApp's (outputs.staged)
     old_stages = set(out.parent.glob(staging))
     home = Path(tempfile.mkdtemp(prefix="feds2r-federation-"))
     (home / "logs").mkdir()
@@ -336,8 +224,6 @@ def _federate_local(
         node_security: list[str] = ["--insecure"]
         connection = {"address": f"127.0.0.1:{port}", "insecure": True}
         if tls:
-            from feds2r.federation.tls import make_certificates
-
             certs = make_certificates(home / "certs")
             security = [
                 "--ssl-certfile",
@@ -368,8 +254,6 @@ def _federate_local(
         _wait_port(port, deploy.start("superlink", link_args), "SuperLink")
         keys = []
         if auth:
-            from feds2r.federation.tls import make_node_keys
-
             keys = make_node_keys(home / "keys", len(clients))
             for (name, _), (_, public) in zip(clients, keys, strict=True):
                 done = deploy.flwr("supernode", "register", str(public), deploy.connection)
@@ -432,8 +316,6 @@ def _federate_local(
 
 
 def _write_connection(home: Path, name: str, connection: dict[str, Any]) -> None:
-    from feds2r.config import to_toml
-
     text = to_toml({"superlink": {"default": name}, f"superlink.{name}": connection})
     write_atomic(home / "flwr-home" / "config.toml", text.encode())
 

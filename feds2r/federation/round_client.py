@@ -4,48 +4,40 @@
 steps (round r of R trains steps ``[(r-1)T/R, rT/R)`` of a T-step recipe, with the learning rate
 the one-shot client has at those steps: every method spends the same client steps on the same
 schedule) with the method's objective. The Flower side (strategies, messages, the in-process
-grid) is :mod:`feds2r.federation.rounds`; this module needs no Flower, so that the one-shot
-flow's configuration imports without it.
+grid) is :mod:`feds2r.federation.rounds`; this module needs no Flower. The flows' config,
+:class:`~feds2r.federation.config.RoundsConfig`, lives with the federation's and is importable
+from here too.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from feds2r.config import check_types
+from feds2r.data import open_dataset
+from feds2r.engine.data import ResizedCache, make_batch
+from feds2r.engine.repro import deterministic
+from feds2r.engine.train import build_optimizer, lr_factor
 from feds2r.errors import Feds2rError
-
-ROUND_METHODS = ("fedavg", "fedprox", "fedseg")
-"""The multi-round methods (``FederationConfig.method``; "feds2r" is the one-shot flow)."""
+from feds2r.federation.config import ROUND_METHODS, RoundsConfig, client_recipe
+from feds2r.federation.replies import load_state
+from feds2r.losses import supervised_loss
+from feds2r.losses.fedseg import (
+    annotated_classes,
+    empty_memory,
+    local_to_global_contrastive,
+    pseudo_labels,
+    region_embeddings,
+    update_memory,
+)
+from feds2r.models import create_model
 
 ROUND_KEYS = ("method", "server-round", "rounds", "proximal-mu", "contrast-weight")
-"""Keys of a round's train config besides the recipe (:func:`round_settings`)."""
-
-
-@dataclass(frozen=True)
-class RoundsConfig:
-    """The multi-round flows (methods fedavg, fedprox, fedseg)."""
-
-    rounds: int = 5
-    """Communication rounds R; every client trains ``clients.steps / R`` steps per round, so the
-    clients' total steps are the one-shot clients' (docs/federation.md)."""
-    proximal_mu: float = 0.01
-    """FedProx's proximal weight mu (the term ``mu/2 ||w - w_global||^2``); Li et al. (2020)
-    report mu in {0.001, 0.01, 0.1, 1}; 0.01 is not tuned here."""
-    contrast_weight: float = 1.0
-    """FedSeg's lambda of the pixel contrastive loss, eq. (9) (the public recipe's CON_LAMB=1)."""
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        if self.rounds < 1:
-            raise ValueError("rounds must be at least 1")
-        if self.proximal_mu < 0 or self.contrast_weight < 0:
-            raise ValueError("proximal_mu and contrast_weight must be >= 0")
+"""Keys of a round's train config besides the recipe
+(:func:`~feds2r.federation.rounds.round_settings`)."""
 
 
 def round_steps(total: int, rounds: int, server_round: int) -> tuple[int, int]:
@@ -61,9 +53,6 @@ _DATA: dict[tuple[str, int], Any] = {}
 
 
 def _client_cache(spec: str, height: int):
-    from feds2r.data import open_dataset
-    from feds2r.engine.data import ResizedCache
-
     key = (spec, height)
     if key not in _DATA:
         dataset = open_dataset(spec)
@@ -81,8 +70,6 @@ def proximal_term(model: torch.nn.Module, anchor: list[Tensor], mu: float) -> Te
 def _global_view(global_model, images: Tensor, classes, labels: Tensor):
     """The global model's pixel embeddings and the anchor labels (FedSeg's pseudo-labels on the
     client's background pixels) for ``images``."""
-    from feds2r.losses.fedseg import pseudo_labels
-
     out = global_model(images)
     probs = out.semantic_probs(tuple(out.features.shape[-2:]))
     anchors = pseudo_labels(labels, probs.clamp_min(1e-8).log(), classes)
@@ -93,8 +80,6 @@ def _global_view(global_model, images: Tensor, classes, labels: Tensor):
 def fedseg_memory(global_model, cache, classes, batch_size: int = 16):
     """FedSeg's memory (sec. 3.3): the global model's region embeddings of every image of the
     client's data (un-augmented), rebuilt at the start of each round from the second on."""
-    from feds2r.losses.fedseg import empty_memory, region_embeddings, update_memory
-
     memory = None
     order = list(range(len(cache)))
     for start in range(0, len(order), batch_size):
@@ -127,14 +112,6 @@ def client_update(
     plain CE on a client that can label every class its images hold (every built-in client,
     :mod:`feds2r.losses.fedseg`), so here the contrastive term is what FedSeg adds.
     """
-    from feds2r.engine.data import make_batch
-    from feds2r.engine.repro import deterministic
-    from feds2r.engine.train import build_optimizer, lr_factor
-    from feds2r.federation.protocol import _load_state, client_recipe
-    from feds2r.losses import supervised_loss
-    from feds2r.losses.fedseg import annotated_classes, local_to_global_contrastive
-    from feds2r.models import create_model
-
     method = str(settings["method"])
     if method not in ROUND_METHODS:
         raise Feds2rError(f"unknown round method {method!r}; valid: {', '.join(ROUND_METHODS)}")
@@ -143,7 +120,7 @@ def client_update(
     lo, hi = round_steps(recipe.steps, rounds, server_round)
     with deterministic(recipe.threads):
         model = create_model(str(settings["preset"]))
-        _load_state(model, global_state, "the server's global model")
+        load_state(model, global_state, "the server's global model")
         cache, dataset = _client_cache(data, recipe.height)
         model.train()
         anchor, memory, classes = None, None, None

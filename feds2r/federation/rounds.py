@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -29,34 +30,41 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.supercore.task_identity import TaskIdentity
 
 from feds2r.config import write_run_config
+from feds2r.data import open_dataset
+from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
+from feds2r.engine.evaluate import evaluate
 from feds2r.errors import Feds2rError
-from feds2r.federation.round_client import (
+from feds2r.federation.client_app import train as client_app_train
+from feds2r.federation.config import (
     ROUND_METHODS,
+    FederationConfig,
     RoundsConfig,
-    client_update,
-    round_steps,
+    check_server_inputs,
+    train_settings,
 )
+from feds2r.federation.outputs import check_new_output, staged
+from feds2r.federation.round_client import client_update, round_steps
+from feds2r.io import write_atomic
+from feds2r.models import PUBLIC, create_model
 
 
 def content_bytes(content: RecordDict) -> int:
     """Bytes of a message's content as Flower serialises it (its protobuf, the bulk of what
     travels; the message's metadata adds a few hundred bytes)."""
-    from flwr.common.serde import recorddict_to_proto
-
     return int(recorddict_to_proto(content).ByteSize())
 
 
-def round_settings(config) -> dict[str, Any]:
+def round_settings(config: FederationConfig) -> dict[str, Any]:
     """The train config of every round's message: the one-shot flow's settings (the preset and
     the clients' recipe, :func:`~feds2r.federation.protocol.train_settings`), the method and R;
     Flower's strategies add ``server-round`` (and FedProx ``proximal-mu``)."""
-    from feds2r.federation.protocol import train_settings
-
     settings = {
         **train_settings(config),
         "method": config.method,
@@ -65,22 +73,6 @@ def round_settings(config) -> dict[str, Any]:
     if config.method == "fedseg":
         settings["contrast-weight"] = config.multiround.contrast_weight
     return settings
-
-
-def round_reply(msg: Message, spec: str, name: str) -> Message:
-    """The ClientApp's reply to a round's train message: the tensors, the metrics FedAvg weighs
-    by, and the client's name (``meta``)."""
-    state = msg.content["arrays"].to_torch_state_dict()
-    settings = dict(msg.content["config"])
-    trained, metrics = client_update(state, settings, spec, name=name)
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(torch_state_dict=trained),
-            "metrics": MetricRecord(metrics),
-            "meta": ConfigRecord({"client": name}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
 
 
 # ----------------------------------------------------------------------------- the server
@@ -203,7 +195,7 @@ class CountedFedProx(_Counted, FedProx):
         self.min_clients = min_clients
 
 
-def make_strategy(config, log: Callable[[str], None] = print) -> _Counted:
+def make_strategy(config: FederationConfig, log: Callable[[str], None] = print) -> _Counted:
     """The Flower strategy of ``config.method``: FedProx for fedprox, FedAvg otherwise."""
     if config.method == "fedprox":
         return CountedFedProx(
@@ -214,7 +206,7 @@ def make_strategy(config, log: Callable[[str], None] = print) -> _Counted:
 
 def run_rounds(
     grid: Grid,
-    config,
+    config: FederationConfig,
     *,
     init: str | Path | None = None,
     evaluate_on: dict[str, Any] | None = None,
@@ -226,20 +218,12 @@ def run_rounds(
     mIoU on ``evaluate_on`` (name -> labelled dataset; default the config's evaluation sets).
 
     Written into a staging folder and renamed into place at the end, as the one-shot flow."""
-    from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
-    from feds2r.engine.evaluate import evaluate
-    from feds2r.federation.protocol import check_new_output, check_server_inputs, staged
-    from feds2r.io import write_atomic
-    from feds2r.models import PUBLIC, create_model
-
     if config.method not in ROUND_METHODS:
         raise Feds2rError(f"run_rounds runs {', '.join(ROUND_METHODS)}, not {config.method!r}")
     out = Path(config.out)
     check_new_output(out)
     check_server_inputs(config)
     if evaluate_on is None:
-        from feds2r.data import open_dataset
-
         evaluate_on = {n: open_dataset(s) for n, s in config.evaluation_sets().items()}
     with staged(out) as stage:
         write_run_config(stage, {"federation": config})
@@ -310,8 +294,6 @@ def run_rounds(
 @contextmanager
 def _task_identity():
     """Flower's task identity, which its messages read, for a run inside this process."""
-    from flwr.supercore.task_identity import TaskIdentity
-
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 0, 0, 0
     try:
@@ -330,11 +312,7 @@ class InProcessGrid(Grid):
     """
 
     def __init__(self, clients: dict[str, str], handler: Callable | None = None) -> None:
-        from flwr.app import Context
-
-        if handler is None:
-            from feds2r.federation.client_app import train as handler
-        self.handler = handler
+        self.handler = handler if handler is not None else client_app_train
         self.contexts = {
             k: Context(
                 run_id=0,
@@ -387,11 +365,11 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_rounds_in_process(clients: dict[str, str], config, **options: Any) -> dict[str, Any]:
+def run_rounds_in_process(
+    clients: dict[str, str], config: FederationConfig, **options: Any
+) -> dict[str, Any]:
     """:func:`run_rounds` with every client trained in this process (:class:`InProcessGrid`);
     Flower's own per-round INFO log is held back (``log`` says what each round did)."""
-    import logging
-
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     flwr_log.setLevel(logging.WARNING)

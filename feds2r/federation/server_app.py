@@ -4,7 +4,7 @@ strategy (:func:`feds2r.federation.rounds.run_rounds`).
 
 Adapter only: :func:`feds2r.federation.protocol.run_federation` does the work; this module sends
 its one exchange over Flower's Message API. Settings come from the run config
-(``[tool.flwr.app.config]``, keys as in :class:`~feds2r.federation.protocol.FederationConfig`).
+(``[tool.flwr.app.config]``, keys as in :class:`~feds2r.federation.config.FederationConfig`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import time
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from feds2r.federation.protocol import (
-    FAILURE_METADATA,
-    FederationConfig,
-    FederationError,
-    Reply,
-    run_federation,
-)
+from feds2r.federation.config import FederationConfig, FederationError
+from feds2r.federation.protocol import run_federation
+from feds2r.federation.replies import FAILURE_METADATA, Reply, SendFn
+from feds2r.federation.rounds import run_rounds
 
 app = ServerApp()
 
@@ -29,8 +26,8 @@ def _log(text: str) -> None:
     print(f"[feds2r server] {text}", flush=True)
 
 
-def grid_send(grid: Grid, config: FederationConfig):
-    """A :data:`~feds2r.federation.protocol.SendFn` over Flower: one message per SuperNode."""
+def grid_send(grid: Grid, config: FederationConfig) -> SendFn:
+    """A :data:`~feds2r.federation.replies.SendFn` over Flower: one message per SuperNode."""
 
     def send(init_state, settings) -> list[Reply]:
         nodes = _wait_for_nodes(grid, config)
@@ -115,8 +112,6 @@ def _wait_for_nodes(grid: Grid, config: FederationConfig) -> list[int]:
 def main(grid: Grid, context: Context) -> None:
     config = FederationConfig.from_run_config(dict(context.run_config))
     if config.method != "feds2r":  # a multi-round baseline on Flower's own strategy
-        from feds2r.federation.rounds import run_rounds
-
         _wait_for_nodes(grid, config)
         results = run_rounds(grid, config, log=_log)
     else:

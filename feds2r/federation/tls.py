@@ -91,6 +91,7 @@ def make_certificates(
     out: str | Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 30
 ) -> dict[str, Path]:
     """Write ``ca.crt``, ``ca.key``, ``server.crt``, ``server.key`` into ``out``."""
+    # here, not at the top: cryptography comes with the optional Flower extra (feds2r[flower])
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -165,6 +166,7 @@ def make_certificates(
 
 def make_node_keys(out: str | Path, num: int) -> list[tuple[Path, Path]]:
     """Write ``num`` SuperNode key pairs ``node-K`` (private, PEM) / ``node-K.pub`` (OpenSSH)."""
+    # here, not at the top: cryptography comes with the optional Flower extra (feds2r[flower])
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 

@@ -36,14 +36,25 @@ from typing import Any
 import numpy as np
 
 from feds2r.config import check_types, write_run_config
+from feds2r.data import open_dataset
+from feds2r.engine.checkpoint import load_checkpoint
+from feds2r.engine.evaluate import evaluate
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import Feds2rError
 from feds2r.io import write_atomic
-from feds2r.server.distill import DistillConfig
-from feds2r.server.generators import generated_spec
-from feds2r.server.inconsistency import Inconsistency, UnstableRule, load_inconsistency
-from feds2r.server.lite import LiteConfig
-from feds2r.server.selftrain import SelfTrainConfig
+from feds2r.server.distill import DistillConfig, run_distill
+from feds2r.server.generators import generate_dataset, generated_spec, make_generator
+from feds2r.server.inconsistency import (
+    Inconsistency,
+    UnstableRule,
+    load_inconsistency,
+    measure_inconsistency,
+    plot_inconsistency,
+)
+from feds2r.server.inputs import StageInputs
+from feds2r.server.lite import LiteConfig, distill_lite
+from feds2r.server.prompts import builtin_prompts, llm_prompts, prompt_counts
+from feds2r.server.selftrain import SelfTrainConfig, self_train
 
 PROMPTS = ("builtin", "llm")
 GENERATORS = ("builtin", "diffusers")
@@ -125,26 +136,6 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class StageInputs:
-    """What a stage after distillation learns from (self-training, the lightweight route): the
-    ``[server]`` table of its ``config.toml`` and of a config file given to ``feds2r server
-    self-train`` or ``feds2r server lite``."""
-
-    model: str = ""
-    """The global model the stage starts from (self-training) or learns through (the large
-    student of the lightweight route): a checkpoint folder."""
-    clients: tuple[str, ...] = ()
-    """The client checkpoints (folders): their combined targets are a term of the stage."""
-    data: str = ""
-    """The server's unlabelled real images (a dataset spec)."""
-    generated: str = ""
-    """Generated images (a dataset spec, or a folder written by ``feds2r server augment``)."""
-
-    def __post_init__(self) -> None:
-        check_types(self)
-
-
-@dataclass(frozen=True)
 class GeneratedImages:
     """What stage 2 wrote: an unlabelled dataset of generated images."""
 
@@ -170,7 +161,6 @@ class GeneratedImages:
 
 def load_clients(clients: Mapping[str, str | Path], device="cpu") -> dict:
     """Client checkpoints (name -> folder) loaded as frozen models, in the given order."""
-    from feds2r.engine.checkpoint import load_checkpoint
 
     return {
         name: load_checkpoint(path)[0].to(device).eval().requires_grad_(False)
@@ -195,8 +185,6 @@ def find_unstable(
     With ``out``, writes ``OUT/inconsistency.json`` (:func:`inconsistency_report`) and
     ``OUT/inconsistency.png``.
     """
-    from feds2r.data import open_dataset
-    from feds2r.server.inconsistency import measure_inconsistency, plot_inconsistency
 
     if len(teachers) < 2:
         raise Feds2rError("measuring inconsistency needs at least two client models")
@@ -241,8 +229,6 @@ def generate_images(
     earlier generation folder, replaced). ``size``: the images' (H, W) when ``config.size`` is
     None. Writes ``OUT/images/``, ``OUT/prompts.jsonl``, ``OUT/generated.json`` and
     ``OUT/config.toml``."""
-    from feds2r.server.generators import generate_dataset, make_generator
-    from feds2r.server.prompts import builtin_prompts, llm_prompts, prompt_counts
 
     size = config.size or size
     if size is None:
@@ -282,9 +268,6 @@ def evaluate_checkpoint(
     path: str | Path, sets: Mapping[str, str], *, height: int, progress: bool = False
 ) -> dict[str, float]:
     """mIoU (%) of the checkpoint ``path`` on each labelled dataset spec of ``sets``."""
-    from feds2r.data import open_dataset
-    from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.evaluate import evaluate
 
     model, _ = load_checkpoint(path)
     return {
@@ -313,8 +296,6 @@ def run_server_pipeline(
     With a single client there is no disagreement to measure: stages 1 and 2 are skipped and
     the one teacher is distilled.
     """
-    from feds2r.data import open_dataset
-    from feds2r.server.distill import run_distill
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -364,8 +345,6 @@ def run_server_pipeline(
     timing["distill"] = round(time.perf_counter() - start, 2)
     large = out / places["distill"]
     if "selftrain" in stages:
-        from feds2r.server.selftrain import self_train
-
         start = time.perf_counter()
         self_train(
             large, client_paths, server_data, out / places["selftrain"], config.selftrain,
@@ -375,8 +354,6 @@ def run_server_pipeline(
         paths["selftrain"] = str(large)
         timing["selftrain"] = round(time.perf_counter() - start, 2)
     if "lite" in stages:
-        from feds2r.server.lite import distill_lite
-
         start = time.perf_counter()
         distill_lite(
             large, client_paths, server_data, out / places["lite"], config.lite,

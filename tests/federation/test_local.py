@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from feds2r.federation.local import _descendants, _zombie
+from feds2r.federation.processes import descendants, is_zombie
 from tests.federation.conftest import TINY_FLAGS, tiny_config
 
 pytest.importorskip("flwr")
@@ -41,7 +41,7 @@ def client_flags(world: dict, names=("gta5", "synthia", "synscapes")) -> list[st
 
 
 def assert_no_flower_processes_left() -> None:
-    assert _descendants(os.getpid()) == [], "processes started by the run are still alive"
+    assert descendants(os.getpid()) == [], "processes started by the run are still alive"
 
 
 def test_three_clients_over_loopback_match_the_in_process_federation(tiny_world, tmp_path):
@@ -184,11 +184,11 @@ def test_sigterm_stops_every_process_and_the_cancelled_run_writes_nothing(tiny_w
     try:
         deadline = time.monotonic() + 240
         # wait until both SuperNodes run their ClientApp (training has begun)
-        while sum("clientapp" in _cmdline(p) for p in _descendants(launcher.pid)) < 2:
+        while sum("clientapp" in _cmdline(p) for p in descendants(launcher.pid)) < 2:
             assert launcher.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the ClientApps did not start\n" + log.read_text()
             time.sleep(0.5)
-        started = _descendants(launcher.pid)
+        started = descendants(launcher.pid)
         link = next(p for p in started if "flower-superlink" in _cmdline(p))
         # the two SuperNodes train at once, each on its share of the cores
         share = str(max(1, len(os.sched_getaffinity(0)) // 2))
@@ -199,7 +199,7 @@ def test_sigterm_stops_every_process_and_the_cancelled_run_writes_nothing(tiny_w
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()
         time.sleep(1.0)
-        alive = [p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        alive = [p for p in started if Path(f"/proc/{p}").exists() and not is_zombie(p)]
         assert alive == [], [_cmdline(p) for p in alive]
         assert "cancelled: received SIGTERM" in log.read_text()
         time.sleep(2.0)  # nothing left to finish the run later

@@ -376,13 +376,13 @@ def test_a_failed_flower_client_sends_its_name_and_a_category_not_its_paths(
 def test_client_names_that_would_leave_the_clients_folder_are_refused():
     from pathlib import Path
 
-    from feds2r.federation.protocol import _unique, check_client_name
+    from feds2r.federation.protocol import check_client_name, folder_name
 
     for bad in (".", "..", "../x", "a/b", "a\\b", "", ".hidden", "x" * 65):
         with pytest.raises(FederationError, match="not allowed"):
             check_client_name(bad)
         # a name from a remote client is turned into one safe folder name instead
-        folder = Path("/srv/clients") / _unique(bad, {})
+        folder = Path("/srv/clients") / folder_name(bad, {})
         assert folder.parent == Path("/srv/clients") and folder.name not in (".", "..")
     assert check_client_name("gta5.v2_a-1") == "gta5.v2_a-1"
 
