@@ -1,11 +1,11 @@
 """Config dataclasses from plain dicts and back: :func:`from_dict` (nested sections too),
-:func:`as_dict`, :func:`merged` and :func:`field_default`."""
+:func:`as_dict`, :func:`merged`, :func:`field_default` and :func:`check_keys`."""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from feds2r.config.values import coerce, is_config
@@ -20,14 +20,8 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
     A field that is itself a config dataclass (a section, such as ``FederationConfig.clients``)
     is built from a nested dict the same way, so a TOML file's nested tables load back.
     """
+    check_keys(cls, data, source=source, where=f"for {cls.__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise Feds2rError(
-            f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
-            f"valid keys: {', '.join(sorted(names))}"
-        )
     defaults = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for k, v in data.items():
@@ -43,6 +37,18 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise Feds2rError(f"{source}: invalid {cls.__name__}: {exc}") from None
+
+
+def check_keys(cls: type, keys: Iterable[str], *, source: str, where: str) -> None:
+    """A :class:`~feds2r.errors.Feds2rError` naming the ``keys`` that are no field of the config
+    dataclass ``cls`` and the valid ones: "SOURCE: unknown key(s) K WHERE; valid keys: ..."."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(keys) - names)
+    if unknown:
+        raise Feds2rError(
+            f"{source}: unknown key(s) {', '.join(unknown)} {where}; "
+            f"valid keys: {', '.join(sorted(names))}"
+        )
 
 
 def field_default(f: dataclasses.Field) -> Any:

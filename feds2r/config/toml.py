@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from feds2r.config.dicts import check_keys
 from feds2r.errors import Feds2rError
 from feds2r.io import write_atomic
 
@@ -62,13 +63,7 @@ def load_tables(
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise Feds2rError(f"config file {path}: {name} must be a table ([{name}])")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(table) - fields)
-        if bad:
-            raise Feds2rError(
-                f"config file {path}: unknown key(s) {', '.join(bad)} in [{name}]; "
-                f"valid keys: {', '.join(sorted(fields))}"
-            )
+        check_keys(cls, table, source=f"config file {path}", where=f"in [{name}]")
         out[name] = dict(table)
     for key, name in top_level.items():
         if key in data:
