@@ -6,14 +6,17 @@ Every feds2r command that writes goes through this module, so that they all beha
   rename, so a reader never sees half a file, and removes the temporary file when it fails.
 - :func:`check_output_file` checks a file destination such as ``--json PATH`` *before* the work
   starts (not a folder, in a writable place), so a bad path costs nothing.
-- :func:`refuse_pickle` refuses a file that is, or looks like, a pickle (``torch.save`` output)
+- :func:`refuse_pickle` refuses a file whose first bytes are a pickle's (``torch.save`` output)
   before a byte of it is interpreted: unpickling runs whatever code the file contains.
-- :func:`prepare_output` checks and claims an output folder such as ``--out DIR``: it must be new,
-  empty, or an earlier output of the same command; it is locked (``DIR/.feds2r.lock`` holds the
-  writer's PID, created with ``O_EXCL``; a lock left by a dead process is taken over) so that two
-  runs cannot write into one folder; and it is marked in progress (``DIR/.feds2r_output.json``,
-  ``"complete": false``) until :meth:`Output.finish` marks it complete, so a run killed midway
-  leaves a folder that ``feds2r data check`` reports as incomplete.
+- :func:`prepare_output` is the one rule of every output folder such as ``--out DIR``: reading
+  only, it decides that the folder is new, empty, or an earlier output of the same command made
+  with the same inputs, and refuses anything else with the folder left byte for byte as it was
+  (:func:`judge_output` is that decision alone). Only then is it locked (``DIR/.feds2r.lock``
+  holds the writer's PID, created with ``O_EXCL``; a lock left by a dead process is taken over)
+  so that two runs cannot write into one folder, and marked in progress
+  (``DIR/.feds2r_output.json``, ``"complete": false``) until :meth:`Output.finish` marks it
+  complete, so a run killed midway leaves a folder that ``feds2r data check`` reports as
+  incomplete.
 
 Every problem a user can cause is an :class:`OutputError` or a :class:`PickleError` (each a
 :class:`Feds2rError`: one message, exit status 2 in the CLI).
@@ -64,24 +67,30 @@ def is_safetensors_head(head: bytes, size: int) -> bool:
 
 
 def refuse_pickle(path: str | Path) -> None:
-    """Raise :class:`PickleError` if ``path`` is (or looks like) a pickle or a ``torch.save`` zip.
+    """Raise :class:`PickleError` if ``path`` is a pickle or a ``torch.save`` zip.
 
-    Judged by the suffix (``.pt``, ``.pth``, ``.ckpt``, ``.bin``, ...) and by the first bytes (a
-    pickle opcode or a zip header, unless the file has a safetensors header); nothing else of the
-    file is read. A missing file is judged by its suffix alone (the caller reports it missing).
+    Judged by the content (a pickle protocol opcode or a zip header at the start, unless the
+    file has a safetensors header), never by the name alone: a safetensors file named
+    ``model.bin`` is not a pickle, a pickle named ``model.safetensors`` is one. Only the first
+    bytes are read. A file that does not exist is judged by its suffix (``.pt``, ``.pth``,
+    ``.bin``, ...; the caller reports it missing).
     """
     path = Path(path)
-    head, size = b"", 0
     if path.is_file():
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(9)
-    pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
-    if path.suffix.lower() in _PICKLE_SUFFIXES or (pickled and not is_safetensors_head(head, size)):
+        pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+        refused = pickled and not is_safetensors_head(head, size)
+        what = "a pickle (torch.save) file"
+    else:
+        refused = path.suffix.lower() in _PICKLE_SUFFIXES
+        what = f"named like a pickle (torch.save) file ({path.suffix})"
+    if refused:
         raise PickleError(
-            f"refusing to load {path}: it is a pickle (torch.save) file, and unpickling runs "
-            "whatever code the file contains. feds2r loads only .safetensors weights with a JSON "
-            "sidecar; ask the sender for a feds2r checkpoint (feds2r client train writes one)"
+            f"refusing to load {path}: it is {what}, and unpickling runs whatever code the file "
+            "contains. feds2r loads only .safetensors weights with a JSON sidecar; ask the "
+            "sender for a feds2r checkpoint (feds2r client train writes one)"
         )
 
 
@@ -409,11 +418,32 @@ def _judge(
         differ = sorted(k for k in set(held) | set(inputs) if held.get(k) != _plain(inputs).get(k))
         raise OutputError(
             f"{flag} {path} holds an earlier `{command}` output made with other settings "
-            f"({', '.join(differ)} differ); it is left as it is. {hint}"
+            f"({', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}); it is left "
+            f"as it is. {hint}"
         )
     if same is not None:
         same(path)
     return entries, True
+
+
+def judge_output(
+    path: str | Path,
+    kind: str,
+    *,
+    marker: Marker | None = None,
+    flag: str = "--out",
+    command: str | None = None,
+    inputs: dict[str, Any] | None = None,
+    same: Callable[[Path], None] | None = None,
+    hint: str = "Give the same settings, or another folder",
+) -> bool:
+    """:func:`prepare_output`'s judgement alone, reading only: raise unless ``path`` is new,
+    empty or an earlier output of ``kind`` (with the same ``inputs``); return whether it is such
+    an earlier output. For commands that write their folder in one atomic step of their own
+    (``federate certs``, ``federate app``)."""
+    path = check_output_dir(path, flag)
+    command = command or f"feds2r {kind}"
+    return _judge(path, kind, marker, flag, command, inputs, same, hint)[1]
 
 
 def _plain(value: Any) -> Any:
@@ -497,6 +527,7 @@ __all__ = [
     "check_output_file",
     "config_tables",
     "is_safetensors_head",
+    "judge_output",
     "prepare_output",
     "read_state",
     "refuse_pickle",

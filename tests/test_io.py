@@ -103,6 +103,46 @@ def test_prepare_output_refuses_another_commands_folder(tmp_path):
         assert out.previous
 
 
+def _bytes(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_prepare_output_decides_before_it_writes_anything(tmp_path):
+    """A refusal of the folder's own kind (other inputs, or the caller's own comparison) leaves
+    every byte as it was: the state file is not marked incomplete, no lock is left."""
+    with prepare_output(tmp_path / "o", "server augment", inputs={"num": 2}) as out:
+        (tmp_path / "o" / "x.png").write_bytes(b"x")
+        out.finish()
+    before = _bytes(tmp_path / "o")
+    with pytest.raises(OutputError, match=r"other settings \(num differs\)"):
+        prepare_output(tmp_path / "o", "server augment", inputs={"num": 3})
+
+    def refuse(path) -> None:
+        raise OutputError("not this run")
+
+    with pytest.raises(OutputError, match="not this run"):
+        prepare_output(tmp_path / "o", "server augment", inputs={"num": 2}, same=refuse)
+    assert _bytes(tmp_path / "o") == before
+    # accepted, but nothing begun: the folder is still marked complete until begin()
+    with prepare_output(tmp_path / "o", "server augment", inputs={"num": 2}) as again:
+        assert again.previous and read_state(tmp_path / "o")["complete"] is True
+        again.begin()
+        assert read_state(tmp_path / "o")["complete"] is False
+
+
+def test_a_failed_run_puts_a_new_or_empty_folder_back(tmp_path):
+    """Without anything worth keeping (``keep``), a new folder is removed, an empty one emptied."""
+    for folder in (tmp_path / "new", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        with prepare_output(folder, "client train", keep=lambda p: (p / "state").is_dir()):
+            (folder / "config.toml").write_text("[client]\n")
+    assert not (tmp_path / "new").exists() and listing(tmp_path / "empty") == set()
+    with prepare_output(tmp_path / "kept", "client train", keep=lambda p: (p / "state").is_dir()):
+        (tmp_path / "kept" / "state").mkdir()  # a resumable state: kept, marked incomplete
+    assert read_state(tmp_path / "kept")["complete"] is False
+
+
 def test_prepare_output_refuses_a_file(tmp_path):
     (tmp_path / "f").write_text("keep")
     with pytest.raises(OutputError, match="is a file, not a folder"):

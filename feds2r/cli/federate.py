@@ -56,7 +56,14 @@ def federation_config(args: argparse.Namespace, num_clients: int) -> FederationC
     """The :class:`FederationConfig` of the flags: the run config they name, read as the
     ServerApp reads it (:meth:`FederationConfig.from_run_config`)."""
     from feds2r.federation.protocol import FederationConfig
+    from feds2r.models import PRESETS
 
+    for name in ("preset", "lite-preset"):  # named by the flag given, before any config is built
+        value = getattr(args, FLAG_DEST + name, None)
+        if value is not None and value not in PRESETS:
+            raise Feds2rError(
+                f"--{name} {value!r} is not a model preset; valid: {', '.join(PRESETS)}"
+            )
     values = {
         "out": str(Path(args.out).resolve()),
         "server-data": args.server_data,
@@ -87,9 +94,13 @@ def federate_local(
         raise Feds2rError(
             f"Flower is not installed ({exc}); install it with: pip install 'feds2r[flower]'"
         ) from None
+    from feds2r.validate import check_client_data, check_federation
+
     names = [n for n, _ in clients]
     if len(set(names)) != len(names):
         raise Feds2rError(f"client names must differ, got {names}; name them NAME=SPEC")
+    check_federation(config)  # before any process starts: settings, then every client's data
+    check_client_data(clients)
     results = run_local(
         clients,
         config,
@@ -123,8 +134,11 @@ def federate_local(
 
 def federate_certs(out: str, host: list[str] | None, node_keys: int, force: bool) -> int:
     """A local CA, a SuperLink certificate for ``host`` and ``node_keys`` SuperNode key pairs."""
-    from feds2r.federation.tls import write_credentials
+    from feds2r.federation.tls import existing_credentials, write_credentials
+    from feds2r.io import judge_output
 
+    # the one output rule: a new or empty folder, or one holding a set (--force governs it)
+    judge_output(out, "federate certs", marker=lambda p: bool(existing_credentials(p)))
     hosts = tuple(host or ("localhost", "127.0.0.1"))
     paths, pairs = write_credentials(out, hosts, node_keys, force=force)
     print(f"CA certificate: {paths['ca_cert']} (give it to every SuperNode and to flwr)")
@@ -137,8 +151,12 @@ def federate_certs(out: str, host: list[str] | None, node_keys: int, force: bool
 def federate_app(app: str, config: FederationConfig, force: bool) -> int:
     """Write ``APP/pyproject.toml``: a Flower app running feds2r with ``config``."""
     from feds2r.federation.local import app_pyproject
-    from feds2r.io import write_atomic
+    from feds2r.io import judge_output, write_atomic
+    from feds2r.validate import check_federation
 
+    check_federation(config)  # what `federate local` refuses, the app refuses before it exists
+    # the one output rule: a new or empty folder, or an app folder (--force governs it)
+    judge_output(app, "federate app", marker="pyproject.toml", flag="--app")
     dest = Path(app) / "pyproject.toml"
     if dest.exists() and not force:
         raise Feds2rError(f"{dest} exists; use --force to replace it")

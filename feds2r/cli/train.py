@@ -205,7 +205,11 @@ def _pretrain_flags(p: argparse.ArgumentParser) -> None:
     base = PretrainConfig()
     add_config_flags(p, "pretraining", PretrainConfig, ("preset",), help={"preset": "model preset"})
     p.add_argument("--out", required=True, help="output folder (resumed if it holds a run)")
-    p.add_argument("--world", help="folder of the public images (default OUT/public)")
+    p.add_argument(
+        "--world",
+        help="folder of the public images (default OUT/public): new, empty, or public images "
+        "written with the same settings (reused)",
+    )
     add_config_flags(
         p,
         "pretraining",

@@ -65,8 +65,7 @@ class LiteConfig:
         check_types(self)
         if self.student not in PRESETS:
             raise ValueError(
-                f"unknown student preset {self.student!r} (--student-preset); valid: "
-                f"{', '.join(PRESETS)}"
+                f"unknown student preset {self.student!r}; valid: {', '.join(PRESETS)}"
             )
         if not 0.0 <= self.pre_fraction < 1.0:
             raise ValueError(f"pre_fraction must be in [0, 1), got {self.pre_fraction}")

@@ -264,13 +264,17 @@ def test_llm_key_over_plain_http_to_another_host_warns():
 def test_generate_dataset_replaces_its_own_output_and_refuses_other_files(tmp_path):
     six = builtin_prompts({"bus": 4, "rider": 2}, seed=0)
     generate_dataset(six, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False)
-    three = builtin_prompts({"bus": 3}, seed=1)
+    (tmp_path / "gen" / "images" / "stray.png").write_bytes(b"not of this run")
     summary = generate_dataset(
-        three, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False
-    )
-    assert summary["num_images"] == 3
-    assert len(list((tmp_path / "gen" / "images").iterdir())) == 3  # not 6
-    assert len((tmp_path / "gen" / "prompts.jsonl").read_text().splitlines()) == 3
+        six, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False
+    )  # the same settings: redone, never mixed with the earlier files
+    assert summary["num_images"] == 6
+    assert len(list((tmp_path / "gen" / "images").iterdir())) == 6  # the stray file is gone
+    before = {p: p.read_bytes() for p in (tmp_path / "gen").rglob("*") if p.is_file()}
+    three = builtin_prompts({"bus": 3}, seed=1)  # other settings: refused, nothing touched
+    with pytest.raises(Feds2rError, match="other settings"):
+        generate_dataset(three, BuiltinGenerator(), tmp_path / "gen", size=(32, 64), progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "gen").rglob("*") if p.is_file()} == before
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "model.json").write_text("{}")
