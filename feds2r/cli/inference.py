@@ -7,6 +7,10 @@ import textwrap
 
 from feds2r.cli.flags import add_quiet, command, count_type, size_type
 from feds2r.cli.output import write_json
+from feds2r.errors import Feds2rError
+
+DEFAULT_CROP = (128, 256)
+"""The sliding window (H, W) when ``--sliding`` is given without ``--crop``."""
 
 
 def load_model(path: str, device: str):
@@ -19,12 +23,23 @@ def load_model(path: str, device: str):
     return model, meta, dev
 
 
+def sliding_window(sliding: bool, crop: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The sliding window of ``--sliding``/``--crop``; ``--crop`` alone is refused (it would be
+    ignored: without ``--sliding`` the whole image is predicted at once)."""
+    if crop is not None and not sliding:
+        raise Feds2rError(
+            f"--crop {crop[0]}x{crop[1]} applies only with --sliding (sliding-window inference); "
+            "add --sliding, or drop --crop to predict whole images"
+        )
+    return (crop or DEFAULT_CROP) if sliding else None
+
+
 def evaluate(
     model: str,
     data: list[str],
     height: int,
     sliding: bool,
-    crop: tuple[int, int],
+    crop: tuple[int, int] | None,
     device: str,
     batch_size: int,
     per_class: bool,
@@ -37,8 +52,8 @@ def evaluate(
     from feds2r.data.labels import CLASS_NAMES
     from feds2r.engine.evaluate import evaluate as evaluate_model
 
+    window = sliding_window(sliding, crop)
     net, meta, dev = load_model(model, device)
-    window = crop if sliding else None
     rows = []
     for spec in data:
         ds = open_dataset(spec, labels=True, on_error=on_error)
@@ -89,7 +104,7 @@ def predict(
     out: str,
     height: int,
     sliding: bool,
-    crop: tuple[int, int],
+    crop: tuple[int, int] | None,
     device: str,
     limit: int | None,
     on_error: str,
@@ -99,6 +114,7 @@ def predict(
     from feds2r.data import open_dataset
     from feds2r.engine.evaluate import write_predictions
 
+    window = sliding_window(sliding, crop)
     net, _, dev = load_model(model, device)
     ds = open_dataset(data, labels=False, on_error=on_error)
     n = write_predictions(
@@ -106,7 +122,7 @@ def predict(
         ds,
         out,
         height=height,
-        sliding=crop if sliding else None,
+        sliding=window,
         device=dev,
         limit=limit,
         progress=progress,
@@ -124,7 +140,9 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
         "--height", type=count_type(16), default=128, help="inference height (>= 16; default 128)"
     )
     p.add_argument("--sliding", action="store_true", help="sliding-window inference")
-    p.add_argument("--crop", type=size_type, default=(128, 256), help="sliding window HxW")
+    p.add_argument(
+        "--crop", type=size_type, help="sliding window HxW, with --sliding (default 128x256)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument(
         "--skip-bad",
