@@ -1,7 +1,8 @@
 """A ClientApp for the failure tests: the node named "crash" fails, the node named "wrong"
 replies with a model of another architecture under the federation's preset name, the node named
-"drop3" fails from round 3 of a multi-round flow on; any other node behaves like feds2r's own
-ClientApp."""
+"drop3" fails from round 3 of a multi-round flow on, the node named "broken" runs feds2r's own
+ClientApp on a dataset that does not exist (its data passed the launcher's check, then went
+away); any other node behaves like feds2r's own ClientApp."""
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -12,6 +13,8 @@ from feds2r.models import create_model
 
 app = ClientApp()
 
+MISSING = "gta5:/nonexistent/gta5?split=train"
+
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
@@ -20,6 +23,9 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError("simulated client crash")
     if name == "drop3" and int(msg.content["config"].get("server-round", 0)) >= 3:
         raise RuntimeError("simulated drop-out in round 3")
+    if name == "broken":
+        context.node_config = {**context.node_config, "data": MISSING}
+        return real.train(msg, context)
     if name == "wrong":
         meta = {
             "client": "wrong",

@@ -128,14 +128,16 @@ def test_a_crashing_client_and_a_wrong_model_are_named_and_the_run_goes_on(tiny_
 
 
 def test_too_few_clients_fail_the_run_with_the_reason_and_write_nothing(tiny_world, tmp_path):
+    """A client whose data is gone by the time it trains (faulty_app's "broken": the launcher's
+    check before any process starts saw it) fails at its SuperNode."""
     out = tmp_path / "too-few"
     flags = [
         "--client", f"gta5={tiny_world['clients']['gta5']}",
-        "--client", "broken=gta5:/nonexistent/gta5?split=train",
-        "--min-clients", "2",
+        "--client", f"broken={tiny_world['clients']['synthia']}",
+        "--client-app", "faulty_app:app", "--min-clients", "2",
         "--server-data", tiny_world["server"], "--out", str(out), *TINY_FLAGS,
     ]  # fmt: skip
-    done = federate(flags)
+    done = federate(flags, env={"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])})
     assert done.returncode == 2
     assert "only 1 of 2 clients sent a valid model, fewer than min-clients=2" in done.stderr
     # keyed by its name; the server learnt a category, not the client's path
