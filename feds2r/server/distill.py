@@ -25,7 +25,7 @@ from torch import Tensor
 from feds2r.engine.device import resolve_device
 from feds2r.errors import Feds2rError
 from feds2r.losses.distillation import feature_loss, mask_kd_loss, pixel_kd_loss
-from feds2r.models import SegModel, create_model
+from feds2r.models import PRESETS, SegModel, create_model
 from feds2r.server.teachers import (
     TeacherEnsemble,
     agreement_weights,
@@ -90,6 +90,10 @@ class DistillConfig:
     follow each view's scale, crop and flip; False: run them on every augmented batch."""
 
     def __post_init__(self) -> None:
+        if self.student not in PRESETS:
+            raise ValueError(
+                f"unknown student preset {self.student!r}; valid: {', '.join(PRESETS)}"
+            )
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
         if not 0.0 <= self.fusion_weight <= 1.0:

@@ -89,3 +89,17 @@ def test_a_safetensors_checkpoint_named_bin_is_not_a_pickle(tmp_path):
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "junk.bin")
+
+
+@pytest.mark.parametrize("command", ["distill", "lite"])
+def test_an_unknown_student_preset_is_refused_before_any_checkpoint_is_read(
+    world, tmp_path, command, capsys
+):
+    inputs = ["--bridge", str(tmp_path / "nowhere")] if command == "lite" else []
+    line = ["server", command, *inputs, "--clients", str(tmp_path / "a"), str(tmp_path / "b"),
+            "--data", world["cs"], "--student-preset", "segformer-b9", "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main(line) == 2
+    err = capsys.readouterr().err
+    assert "unknown student preset 'segformer-b9'" in err and "segformer-cpu" in err
+    assert not (tmp_path / "out").exists()

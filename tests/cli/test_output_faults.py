@@ -255,3 +255,20 @@ def test_a_failed_stage_leaves_no_config_behind(runs, tmp_path, command, capsys)
     out.mkdir()  # an empty folder given: left empty
     assert run(*line) == 2
     assert list(out.iterdir()) == []
+
+
+def test_a_run_from_before_the_state_file_is_still_recognised(runs, tmp_path, capsys):
+    """Runs written before output folders carried a state file: recognised by the tables of
+    their config.toml (resumed by their own command, refused by the others)."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["a"], old)
+    (old / ".feds2r_output.json").unlink()
+    before = snapshot(old)
+    assert run(*argv("pretrain", runs, str(old))) == 2
+    assert "not an earlier `feds2r pretrain` output" in capsys.readouterr().err
+    assert snapshot(old) == before
+    assert run(*argv("client train", runs, str(old))) == 0  # finished: found so, not retrained
+    after = snapshot(old)
+    assert after["model.safetensors"] == before["model.safetensors"]
