@@ -45,7 +45,7 @@ import numpy as np
 
 task = json.loads(sys.argv[1])
 result = {}
-if task.get("hf"):
+def run_hf(task):
     import torch
     from PIL import Image
     from transformers import (
@@ -69,8 +69,11 @@ if task.get("hf"):
         np.save(out_path, seg.numpy().astype(np.uint8))
     segments = pipeline("image-segmentation", model=folder)(
         task["images"][0][0], subtask="semantic")
-    result["pipeline_labels"] = [s["label"] for s in segments]
-    result["id2label"] = net.config.id2label
+    return {"pipeline_labels": [s["label"] for s in segments], "id2label": net.config.id2label}
+
+
+if task.get("hf_all"):
+    result["hf_all"] = [run_hf(t) for t in task["hf_all"]]
 if task.get("onnx"):
     import onnxruntime as ort
 
@@ -141,24 +144,44 @@ def images(tmp_path_factory) -> list[Path]:
     return write_images(tmp_path_factory.mktemp("images") / "folder", size=(HEIGHT, 2 * HEIGHT))
 
 
-@pytest.mark.parametrize("preset", ["segformer-cpu", "m2f-cpu"])
-def test_hf_round_trip_matches_predict_without_feds2r(preset, images, tmp_path):
-    ckpt = decisive_checkpoint(preset, tmp_path / "ckpt")
-    out, preds = tmp_path / "hf", tmp_path / "preds"
-    assert cli("export", "--model", ckpt, "--format", "hf", "--out", out, "--height", HEIGHT) == 0
+HF_PRESETS = ("segformer-cpu", "m2f-cpu")
+
+
+@pytest.fixture(scope="module")
+def hf_round_trips(images, tmp_path_factory) -> dict[str, dict]:
+    """Per preset: `feds2r export --format hf` and `feds2r predict` here, then the exported
+    directory run outside feds2r (one subprocess for all presets, to start Python once)."""
+    root = tmp_path_factory.mktemp("hf")
+    runs, tasks = {}, []
+    for preset in HF_PRESETS:
+        ckpt = decisive_checkpoint(preset, root / preset / "ckpt")
+        out, preds = root / preset / "hf", root / preset / "preds"
+        assert cli("export", "--model", ckpt, "--format", "hf", "--out", out,
+                   "--height", HEIGHT) == 0  # fmt: skip
+        assert cli("predict", "--model", ckpt, "--data", f"folder:{images[0].parent}", "--out",
+                   preds, "--height", HEIGHT, "--device", "cpu", "--quiet") == 0  # fmt: skip
+        maps = [root / preset / f"{p.stem}.npy" for p in images]
+        runs[preset] = {"out": out, "preds": preds, "maps": maps}
+        pairs = [[str(p), str(m)] for p, m in zip(images, maps, strict=True)]
+        tasks.append({"hf": str(out), "images": pairs})
+    results = run_outside({"hf_all": tasks}, root)
+    for preset, result in zip(HF_PRESETS, results["hf_all"], strict=True):
+        runs[preset]["result"] = result
+    return runs
+
+
+@pytest.mark.parametrize("preset", HF_PRESETS)
+def test_hf_round_trip_matches_predict_without_feds2r(preset, images, hf_round_trips):
+    run = hf_round_trips[preset]
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
-        p.name for p in out.iterdir()
+        p.name for p in run["out"].iterdir()
     }
-    spec = f"folder:{images[0].parent}"
-    assert cli("predict", "--model", ckpt, "--data", spec, "--out", preds, "--height", HEIGHT,
-               "--device", "cpu", "--quiet") == 0  # fmt: skip
-    task = {"hf": str(out), "images": [[str(p), str(tmp_path / f"{p.stem}.npy")] for p in images]}
-    result = run_outside(task, tmp_path)
+    result = run["result"]
     assert result["id2label"] == {str(i): name for i, name in enumerate(CLASS_NAMES)}
     assert result["pipeline_labels"] and set(result["pipeline_labels"]) <= set(CLASS_NAMES)
-    for path in images:
-        ours = cv2.imread(str(preds / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
-        theirs = np.load(tmp_path / f"{path.stem}.npy")
+    for path, map_path in zip(images, run["maps"], strict=True):
+        ours = cv2.imread(str(run["preds"] / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
+        theirs = np.load(map_path)
         assert ours.shape == theirs.shape == (HEIGHT, 2 * HEIGHT)
         assert len(np.unique(ours)) >= 2  # the model decides: more than one class
         agree = float((ours == theirs).mean())
