@@ -19,18 +19,22 @@ def demo(
     lite: bool,
     multi_round: bool,
     progress: bool,
+    suite: str = "feds2r",
 ) -> int:
-    """Run the demo ``profile`` into ``out`` and print its table."""
-    from feds2r.demo import LITE_ROWS, ROUND_ROWS, ROWS, SELFTRAIN_ROWS, results_table, run_demo
+    """Run the suite ``suite`` with the profile ``profile`` into ``out`` and print its table."""
+    # imported here, not at the top: keeps `feds2r --help` fast (the demo imports every stage)
+    from feds2r.demo import get_suite, results_table
 
-    rows = ROWS + (SELFTRAIN_ROWS if self_train else ()) + (LITE_ROWS if lite else ())
-    rows += ROUND_ROWS if multi_round else ()
-    results = run_demo(
+    chosen = get_suite(suite)
+    flags = {"self_train": self_train, "lite": lite, "multi_round": multi_round}
+    rows = chosen.rows_with(flag for flag, given in flags.items() if given)
+    results = chosen.run(
         profile, out, seed=seed, world=world, progress=progress, pretrained=pretrained, rows=rows
     )
     print()
     print(results_table(results))
-    print(f"\nunstable classes: {', '.join(results['unstable_classes'])}")
+    if "unstable_classes" in results:
+        print(f"\nunstable classes: {', '.join(results['unstable_classes'])}")
     print(f"total time {results['timing_s']['total']:.0f} s; report: {Path(out) / 'report.md'}")
     return 0
 
@@ -49,7 +53,8 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "OUT/config.toml. Running again into the same OUT reuses every finished training (same "
         "config and inputs) and trains only what is new, e.g. rows added with --self-train or "
         "--lite. Profiles: quick (a smoke test, about 2 minutes), default (about 15 "
-        "minutes on 2 CPU cores), full (larger world and budgets).",
+        "minutes on 2 CPU cores), full (larger world and budgets). Suites (--suite): feds2r, the "
+        "default, described here (docs/demo.md).",
         epilog=textwrap.dedent("""\
             examples:
               feds2r demo --out runs/demo
@@ -59,6 +64,12 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
               feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
               feds2r demo --multi-round --out runs/demo
             """),
+    )
+    p.add_argument(
+        "--suite",
+        default="feds2r",
+        help="the suite of methods to run (default feds2r: FedS2R's one-shot federation, its "
+        "baselines and upper bounds; docs/demo.md lists the suites)",
     )
     p.add_argument("--profile", default="default", choices=("quick", "default", "full"))
     p.add_argument("--out", required=True, help="output folder")
@@ -73,21 +84,24 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--self-train",
         action="store_true",
-        help="add the rows feds2r+st and feds2r+st-no-refine: FedS2R's model self-trained on "
+        help="(feds2r suite) "
+        "add the rows feds2r+st and feds2r+st-no-refine: FedS2R's model self-trained on "
         "the server's images (a mean teacher, ClassMix; with and without pseudo-labels refined "
         "by superpixels; docs/method.md); about 5 more minutes with the default profile",
     )
     p.add_argument(
         "--lite",
         action="store_true",
-        help="add the rows feds2r-lite (a segformer-cpu global model distilled through FedS2R's "
+        help="(feds2r suite) "
+        "add the rows feds2r-lite (a segformer-cpu global model distilled through FedS2R's "
         "model as a large student, DUDA) and direct-lite (the same preset distilled straight from "
         "the clients); about 2 more minutes with the default profile",
     )
     p.add_argument(
         "--multi-round",
         action="store_true",
-        help="add the rows fedavg-5, fedprox-5 and fedseg-5: multi-round federations on "
+        help="(feds2r suite) "
+        "add the rows fedavg-5, fedprox-5 and fedseg-5: multi-round federations on "
         "Flower's strategies at the clients' total steps (5 rounds of a fifth each), with what "
         "every method communicated; needs Flower (pip install 'feds2r[flower]'); about 12 more "
         "minutes with the default profile",

@@ -1,0 +1,144 @@
+"""The demo's profiles: the world a run builds and the budgets of its trainings (``--profile``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from feds2r.config import check_types
+from feds2r.engine.train import TrainConfig
+from feds2r.errors import Feds2rError
+from feds2r.server.pipeline import GenerationConfig, ServerConfig
+
+
+@dataclass(frozen=True)
+class WorldSizes:
+    """The built-in world a demo run builds: image size and images per split."""
+
+    size: tuple[int, int] = (128, 256)
+    """Image size (H, W)."""
+    client_images: int = 400
+    """Per synthetic client domain (its train split)."""
+    server_images: int = 400
+    """The server's unlabelled images (the cityscapes-like train split)."""
+    test_images: int = 80
+    """Per real-like test domain (ACDC: divided over its four conditions)."""
+    dev_images: int = 60
+    """Labelled `dev` images of the server's domain: learning curves and every choice made on
+    the demo's results are read from them, never from the test domains."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if min(self.size) < 8:
+            raise ValueError(f"size must be at least 8x8, got {self.size}")
+        if min(self.client_images, self.server_images, self.test_images, self.dev_images) < 1:
+            raise ValueError("every split needs at least one image")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and budgets of one demo run: the world, the clients' recipe and the server's
+    config (the same config tree as ``feds2r federate``; the seed is the run's)."""
+
+    name: str
+    """The profile's name (``--profile``), recorded in results.json."""
+    world: WorldSizes = field(default_factory=WorldSizes)
+    """The built-in world the run builds (or reuses)."""
+    clients: TrainConfig = field(default_factory=TrainConfig)
+    """The clients' training recipe; the upper bounds train with it too (at 1x and at one
+    client's steps times the number of clients)."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """The server's stages; ``server.train`` is every distillation row's recipe."""
+    preset: str = "m2f-cpu"
+    """The architecture of every model of the run (see ``feds2r models``)."""
+    curve_every: int = 150
+    """Steps between two points of a learning curve (dev mIoU)."""
+
+
+def make_profile(
+    name: str,
+    size: tuple[int, int],
+    client_images: int,
+    server_images: int,
+    test_images: int,
+    generated_images: int,
+    client_steps: int,
+    distill_steps: int,
+    *,
+    batch_size: int = 8,
+    height: int = 128,
+    crop: tuple[int, int] = (128, 256),
+    warmup_steps: int = 50,
+    dev_images: int = 60,
+    curve_every: int = 150,
+    preset: str = "m2f-cpu",
+) -> Profile:
+    """A profile from its sizes and budgets: the clients and the upper bounds train
+    ``client_steps`` with one recipe, the distillation rows ``distill_steps`` with the same
+    recipe; the server generates ``generated_images`` images of the world's ``size``."""
+    recipe = TrainConfig(
+        steps=client_steps,
+        batch_size=batch_size,
+        height=height,
+        crop=crop,
+        warmup_steps=warmup_steps,
+        checkpoint_every=100,
+    )
+    return Profile(
+        name,
+        WorldSizes(size, client_images, server_images, test_images, dev_images),
+        recipe,
+        ServerConfig(
+            generation=GenerationConfig(images=generated_images, size=size),
+            train=dataclasses.replace(recipe, steps=distill_steps),
+        ),
+        preset=preset,
+        curve_every=curve_every,
+    )
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": make_profile(
+        "quick",
+        (64, 128),
+        24,
+        24,
+        8,
+        12,
+        12,
+        12,
+        batch_size=4,
+        height=64,
+        crop=(64, 128),
+        warmup_steps=4,
+        dev_images=8,
+        curve_every=6,
+    ),
+    # training at height 96 keeps the whole default run within 15 minutes on a 2-core CPU
+    # (200 steps at height 128 did too, but left the clients at 4-8 mIoU: docs/results.md)
+    "default": make_profile(
+        "default", (128, 256), 400, 400, 80, 150, 300, 300, height=96, crop=(96, 192)
+    ),
+    "full": make_profile(
+        "full",
+        (256, 512),
+        800,
+        600,
+        200,
+        300,
+        1000,
+        1000,
+        warmup_steps=100,
+        dev_images=200,
+        curve_every=250,
+    ),  # fmt: skip
+}
+
+
+def get_profile(profile: str | Profile) -> Profile:
+    """``profile`` itself, or the profile of :data:`PROFILES` it names."""
+    if isinstance(profile, Profile):
+        return profile
+    if profile not in PROFILES:
+        raise Feds2rError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    return PROFILES[profile]
