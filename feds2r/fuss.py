@@ -134,12 +134,14 @@ class ClientData:
     name: str
     features: Tensor
     """(N, C, h, w) frozen features, computed once."""
-    neighbours: Tensor = field(default=None)  # type: ignore[assignment]
+    neighbours: Tensor
     """(N, k) indices of each image's nearest neighbours (:func:`knn_neighbours`)."""
 
     def __post_init__(self) -> None:
         if self.features.ndim != 4 or len(self.features) == 0:
             raise Feds2rError(f"client {self.name} has no images (features (N, C, h, w) empty)")
+        if self.neighbours.ndim != 2 or len(self.neighbours) != len(self.features):
+            raise Feds2rError(f"client {self.name}: neighbours must be (N, k) for N images")
 
     @classmethod
     def build(cls, name: str, features: Tensor, knn: int) -> ClientData:

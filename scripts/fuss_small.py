@@ -97,8 +97,8 @@ def main() -> None:
             "seconds": seconds,
             "config": dataclasses.asdict(config),
         }
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        if args.out:  # after every method, so a stopped run keeps what it finished
+            args.out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
