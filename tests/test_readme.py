@@ -28,10 +28,7 @@ DOCS = [README] + [
     for name in ("data.md", "evaluation.md", "method.md", "results.md", "training.md", "world.md")
 ]
 
-NOT_YET = {
-    "export": "`feds2r export` is not registered yet: the README documents it ahead of the "
-    "change that adds it"
-}
+NOT_YET: dict[str, str] = {}
 """Commands the README may show before they are registered, and why (each is skipped, not
 passed, while it is missing)."""
 

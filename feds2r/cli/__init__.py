@@ -2,8 +2,8 @@
 
 One module per command group holds the group's functions and, below them, their parsers:
 :mod:`~feds2r.cli.data` (``data``, ``models``), :mod:`~feds2r.cli.train` (``client train``,
-``pretrain``), :mod:`~feds2r.cli.inference` (``eval``, ``predict``), :mod:`~feds2r.cli.server`,
-:mod:`~feds2r.cli.federate`, :mod:`~feds2r.cli.demo`. Flags that set a config field are derived
+``pretrain``), :mod:`~feds2r.cli.inference` (``eval``, ``predict``), :mod:`~feds2r.cli.export`,
+:mod:`~feds2r.cli.server`, :mod:`~feds2r.cli.federate`, :mod:`~feds2r.cli.demo`. Flags that set a config field are derived
 from the config dataclasses (:mod:`feds2r.cli.flags`); the functions call the library and print.
 """
 
@@ -15,6 +15,7 @@ import textwrap
 
 from feds2r.cli.data import add_data_commands, add_models_command
 from feds2r.cli.demo import add_demo_command
+from feds2r.cli.export import add_export_command
 from feds2r.cli.federate import add_federate_commands
 from feds2r.cli.flags import call, complete
 from feds2r.cli.inference import add_inference_commands
@@ -54,6 +55,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_models_command(sub)
     add_client_commands(sub)
     add_inference_commands(sub)
+    add_export_command(sub)
     add_server_commands(sub)
     add_federate_commands(sub)
     complete(parser, argv)
