@@ -3,8 +3,9 @@
 One module per command group holds the group's functions and, below them, their parsers:
 :mod:`~feds2r.cli.data` (``data``, ``models``), :mod:`~feds2r.cli.train` (``client train``,
 ``pretrain``), :mod:`~feds2r.cli.inference` (``eval``, ``predict``), :mod:`~feds2r.cli.export`,
-:mod:`~feds2r.cli.server`, :mod:`~feds2r.cli.federate`, :mod:`~feds2r.cli.demo`. Flags that set a config field are derived
-from the config dataclasses (:mod:`feds2r.cli.flags`); the functions call the library and print.
+:mod:`~feds2r.cli.server`, :mod:`~feds2r.cli.federate`, :mod:`~feds2r.cli.demo`. Flags that set
+a config field are derived from the config dataclasses (:mod:`feds2r.cli.flags`); the functions
+call the library and print.
 """
 
 from __future__ import annotations
