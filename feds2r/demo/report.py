@@ -79,8 +79,7 @@ def per_class_table(results: Mapping[str, Any]) -> str:
 
 
 def table_intro(results: Mapping[str, Any]) -> str:
-    """What the results table shows, with the single-client rows (:data:`ORACLE`,
-    :data:`LABEL_FREE`)."""
+    """What the results table's columns show (the rows are the suite's to explain)."""
     return (
         f"Profile `{results['profile']}`, seed {results['seed']}. mIoU (%) on the five real-like "
         "test domains\nof the built-in world; `mean` is their mean, `dev` the mIoU on the server "

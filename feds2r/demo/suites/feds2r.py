@@ -175,26 +175,7 @@ def run_demo(
     out = claim_out(out)
     world = Path(world) if world else out / "world"
     clients_recipe, distill_recipe, generation = recipes(profile, seed, pretrained)
-    write_run_config(
-        out,
-        {
-            "demo": {
-                "profile": profile.name,
-                "seed": seed,
-                "world": str(world),
-                "methods": [r.name for r in rows],
-                "pretrained": pretrained,
-                "preset": profile.preset,
-                "curve_every": profile.curve_every,
-            },
-            "world": profile.world,
-            "client_train": clients_recipe,
-            "rule": profile.server.rule,
-            "generation": generation,
-            "distill_train": distill_recipe,
-            "distill": dataclasses.replace(profile.server.distill, student=profile.preset),
-        },
-    )
+    _write_config(out, profile, seed, world, rows, pretrained)
     clock = StageClock(progress)
     earlier = previous_curves(out / "results.json")  # before this run writes its own
     with clock("world"):
@@ -254,6 +235,38 @@ def recipes(
         profile.server.train, seed=seed, backbone_lr_mult=clients.backbone_lr_mult
     )
     return clients, distill, dataclasses.replace(profile.server.generation, seed=seed)
+
+
+def _write_config(
+    out: Path,
+    profile: Profile,
+    seed: int,
+    world: Path,
+    rows: tuple[Row, ...],
+    pretrained: bool,
+) -> None:
+    """``out/config.toml``: the run's settings, its profile and every recipe (:func:`recipes`)."""
+    clients_recipe, distill_recipe, generation = recipes(profile, seed, pretrained)
+    write_run_config(
+        out,
+        {
+            "demo": {
+                "profile": profile.name,
+                "seed": seed,
+                "world": str(world),
+                "methods": [r.name for r in rows],
+                "pretrained": pretrained,
+                "preset": profile.preset,
+                "curve_every": profile.curve_every,
+            },
+            "world": profile.world,
+            "client_train": clients_recipe,
+            "rule": profile.server.rule,
+            "generation": generation,
+            "distill_train": distill_recipe,
+            "distill": dataclasses.replace(profile.server.distill, student=profile.preset),
+        },
+    )
 
 
 def _clients(run: DemoRun, seed: int, start: Mapping[str, Any], clock: StageClock) -> dict:
@@ -349,6 +362,7 @@ def _evaluate(
 
 
 def _premise_section(results: Mapping[str, Any]) -> Section:
+    """Whether the clients share a feature space, as FedS2R assumes (``results["premise"]``)."""
     premise, methods = results["premise"], results["methods"]
     pairs = ", ".join(f"{k} {v:.2f}" for k, v in premise["feature_cosine"]["pairs"].items())
     moved = ", ".join(f"{k} {v:.3f}" for k, v in premise["change_from_start"].items())
@@ -370,6 +384,7 @@ def _premise_section(results: Mapping[str, Any]) -> Section:
 
 
 def _inconsistency_section(results: Mapping[str, Any]) -> Section:
+    """The unstable classes, the highest inconsistency scores and the generated images."""
     scored = [(k, v) for k, v in results["inconsistency"].items() if v is not None]
     top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(scored, key=lambda kv: -kv[1])[:8])
     generated = results["generated"]
