@@ -1,0 +1,50 @@
+"""`feds2r demo --suite fuss` end to end on a tiny world: results.json in the demo's schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from feds2r.demo import SUITES
+from feds2r.demo.profiles import make_profile
+from feds2r.demo.results import SHARED_KEYS
+from feds2r.demo.suites.fuss import ROWS, run_fuss
+from feds2r.errors import Feds2rError
+from feds2r.fuss import METHODS
+
+# ACDC-like divides its test split over four conditions: at least 4 test images
+TINY = make_profile("tiny", (32, 64), 3, 1, 4, 1, 4, 4, batch_size=2, height=32, crop=(32, 64),
+                    warmup_steps=1, dev_images=2)  # fmt: skip
+
+
+def test_the_fuss_suite_is_registered_with_its_four_rows():
+    assert SUITES["fuss"].run is run_fuss
+    assert [r.name for r in SUITES["fuss"].rows] == list(METHODS)
+
+
+def test_the_suite_writes_results_a_report_and_cluster_maps(tmp_path):
+    results = run_fuss(TINY, tmp_path / "out", progress=False)
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert set(SHARED_KEYS) <= set(on_disk) and list(on_disk)[-2:] == ["timing_s", "environment"]
+    assert list(on_disk["methods"]) == [r.name for r in ROWS]
+    for name, row in results["methods"].items():
+        assert set(row["miou"]) == set(results["domains"])
+        assert 0 <= row["mean"] <= 100
+        assert len(row["models"]) == (3 if name in ("local-only", "fedavg") else 1)
+        assert all(len(v) == 19 for v in row["per_class"].values())
+    assert "fuss - centralized" in results["intervals"]
+    assert "fuss - local-only:gta5-like" in results["intervals"]
+    assert results["communication"]["fuss"]["megabytes"] > 0
+    assert "fuss" in (out / "report.md").read_text() and (out / "samples.png").is_file()
+    assert (out / "fuss" / "fuss_model.pt").is_file()
+
+
+def test_unknown_rows_and_no_pretrained_are_refused(tmp_path):
+    from feds2r.demo.rows import Row
+
+    with pytest.raises(Feds2rError, match="unknown fuss rows"):
+        run_fuss(TINY, tmp_path / "a", rows=(Row("feddf", "fuss"),), progress=False)
+    with pytest.raises(Feds2rError, match="no-pretrained"):
+        run_fuss(TINY, tmp_path / "b", pretrained=False, progress=False)
