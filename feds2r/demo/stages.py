@@ -15,15 +15,43 @@ from feds2r.client import train_client
 from feds2r.demo.curves import DevCurves
 from feds2r.engine.checkpoint import save_checkpoint
 from feds2r.engine.train import TrainConfig
+from feds2r.io import config_tables, prepare_output
 from feds2r.models import PUBLIC, create_model, shipped_weights
 
 
 def claim_out(out: str | Path) -> Path:
-    """OUT as this run's folder (created if missing): the one place where a demo decides that
-    OUT is its own. A rerun into the same OUT reuses every finished training found there."""
+    """OUT created if missing, with no check (kept only for suites not yet moved to
+    :func:`demo_output`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _earlier_demo(folder: Path) -> bool:
+    """A demo folder written before outputs carried a state file: its config has [demo]."""
+    return "demo" in config_tables(folder)
+
+
+@contextmanager
+def demo_output(out: str | Path, suite: str, inputs: Mapping[str, Any]) -> Iterator[Path]:
+    """Claim OUT for a run of ``suite``: the one place where a demo decides that OUT is its own.
+
+    OUT must be new, empty or an earlier run of the same suite with the same ``inputs`` (those
+    that change figures: profile, seed, world, start; not the rows, which a rerun may add);
+    anything else is refused before a byte is written (docs/reliability.md). A rerun into its
+    own OUT reuses every finished training found there. OUT is marked complete on success.
+    """
+    dest = prepare_output(
+        out,
+        "demo",
+        marker=_earlier_demo,
+        inputs={"suite": suite, **inputs},
+        hint="Give the same --suite, --profile, --seed, --world and start, or another --out",
+    )
+    with dest:
+        dest.begin()
+        yield dest.path
+        dest.finish()
 
 
 class StageClock:

@@ -272,3 +272,44 @@ def test_a_run_from_before_the_state_file_is_still_recognised(runs, tmp_path, ca
     assert run(*argv("client train", runs, str(old))) == 0  # finished: found so, not retrained
     after = snapshot(old)
     assert after["model.safetensors"] == before["model.safetensors"]
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
+def test_demo_refuses_another_commands_run_and_a_dataset(runs, capsys):
+    for key in ("a", "gta"):
+        folder = Path(runs[key])
+        before = snapshot(folder)
+        assert run("demo", "--profile", "quick", "--out", str(folder), "--quiet") == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {folder} already holds"), err
+        assert snapshot(folder) == before
+
+
+def test_demo_refuses_its_own_run_of_other_settings_and_accepts_the_same(tmp_path, capsys):
+    from feds2r.demo.stages import demo_output
+
+    out = tmp_path / "demo"
+    inputs = {"profile": "quick", "seed": 0, "world": str(out / "world"), "pretrained": True,
+              "preset": "m2f-cpu"}  # fmt: skip
+    with demo_output(out, "feds2r", inputs) as path:
+        (path / "results.json").write_text("{}")
+    before = snapshot(out)
+    assert run("demo", "--profile", "quick", "--seed", "1", "--out", str(out), "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "other settings (seed differs)" in err and "Traceback" not in err
+    assert snapshot(out) == before
+    with demo_output(out, "feds2r", inputs) as path:  # the same settings: its own run, reused
+        assert (path / "results.json").read_text() == "{}"
+
+
+def test_demo_recognises_a_run_written_before_outputs_had_a_state_file(tmp_path):
+    from feds2r.demo.stages import demo_output
+
+    out = tmp_path / "old-demo"
+    out.mkdir()
+    (out / "config.toml").write_text('[demo]\nprofile = "quick"\n')
+    (out / "results.json").write_text("{}")
+    with demo_output(out, "feds2r", {"profile": "quick"}) as path:
+        assert (path / "results.json").exists()

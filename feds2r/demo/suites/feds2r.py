@@ -50,7 +50,7 @@ from feds2r.demo.results import paired_intervals, results_document, save_confusi
 from feds2r.demo.rows import DemoRun, Row, build_rows, check_rows, row_checkpoint, row_steps
 from feds2r.demo.stages import (
     StageClock,
-    claim_out,
+    demo_output,
     save_initial_model,
     start_record,
     train_clients,
@@ -172,8 +172,28 @@ def run_demo(
     """
     profile = get_profile(profile)
     check_rows(rows)
-    out = claim_out(out)
-    world = Path(world) if world else out / "world"
+    world = Path(world) if world else Path(out) / "world"
+    inputs = {
+        "profile": profile.name,
+        "seed": seed,
+        "world": str(world),
+        "pretrained": pretrained,
+        "preset": profile.preset,
+    }
+    with demo_output(out, "feds2r", inputs) as out:
+        return _run(profile, out, seed, world, progress, pretrained, rows)
+
+
+def _run(
+    profile: Profile,
+    out: Path,
+    seed: int,
+    world: Path,
+    progress: bool,
+    pretrained: bool,
+    rows: tuple[Row, ...],
+) -> dict[str, Any]:
+    """:func:`run_demo` in its claimed OUT."""
     clients_recipe, distill_recipe, generation = recipes(profile, seed, pretrained)
     _write_config(out, profile, seed, world, rows, pretrained)
     clock = StageClock(progress)
