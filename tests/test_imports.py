@@ -167,3 +167,19 @@ def test_no_private_name_imported_across_modules() -> None:
                     if alias.name.startswith("_") and not alias.name.startswith("__"):
                         found.add((name, node.module, alias.name))
     assert found <= KNOWN_PRIVATE, f"private names imported across modules: {found - KNOWN_PRIVATE}"
+
+
+def test_flower_is_imported_only_in_federation() -> None:
+    """`flwr` is an optional extra: only the adapters in feds2r/federation/ import it."""
+    outside = []
+    for name, path in module_names().items():
+        if name == "feds2r.federation" or name.startswith("feds2r.federation."):
+            continue
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                targets = [node.module or ""]
+            if any(t == "flwr" or t.startswith("flwr.") for t in targets):
+                outside.append(f"{name}:{node.lineno}")
+    assert not outside, f"flwr imported outside feds2r/federation/: {outside}"
