@@ -14,9 +14,8 @@ from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from feds2r.__version__ import __version__
-from feds2r.data.labels import CLASS_NAMES
 from feds2r.federation.config import FederationConfig, train_settings
+from feds2r.federation.replies import reply_metadata
 from feds2r.federation.rounds import content_bytes
 from feds2r.models import SegModel
 
@@ -33,10 +32,8 @@ def one_shot_bytes(
     down = content_bytes(RecordDict(train))
     up = 0
     for name, model in clients.items():
-        # the keys of REPLY_METADATA; a float's size does not depend on its value
-        meta = {"client": name, "preset": model.preset.name, "class-names": list(CLASS_NAMES),
-                "steps": config.clients.steps, "train-seconds": 0.0,
-                "feds2r-version": __version__}  # fmt: skip
+        # a float's size does not depend on its value: 0 s stands for the training time
+        meta = reply_metadata(name, model.preset.name, config.clients.steps, 0.0)
         arrays = ArrayRecord(torch_state_dict=model.state_dict())
         up += content_bytes(RecordDict({"arrays": arrays, "meta": ConfigRecord(meta)}))
     return down, up

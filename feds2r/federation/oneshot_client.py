@@ -13,13 +13,11 @@ from typing import Any
 
 from torch import Tensor
 
-from feds2r.__version__ import __version__
 from feds2r.client import train_client
-from feds2r.data.labels import CLASS_NAMES
 from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.errors import Feds2rError
 from feds2r.federation.config import check_client_name, client_recipe
-from feds2r.federation.replies import Reply, SendFn, client_failure, load_state
+from feds2r.federation.replies import Reply, SendFn, client_failure, load_state, reply_metadata
 from feds2r.models import create_model
 
 
@@ -49,14 +47,7 @@ def client_round(
         train_client(data, preset, work / "model", config, init=work / "init", progress=progress)
         trained, _ = load_checkpoint(work / "model")
         state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
-    meta = {
-        "client": name,
-        "preset": preset,
-        "class-names": list(CLASS_NAMES),
-        "steps": config.steps,
-        "train-seconds": round(time.perf_counter() - start, 2),
-        "feds2r-version": __version__,
-    }
+    meta = reply_metadata(name, preset, config.steps, time.perf_counter() - start)
     return state, meta
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from feds2r.__version__ import __version__
 from feds2r.data.labels import CLASS_NAMES
 from feds2r.errors import DataError, Feds2rError
 from feds2r.federation.config import FederationError
@@ -30,6 +31,18 @@ REPLY_METADATA: dict[str, type] = {
 }
 """Every key a client's reply may carry besides the model tensors, with its type. Nothing else
 (no image, label, per-sample value, file name or path) is sent; ``docs/federation.md``."""
+
+
+def reply_metadata(client: str, preset: str, steps: int, train_seconds: float) -> dict[str, Any]:
+    """A client's reply metadata: exactly the keys of :data:`REPLY_METADATA`."""
+    return {
+        "client": client,
+        "preset": preset,
+        "class-names": list(CLASS_NAMES),
+        "steps": steps,
+        "train-seconds": round(train_seconds, 2),
+        "feds2r-version": __version__,
+    }
 
 
 FAILURE_METADATA: dict[str, type] = {"client": str, "reason": str}
