@@ -28,10 +28,12 @@ class ClientSettings:
     """Labelled dataset spec ``FORMAT:PATH`` (``--data``)."""
     preset: str = "m2f-cpu"
     """Model preset (``--preset``; see ``feds2r models``)."""
-    backbone_weights: str = "public"
-    """Where the backbone starts: "public" (the pretrained backbone feds2r ships for the CPU
-    presets, docs/models.md), a local ``.safetensors`` file or a Hugging Face model directory
-    ("" = random weights, ``--no-pretrained``). Ignored when ``init`` is given."""
+    backbone_weights: str = "pretrained"
+    """Where the backbone starts: "pretrained" (the preset's own pretrained start: "public" for
+    m2f-cpu and segformer-cpu, "imagenet" for the ``*-effl0`` presets), "public" (the backbone
+    feds2r ships, docs/models.md), "imagenet" (ImageNet weights from an installed package), a
+    local ``.safetensors`` file or a Hugging Face model directory ("" = random weights,
+    ``--no-pretrained``). Ignored when ``init`` is given."""
     init: str = ""
     """Checkpoint to start from, e.g. the server's initial model ("" = none)."""
 
@@ -58,8 +60,9 @@ def train_client(
 ) -> dict[str, Any]:
     """Train one client model on labelled data ``data`` (a dataset spec); write it to ``out``.
 
-    ``backbone_weights``: where the backbone starts (``"public"``: the pretrained backbone feds2r
-    ships; a ``.safetensors`` file or a Hugging Face model directory; None: random).
+    ``backbone_weights``: where the backbone starts (``"pretrained"``: the preset's own start;
+    ``"public"``: the backbone feds2r ships; ``"imagenet"``; a ``.safetensors`` file or a Hugging
+    Face model directory; None: random).
     ``init``: the model to start from instead: a feds2r checkpoint (the common initial model the
     server sends), whose preset must be ``preset``, or a Hugging Face model directory of the
     preset's architecture and classes. ``on_step(model, step)`` is called after every step.

@@ -21,10 +21,10 @@ def check_federation(config: Any) -> None:
     ``server.lite``, ``pretrained``). Refused: an unknown ``--preset`` or ``--lite-preset``; a
     ``--route`` other than ``distill`` with a multi-round ``--method`` (those end with the
     averaged model, no server stage); a ``--lite-preset`` with a route without ``lite``; a
-    lightweight model of the federation's own preset; a lightweight preset without a shipped
-    backbone to start from.
+    lightweight model of the federation's own preset; a lightweight preset without a pretrained
+    start.
     """
-    from feds2r.models import PRESETS, shipped_weights
+    from feds2r.models import PRESETS, start_source
     from feds2r.server.lite import LiteConfig
     from feds2r.server.pipeline import ServerConfig
 
@@ -53,12 +53,12 @@ def check_federation(config: Any) -> None:
         )
     if config.server.lite.pretrained and getattr(config, "pretrained", True):
         try:
-            shipped_weights(student)
+            start_source(student)
         except Feds2rError:
             raise Feds2rError(
-                f"--lite-preset {student}: feds2r ships no pretrained backbone for this preset, "
+                f"--lite-preset {student}: feds2r has no pretrained start for this preset, "
                 "which the lightweight model starts from; choose one that has one "
-                "(segformer-cpu)"
+                "(segformer-cpu, seg-effl0)"
             ) from None
 
 

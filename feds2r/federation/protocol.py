@@ -58,7 +58,7 @@ from feds2r.federation.replies import (
     load_state,
 )
 from feds2r.io import write_atomic
-from feds2r.models import PUBLIC, create_model
+from feds2r.models import PRETRAINED, create_model
 from feds2r.server.pipeline import run_server_pipeline
 
 
@@ -81,7 +81,8 @@ def run_federation(
     with staged(out) as stage:
         write_run_config(stage, {"federation": config})
         torch.manual_seed(config.clients.seed)
-        init = create_model(config.preset, backbone_weights=PUBLIC if config.pretrained else None)
+        weights = PRETRAINED if config.pretrained else None
+        init = create_model(config.preset, backbone_weights=weights)
         save_checkpoint(init, stage / "init", meta={"role": "initial"})
         start = time.perf_counter()
         replies = send(init.state_dict(), train_settings(config))

@@ -52,7 +52,7 @@ from feds2r.federation.config import (
 from feds2r.federation.outputs import check_new_output, staged
 from feds2r.federation.round_client import client_update, round_steps
 from feds2r.io import write_atomic
-from feds2r.models import PUBLIC, create_model
+from feds2r.models import PRETRAINED, create_model
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -231,7 +231,7 @@ def run_rounds(
             model, _ = load_checkpoint(init)
         else:
             torch.manual_seed(config.clients.seed)
-            weights = PUBLIC if config.pretrained else None
+            weights = PRETRAINED if config.pretrained else None
             model = create_model(config.preset, backbone_weights=weights)
         save_checkpoint(model, stage / "init", meta={"role": "initial"})
         template = copy.deepcopy(model)

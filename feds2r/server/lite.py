@@ -186,15 +186,15 @@ def distill_lite(
     if not client_paths:
         raise Feds2rError("the lightweight route needs the client models (its second teacher)")
     if config.pretrained:  # checked before any model is built or image read
-        from feds2r.models import shipped_weights
+        from feds2r.models import start_source
 
         try:
-            shipped_weights(config.student)
+            start_source(config.student)
         except Feds2rError:
             raise Feds2rError(
-                f"--student-preset {config.student}: feds2r ships no pretrained backbone for "
-                "this preset, which the lightweight model starts from; choose a preset that has "
-                "one (segformer-cpu), or add --no-pretrained to start it from random weights"
+                f"--student-preset {config.student}: feds2r has no pretrained start for this "
+                "preset, which the lightweight model starts from; choose a preset that has one "
+                "(segformer-cpu, seg-effl0), or add --no-pretrained to start it from random weights"
             ) from None
     large, large_meta = load_checkpoint(bridge)
     teachers = [load_checkpoint(p)[0] for p in client_paths]
@@ -261,7 +261,7 @@ def _distill_lite(
     """The body of :func:`distill_lite` once its output folder is claimed."""
     from feds2r.engine.device import resolve_device
     from feds2r.engine.train import train
-    from feds2r.models import PUBLIC, create_model, shipped_weights
+    from feds2r.models import PRETRAINED, create_model, start_source
     from feds2r.server.distill import load_server_images
     from feds2r.server.teachers import TeacherEnsemble, cached_ensemble_targets
 
@@ -281,8 +281,8 @@ def _distill_lite(
     del teachers, ens_maps, bridge_maps
 
     torch.manual_seed(train_config.seed)
-    weights_file = shipped_weights(config.student) if config.pretrained else None
-    small = create_model(config.student, backbone_weights=PUBLIC if config.pretrained else None)
+    weights_file = start_source(config.student) if config.pretrained else None
+    small = create_model(config.student, backbone_weights=PRETRAINED if config.pretrained else None)
     if small.num_classes != k:
         raise Feds2rError(f"preset {config.student} predicts {small.num_classes} classes, not {k}")
     small = small.to(device).train().requires_grad_(True)

@@ -122,3 +122,30 @@ def test_client_train_starts_from_a_hugging_face_directory(tmp_path):
     train_client(f"gta5:{tmp_path / 'g'}?split=train", "segformer-cpu", out, cfg, init=hf,
                  progress=False, on_step=first)  # fmt: skip
     assert seen == {"step": 1} and (out / "model.safetensors").is_file()
+
+
+def test_pretrained_is_each_presets_own_start():
+    """``backbone_weights="pretrained"`` (every command's default) is the shipped `public`
+    backbone for the CPU presets that have one and ImageNet weights for the EfficientNet ones."""
+    import torch
+
+    from feds2r.models import PRETRAINED, create_model, pretrained_start, start_source
+
+    for preset, own in (("segformer-cpu", "public"), ("seg-effl0", "imagenet")):
+        assert pretrained_start(preset) == own
+        a = create_model(preset, backbone_weights=PRETRAINED).state_dict()
+        b = create_model(preset, backbone_weights=own).state_dict()
+        backbone = [k for k in a if k.startswith(("net.segformer.", "net.backbone."))]
+        assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)
+        random = create_model(preset).state_dict()
+        assert not all(torch.equal(a[k], random[k]) for k in backbone)  # weights were loaded
+    assert start_source("seg-effl0").startswith("imagenet")
+    assert start_source("segformer-cpu").endswith("segformer-cpu-public.safetensors")
+
+
+def test_a_preset_without_a_pretrained_start_says_what_to_pass():
+    from feds2r.errors import Feds2rError
+    from feds2r.models import PRETRAINED, create_model
+
+    with pytest.raises(Feds2rError, match="--backbone-weights FILE_OR_HF_DIR"):
+        create_model("segformer-b0", backbone_weights=PRETRAINED)
