@@ -48,3 +48,12 @@ def test_unknown_rows_and_no_pretrained_are_refused(tmp_path):
         run_fuss(TINY, tmp_path / "a", rows=(Row("feddf", "fuss"),), progress=False)
     with pytest.raises(Feds2rError, match="no-pretrained"):
         run_fuss(TINY, tmp_path / "b", pretrained=False, progress=False)
+
+
+def test_out_is_claimed_by_the_demo_output_rule(tmp_path):
+    out = tmp_path / "out"
+    run_fuss(TINY, out, progress=False, rows=ROWS[2:3])
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(Feds2rError):  # another seed into the same OUT: refused, nothing written
+        run_fuss(TINY, out, seed=1, progress=False, rows=ROWS[2:3])
+    assert (out / "results.json").read_bytes() == before

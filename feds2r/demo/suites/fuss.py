@@ -37,7 +37,7 @@ from feds2r.demo.report import (
 )
 from feds2r.demo.results import paired_intervals, results_document, write_results
 from feds2r.demo.rows import Row
-from feds2r.demo.stages import StageClock, claim_out
+from feds2r.demo.stages import StageClock, demo_output
 from feds2r.demo.suite import Suite
 from feds2r.demo.world import SERVER_DOMAIN, build_world, world_spec
 from feds2r.errors import Feds2rError
@@ -96,9 +96,27 @@ def run_fuss(
     unknown = [r.name for r in rows if r.name not in METHODS]
     if unknown:
         raise Feds2rError(f"unknown fuss rows {unknown}; valid: {', '.join(METHODS)}")
-    out = claim_out(out)
-    world = Path(world) if world else out / "world"
+    world = Path(world) if world else Path(out) / "world"
     config = suite_config(profile, seed)
+    inputs = {
+        "profile": profile.name,
+        "seed": seed,
+        "world": str(world),
+        "backbone": config.backbone,
+    }
+    with demo_output(out, NAME, inputs) as out:
+        return _run(profile, out, seed, world, progress, config, rows)
+
+
+def _run(
+    profile: Profile,
+    out: Path,
+    seed: int,
+    world: Path,
+    progress: bool,
+    config: FussConfig,
+    rows: tuple[Row, ...],
+) -> dict[str, Any]:
     clock = StageClock(progress)
     with clock("world"):
         build_world(world, profile.world, progress)
