@@ -52,13 +52,15 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "per-class IoU, inconsistency chart, sample predictions), every checkpoint and "
         "OUT/config.toml. Running again into the same OUT reuses every finished training (same "
         "config and inputs) and trains only what is new, e.g. rows added with --self-train or "
-        "--lite. Profiles: quick (a smoke test, about 2 minutes), default (about 15 "
-        "minutes on 2 CPU cores), full (larger world and budgets). Suites (--suite): feds2r, the "
-        "default, described here (docs/demo.md).",
+        "--lite. Profiles: quick (a smoke test, about 2 minutes), default (about 15 minutes on "
+        "2 CPU cores), imagenet (the default from real ImageNet weights: m2f-effl0, steps cut "
+        "to the default's wall time), full (larger world and budgets). Suites (--suite): "
+        "feds2r, the default, described here (docs/demo.md).",
         epilog=textwrap.dedent("""\
             examples:
               feds2r demo --out runs/demo
               feds2r demo --profile quick --out /tmp/demo-quick
+              feds2r demo --profile imagenet --out runs/demo-imagenet --world runs/demo/world
               feds2r demo --profile default --seed 1 --out runs/demo-s1 --world runs/demo/world
               feds2r demo --self-train --out runs/demo-st
               feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
@@ -71,7 +73,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         help="the suite of methods to run (default feds2r: FedS2R's one-shot federation, its "
         "baselines and upper bounds; docs/demo.md lists the suites)",
     )
-    p.add_argument("--profile", default="default", choices=("quick", "default", "full"))
+    p.add_argument("--profile", default="default", choices=("quick", "default", "imagenet", "full"))
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of every method (the world: 0)")
     p.add_argument("--world", type=Path, help="reuse a demo world folder (default OUT/world)")
@@ -79,7 +81,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "--no-pretrained",
         dest="pretrained",
         action="store_false",
-        help="start every model from random weights instead of the shipped public backbone",
+        help="start every model from random weights instead of the preset's pretrained start",
     )
     p.add_argument(
         "--self-train",
