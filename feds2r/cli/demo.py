@@ -55,7 +55,9 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "--lite. Profiles: quick (a smoke test, about 2 minutes), default (about 15 minutes on "
         "2 CPU cores), imagenet (the default from real ImageNet weights: m2f-effl0, steps cut "
         "to the default's wall time), full (larger world and budgets). Suites (--suite): "
-        "feds2r, the default, described here (docs/demo.md).",
+        "feds2r, the default, described here; fuss, clients without labels (FUSS: local-only, "
+        "fedavg, fuss, centralized after a cluster-to-class matching fitted on dev; "
+        "docs/fuss.md).",
         epilog=textwrap.dedent("""\
             examples:
               feds2r demo --out runs/demo
@@ -65,6 +67,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
               feds2r demo --self-train --out runs/demo-st
               feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
               feds2r demo --multi-round --out runs/demo
+              feds2r demo --suite fuss --profile quick --out /tmp/fuss
             """),
     )
     p.add_argument(
