@@ -17,6 +17,25 @@ from torch import Tensor
 from feds2r.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 
+def pair_counts(
+    target: Tensor, pred: Tensor, num_classes: int, num_pred: int, what: str = "prediction"
+) -> Tensor:
+    """``counts[t, p]`` (num_classes, num_pred) int64: pixels of ground-truth class t given id p.
+
+    ``target`` and ``pred`` have any equal shape; pixels whose ``target`` is 255 count nowhere;
+    an id of ``pred`` outside 0..num_pred-1 is an error (``what`` names ``pred`` in it).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"{what} {tuple(pred.shape)} and label {tuple(target.shape)} differ")
+    pred, target = pred.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()
+    keep = target != IGNORE_INDEX
+    pred, target = pred[keep], target[keep]
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_pred):
+        raise ValueError(f"{what} holds ids outside 0..{num_pred - 1}")
+    counts = torch.bincount(target * num_pred + pred, minlength=num_classes * num_pred)
+    return counts.view(num_classes, num_pred)
+
+
 class ConfusionMatrix:
     """``matrix[t, p]``: number of pixels of ground-truth class t predicted as class p."""
 
@@ -26,17 +45,7 @@ class ConfusionMatrix:
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add predictions and labels of any equal shape (train ids; 255 in ``target`` ignored)."""
-        if pred.shape != target.shape:
-            raise ValueError(
-                f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ"
-            )
-        pred, target = pred.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()
-        keep = target != IGNORE_INDEX
-        pred, target = pred[keep], target[keep]
-        if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
-            raise ValueError("prediction holds ids outside 0..num_classes-1")
-        k = self.num_classes
-        self.matrix += torch.bincount(target * k + pred, minlength=k * k).view(k, k)
+        self.matrix += pair_counts(target, pred, self.num_classes, self.num_classes, "prediction")
 
     def iou(self) -> np.ndarray:
         """Per-class IoU (K,), NaN for classes absent from the ground truth."""

@@ -24,9 +24,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from feds2r.data.labels import IGNORE_INDEX, NUM_CLASSES
+from feds2r.data.labels import NUM_CLASSES
 from feds2r.errors import Feds2rError
-from feds2r.metrics.miou import ConfusionMatrix
+from feds2r.metrics.miou import ConfusionMatrix, pair_counts
 
 UNMATCHED = -1
 """The class of a cluster that the mapping leaves without one (its pixels count as wrong)."""
@@ -44,17 +44,8 @@ class ClusterConfusion:
     def update(self, clusters: Tensor, target: Tensor) -> None:
         """Add cluster maps and labels of equal shape (e.g. (B, H, W); 255 in ``target``
         ignored)."""
-        if clusters.shape != target.shape:
-            raise ValueError(
-                f"clusters {tuple(clusters.shape)} and label {tuple(target.shape)} differ"
-            )
-        pred, target = clusters.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()
-        keep = target != IGNORE_INDEX
-        pred, target = pred[keep], target[keep]
-        if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_clusters):
-            raise ValueError(f"cluster ids outside 0..{self.num_clusters - 1}")
-        k, c = self.num_clusters, self.num_classes
-        self.matrix += torch.bincount(pred * c + target, minlength=k * c).view(k, c)
+        counts = pair_counts(target, clusters, self.num_classes, self.num_clusters, "cluster map")
+        self.matrix += counts.T
 
 
 def fit_mapping(confusion: np.ndarray | Tensor, mode: str = "hungarian") -> np.ndarray:

@@ -74,7 +74,7 @@ def test_ignore_pixels_count_nowhere_and_bad_input_is_refused():
     target = torch.tensor([[0, 255], [1, 1]])
     clusters = torch.tensor([[1, 0], [0, 0]])
     assert _confusion(clusters, target, 2).sum() == 3
-    with pytest.raises(ValueError, match="cluster ids"):
+    with pytest.raises(ValueError, match="cluster map holds ids outside"):
         _confusion(torch.full((2, 2), 5), target, 2)
     with pytest.raises(Feds2rError, match="unknown cluster mapping"):
         fit_mapping(np.eye(2), "nearest")
