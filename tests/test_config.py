@@ -213,7 +213,8 @@ def test_docs_config_md_is_the_generated_field_table():
     from pathlib import Path
 
     root = Path(__file__).parents[1]
-    spec = importlib.util.spec_from_file_location("config_docs", root / "scripts" / "config_docs.py")
+    script = root / "scripts" / "config_docs.py"
+    spec = importlib.util.spec_from_file_location("config_docs", script)
     config_docs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config_docs)
     text = (root / "docs" / "config.md").read_text()

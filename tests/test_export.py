@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from feds2r.cli import main
-from feds2r.data.labels import CLASS_NAMES
+from feds2r.data.labels import CLASS_NAMES, colorize
 from feds2r.engine.checkpoint import save_checkpoint
 from feds2r.models import create_model
 
@@ -336,6 +336,8 @@ def test_predict_writes_label_ids_and_colour_overlays_for_a_folder_of_photos(tmp
         assert ids.shape == (h, w) and ids.dtype == np.uint8 and ids.max() < len(CLASS_NAMES)
         overlay = cv2.imread(str(out / "overlay" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert overlay.shape == (h, w, 3)
+        colour = cv2.imread(str(out / "color" / f"{name}.png"))[..., ::-1]  # RGB
+        assert np.array_equal(colour, colorize(ids))  # exactly the palette of the label ids
 
 
 def test_eval_crop_without_sliding_is_refused(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from pathlib import Path
 
 from feds2r.cli.flags import add_quiet, command, count_type, size_type
 from feds2r.cli.output import write_json
@@ -110,7 +111,7 @@ def predict(
     on_error: str,
     progress: bool,
 ) -> int:
-    """Predicted label maps and colour overlays of every image of ``data``, into ``out``."""
+    """Predicted label maps, colour maps and overlays of every image of ``data``, into ``out``."""
     from feds2r.data import open_dataset
     from feds2r.engine.evaluate import write_predictions
 
@@ -126,8 +127,15 @@ def predict(
         device=dev,
         limit=limit,
         progress=progress,
+        inputs={
+            "model": str(Path(model).resolve()),
+            "data": str(ds.spec),
+            "height": height,
+            "sliding": list(window) if window else None,
+            "limit": limit,
+        },
     )
-    print(f"wrote {n} predictions (train-id PNGs) and overlays to {out}")
+    print(f"wrote {n} predictions (train-id PNGs), colour maps and overlays to {out}")
     return 0
 
 

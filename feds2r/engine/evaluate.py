@@ -139,16 +139,26 @@ def write_predictions(
     device: torch.device | str = "cpu",
     limit: int | None = None,
     progress: bool = True,
+    inputs: dict[str, Any] | None = None,
 ) -> int:
-    """Write ``OUT/NAME.png`` (train ids) and ``OUT/overlay/NAME.png`` (colour over the image).
+    """Write ``OUT/NAME.png`` (train ids), ``OUT/color/NAME.png`` (the classes' colours) and
+    ``OUT/overlay/NAME.png`` (those colours over the image).
 
-    ``OUT`` must be new, empty or an earlier ``predict`` output, which is replaced (see
-    :func:`feds2r.io.prepare_output`); ``OUT/predictions.json`` (the count and the names) is
-    written last. Returns the number of images written.
+    ``OUT`` must be new, empty or an earlier ``predict`` output made with the same ``inputs``
+    (JSON values naming the model, data and settings), which is replaced; anything else is
+    refused untouched (see :func:`feds2r.io.prepare_output`). ``OUT/predictions.json`` (the
+    count and the names) is written last. Returns the number of images written.
     """
     if limit is not None and limit < 1:
         raise Feds2rError(f"limit must be at least 1, got {limit}")
-    with prepare_output(out, "predict", marker="predictions.json") as dest:
+    with prepare_output(
+        out,
+        "predict",
+        marker="predictions.json",
+        inputs=inputs,
+        hint="Give the same --model, --data, --height, --sliding, --crop and --limit, or "
+        "another --out",
+    ) as dest:
         if dest.previous:
             dest.clear()  # never mix these predictions with an earlier run's
         names = _write_predictions(
@@ -184,7 +194,10 @@ def _write_predictions(
         ok, ids = cv2.imencode(".png", pred)
         write_atomic(out / f"{item['name']}.png", ids.tobytes())
         rgb = item["image"].permute(1, 2, 0).numpy()
-        blend = (0.45 * rgb + 0.55 * colorize(pred)).astype(np.uint8)
+        colours = colorize(pred)
+        ok, plain = cv2.imencode(".png", colours[..., ::-1])
+        write_atomic(out / "color" / f"{item['name']}.png", plain.tobytes())
+        blend = (0.45 * rgb + 0.55 * colours).astype(np.uint8)
         ok, over = cv2.imencode(".png", blend[..., ::-1])
         write_atomic(out / "overlay" / f"{item['name']}.png", over.tobytes())
         names.append(item["name"])

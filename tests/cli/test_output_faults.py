@@ -101,8 +101,8 @@ def argv(command: str, r: dict[str, str], out: str, other: bool = False) -> list
                               "--data", r["cs_spec"], *steps, *TINY, "--out", out, q],
         "server lite": ["server", "lite", "--bridge", r["st"], *clients, "--data", r["cs_spec"],
                         "--student-preset", "m2f-cpu", *steps, *TINY, "--out", out, q],
-        "predict": ["predict", "--model", r["a"], "--data", r["cs_spec"], "--height", "32",
-                    "--device", "cpu", "--out", out, q],
+        "predict": ["predict", "--model", r["a"], "--data", r["cs_spec"], "--height",
+                    "48" if other else "32", "--device", "cpu", "--out", out, q],
         "federate app": ["federate", "app", "--app", out, "--server-data", r["cs_spec"],
                          "--client-steps", "400" if other else "300", "--out", "/srv/federation"],
         "federate certs": ["federate", "certs", "--out", out, "--node-keys", "1" if other else "0"],
@@ -134,10 +134,9 @@ DATASET = {c: ("cs" if own == "gta" else "gta") for c, own in OWN.items()}
 CASES = [
     *[(c, "another command's run", ANOTHER[c]) for c in OWN],
     *[(c, "a dataset", DATASET[c]) for c in OWN],
-    *[(c, "its own run, other settings", OWN[c]) for c in OWN if c != "predict"],
+    *[(c, "its own run, other settings", OWN[c]) for c in OWN],
 ]
-"""(command, what OUT holds, the fixture's folder). ``predict`` replaces its own earlier output
-(its documented behaviour), so it has no third case."""
+"""(command, what OUT holds, the fixture's folder)."""
 
 
 @pytest.mark.parametrize(("command", "what", "key"), CASES, ids=[f"{c}-{w}" for c, w, _ in CASES])
@@ -162,7 +161,7 @@ def test_a_refused_synth_leaves_the_dataset_complete(runs, capsys):
 
 def test_the_same_command_again_resumes_or_redoes_its_own_run(runs, capsys):
     """The rule's other side: the same settings into the command's own run are accepted."""
-    for command in ("data synth", "client train", "server inconsistency"):
+    for command in ("data synth", "client train", "server inconsistency", "predict"):
         assert run(*argv(command, runs, runs[OWN[command]])) == 0, command
     capsys.readouterr()
 
