@@ -65,7 +65,8 @@ def export_model(
     width (default 2 x height), its only width where the architecture needs a fixed size.
     ``eval_json``: a ``feds2r eval --json`` report whose metrics go into the model card.
     ``command``: the command line recorded in the card. Everything is checked before ``out``
-    is touched; ``out`` must be new, empty, or an earlier export (replaced).
+    is touched; ``out`` must be new, empty, or an earlier export of the same model and settings
+    (replaced); anything else is refused untouched.
     """
     from feds2r.engine.checkpoint import load_checkpoint
 
@@ -88,7 +89,22 @@ def export_model(
     if height < 16 or width < 16:
         raise Feds2rError(f"--height and --width must be at least 16, got {height}x{width}")
     parameters = sum(p.numel() for p in net.parameters())
-    with prepare_output(out, "export", marker="README.md") as dest:
+    inputs = {
+        "model": str(Path(model).resolve()),
+        "format": fmt,
+        "height": height,
+        "width": width if fmt == "onnx" else None,
+        "eval_json": str(Path(eval_json).resolve()) if eval_json is not None else None,
+        "license": license,
+    }
+    with prepare_output(
+        out,
+        "export",
+        marker="README.md",
+        inputs=inputs,
+        hint="Give the same --model, --format, --height, --width, --eval-json and --license, "
+        "or another --out",
+    ) as dest:
         if dest.previous:
             dest.clear()  # never mix two exports in one folder
         folder = Path(out)

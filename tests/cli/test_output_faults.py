@@ -42,7 +42,7 @@ def runs(tmp_path_factory) -> dict[str, str]:
     """A tiny world and one finished output of every command that writes a folder."""
     root = tmp_path_factory.mktemp("faults")
     r = {k: str(root / k) for k in ("gta", "cs", "a", "b", "inc", "aug", "distill", "st", "lite",
-                                     "pt", "pred", "app", "certs")}  # fmt: skip
+                                     "pt", "pred", "app", "certs", "exp")}  # fmt: skip
     q = "--quiet"
     assert run("data", "synth", "--domain", "gta5-like", "--num", "2", "--size", "32x64",
                "--out", r["gta"], q) == 0  # fmt: skip
@@ -73,6 +73,8 @@ def runs(tmp_path_factory) -> dict[str, str]:
     assert run("federate", "app", "--app", r["app"], "--server-data", r["cs_spec"], "--out",
                "/srv/federation") == 0  # fmt: skip
     assert run("federate", "certs", "--out", r["certs"]) == 0
+    assert run("export", "--model", r["a"], "--format", "hf", "--height", "32",
+               "--out", r["exp"]) == 0  # fmt: skip
     return r
 
 
@@ -106,6 +108,8 @@ def argv(command: str, r: dict[str, str], out: str, other: bool = False) -> list
         "federate app": ["federate", "app", "--app", out, "--server-data", r["cs_spec"],
                          "--client-steps", "400" if other else "300", "--out", "/srv/federation"],
         "federate certs": ["federate", "certs", "--out", out, "--node-keys", "1" if other else "0"],
+        "export": ["export", "--model", r["a"], "--format", "hf", "--height",
+                   "48" if other else "32", "--out", out],
     }  # fmt: skip
     return table[command]
 
@@ -122,6 +126,7 @@ OWN = {
     "predict": "pred",
     "federate app": "app",
     "federate certs": "certs",
+    "export": "exp",
 }
 """Each command and its own finished run in the fixture."""
 
