@@ -279,12 +279,16 @@ def test_export_replaces_its_own_output_and_refuses_other_folders(tmp_path, caps
     ckpt = tmp_path / "ckpt"
     save_checkpoint(create_model("segformer-cpu"), ckpt)
     out = tmp_path / "hf"
-    assert cli("export", "--model", ckpt, "--format", "hf", "--out", out) == 0
     assert cli("export", "--model", ckpt, "--format", "onnx", "--out", out) == 0
+    assert cli("export", "--model", ckpt, "--format", "onnx", "--out", out) == 0  # replaced
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
         "README.md",
         "model.onnx",
     }
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli("export", "--model", ckpt, "--format", "hf", "--out", out) == 2  # other settings
+    assert "other settings (format, width differ)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -82,12 +82,19 @@ def test_predict_limit_and_refusals(world, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main([*args, "--limit", "-1", "--out", str(tmp_path / "p")])
     assert info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
-    # its own earlier output is replaced, not mixed: 7 then 2 leaves 2
+    # its own earlier output of the same settings is replaced, not mixed; one of other settings
+    # (another --limit) is refused and left as it was
     out = str(tmp_path / "again")
     with pytest.warns(UserWarning):
-        assert main([*args, "--skip-bad", "--device", "cpu", "--out", out, "--quiet"]) == 0
         assert main([*args, "--skip-bad", "--limit", "2", "--out", out, "--quiet"]) == 0
-    assert len(list(Path(out).glob("*.png"))) == 2 and "wrote 2" in capsys.readouterr().out
+        first = {p.name: p.read_bytes() for p in Path(out).glob("*.png")}
+        assert main([*args, "--skip-bad", "--limit", "2", "--out", out, "--quiet"]) == 0
+    assert {p.name: p.read_bytes() for p in Path(out).glob("*.png")} == first
+    assert len(first) == 2 and "wrote 2" in capsys.readouterr().out
+    with pytest.warns(UserWarning):
+        assert main([*args, "--skip-bad", "--device", "cpu", "--out", out, "--quiet"]) == 2
+    assert "other settings (limit differs)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in Path(out).glob("*.png")} == first
 
 
 # ----------------------------------------------------------------------------- bad --out/--json

@@ -115,7 +115,11 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_profiles_and_errors():
-    assert set(PROFILES) == {"quick", "default", "full"}
+    assert set(PROFILES) == {"quick", "default", "imagenet", "full"}
+    # the imagenet profile is the default's world and recipe on m2f-effl0, at 2/3 of the steps
+    default, imagenet = PROFILES["default"], PROFILES["imagenet"]
+    assert imagenet.world == default.world and imagenet.preset == "m2f-effl0"
+    assert imagenet.clients.steps == 200 and default.clients.steps == 300
     with pytest.raises(Feds2rError, match="unknown profile"):
         run_demo("huge", "/tmp/nowhere")
 
