@@ -414,8 +414,9 @@ def _judge(
             f"`{command}` output; give a new or empty folder so that nothing is overwritten"
         )
     held = (state or {}).get("inputs")
-    if inputs is not None and isinstance(held, dict) and held != _plain(inputs):
-        differ = sorted(k for k in set(held) | set(inputs) if held.get(k) != _plain(inputs).get(k))
+    want = _plain(inputs) if inputs is not None else None
+    if want is not None and isinstance(held, dict) and held != want:
+        differ = sorted(k for k in set(held) | set(want) if held.get(k) != want.get(k))
         raise OutputError(
             f"{flag} {path} holds an earlier `{command}` output made with other settings "
             f"({', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}); it is left "

@@ -167,7 +167,20 @@ def write_report(
     plot_curves(results.get("curves", {}), out / "curves.png")
     if results.get("communication", {}).get("measured"):
         plot_communication(results, out / "communication.png")
+    write_markdown(results, out, head=head, sections=sections)
+
+
+def write_markdown(
+    results: Mapping[str, Any],
+    out: Path,
+    *,
+    head: str,
+    sections: Sequence[Section],
+    title: str = "feds2r demo report",
+) -> None:
+    """``out/report.md`` alone (a suite that draws its own figures calls this): ``title``,
+    ``head``, ``sections`` under their ``##`` headings, then the timing of every stage."""
     timing = "\n".join(f"- {k}: {v}" for k, v in results["timing_s"].items())
-    parts = ["# feds2r demo report", head, *(f"## {h}\n\n{body}" for h, body in sections)]
+    parts = [f"# {title}", head, *(f"## {h}\n\n{body}" for h, body in sections)]
     parts.append(f"## Timing (s)\n\n{timing}")
     write_atomic(out / "report.md", ("\n\n".join(parts) + "\n").encode())

@@ -8,7 +8,8 @@ the method and the :class:`~feds2r.fuss.FussConfig` as JSON). A client replies w
 (client name, image count, mean loss). No image, feature, label or file name is sent.
 
 Communication is measured from the messages themselves: the size of each message's content as
-Flower serialises it (:func:`content_bytes`), summed over every message sent and received.
+Flower serialises it (:func:`~feds2r.federation.rounds.content_bytes`), summed over every
+message sent and received.
 
 The client's unlabelled images are named by its node config (``data="FORMAT:PATH"``, as for the
 other ClientApp); their frozen features are computed in the first round and kept in the node's
@@ -31,11 +32,11 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid, ServerApp
 from torch import Tensor
 
 from feds2r.errors import Feds2rError
+from feds2r.federation.rounds import content_bytes
 from feds2r.fuss import (
     ClientData,
     ClientUpdate,
@@ -51,11 +52,6 @@ from feds2r.io import write_atomic
 
 FEATURES_STATE = "fuss-features"
 """``context.state`` key of a client's cached frozen features (and its own centroids)."""
-
-
-def content_bytes(content: RecordDict) -> int:
-    """Bytes of a message's content as Flower serialises it (its protobuf)."""
-    return int(recorddict_to_proto(content).ByteSize())
 
 
 def config_to_json(config: FussConfig) -> str:
@@ -285,7 +281,6 @@ def server_main(grid: Grid, context: Context) -> None:
 
 __all__ = [
     "client_app",
-    "content_bytes",
     "decode_request",
     "decode_update",
     "encode_request",

@@ -96,7 +96,8 @@ def test_flower_apps_match_the_in_process_run_and_measure_their_messages(
 ):
     from flwr.app import Context, RecordDict
 
-    from feds2r.federation.fuss_app import content_bytes, encode_request, run_server
+    from feds2r.federation.fuss_app import encode_request, run_server
+    from feds2r.federation.rounds import content_bytes
 
     contexts = {
         node: Context(

@@ -34,6 +34,7 @@ from feds2r.demo.report import (
     per_class_section,
     results_table,
     table_intro,
+    write_markdown,
 )
 from feds2r.demo.results import paired_intervals, results_document, write_results
 from feds2r.demo.rows import Row
@@ -321,11 +322,9 @@ def _report(results: Mapping[str, Any], out: Path) -> None:
             "class).\n\n![samples](samples.png)",
         ),  # fmt: skip
     ]
-    timing = "\n".join(f"- {k}: {v}" for k, v in results["timing_s"].items())
-    parts = ["# feds2r demo report (fuss suite)", head]
-    parts += [f"## {h}\n\n{body}" for h, body in sections]
-    parts.append(f"## Timing (s)\n\n{timing}")
-    write_atomic(out / "report.md", ("\n\n".join(parts) + "\n").encode())
+    write_markdown(
+        results, out, head=head, sections=sections, title="feds2r demo report (fuss suite)"
+    )
 
 
 SUITE = Suite(
