@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from feds2r.data import open_dataset
+from feds2r.data.partition import PartDataset, ignore_background, is_part_spec, open_part
 from feds2r.engine.data import ResizedCache, make_batch
 from feds2r.engine.repro import deterministic
 from feds2r.engine.train import build_optimizer, lr_factor
@@ -28,6 +29,7 @@ from feds2r.losses import supervised_loss
 from feds2r.losses.fedseg import (
     annotated_classes,
     empty_memory,
+    fedseg_loss,
     local_to_global_contrastive,
     pseudo_labels,
     region_embeddings,
@@ -35,9 +37,14 @@ from feds2r.losses.fedseg import (
 )
 from feds2r.models import create_model
 
-ROUND_KEYS = ("method", "server-round", "rounds", "proximal-mu", "contrast-weight")
+ROUND_KEYS = ("method", "server-round", "rounds", "proximal-mu", "contrast-weight", "loss")
 """Keys of a round's train config besides the recipe
 (:func:`~feds2r.federation.rounds.round_settings`)."""
+
+ROUND_LOSSES = ("ce", "backce")
+"""The supervised term a round's ``loss`` key may name: plain CE (background ignored) or
+FedSeg's BackCE (eq. 4-5; per-pixel presets). Without the key: the model's own supervised loss
+(Mask2Former's set loss or per-pixel CE), as before the key existed."""
 
 
 def round_steps(total: int, rounds: int, server_round: int) -> tuple[int, int]:
@@ -53,11 +60,21 @@ _DATA: dict[tuple[str, int], Any] = {}
 
 
 def _client_cache(spec: str, height: int):
+    """(resized cache, dataset) of a client's data: a dataset spec, or a part of a partition
+    (``partition:FILE#PART``, :func:`feds2r.data.partition.open_part`: labels erased to the
+    part's classes)."""
     key = (spec, height)
     if key not in _DATA:
-        dataset = open_dataset(spec)
+        dataset = open_part(spec) if is_part_spec(spec) else open_dataset(spec)
         _DATA[key] = (ResizedCache(dataset, height, progress=False), dataset)
     return _DATA[key]
+
+
+def client_classes(dataset) -> tuple[int, ...]:
+    """A client's annotated classes ``C_i``: its part's, or those its dataset can label."""
+    if isinstance(dataset, PartDataset):
+        return dataset.part.classes
+    return annotated_classes(dataset)
 
 
 def proximal_term(model: torch.nn.Module, anchor: list[Tensor], mu: float) -> Tensor:
@@ -105,16 +122,23 @@ def client_update(
     (``num-examples``, which FedAvg weights by, ``train-steps``, ``loss``).
 
     ``settings`` is the round's train config (:func:`round_settings`, ``server-round`` and, for
-    FedProx, ``proximal-mu``). Objectives: fedavg, the model's supervised loss; fedprox, plus
+    FedProx, ``proximal-mu``). Objectives: fedavg, the supervised loss; fedprox, plus
     :func:`proximal_term`; fedseg, plus lambda times FedSeg's local-to-global pixel contrastive
-    loss against the round's :func:`fedseg_memory` (from round 2 on, as the public recipe). The
-    supervised loss stays Mask2Former's set loss: FedSeg's background-aware CE (eq. 4-5) equals
-    plain CE on a client that can label every class its images hold (every built-in client,
-    :mod:`feds2r.losses.fedseg`), so here the contrastive term is what FedSeg adds.
+    loss against the round's :func:`fedseg_memory` (from round 2 on, as the public recipe).
+
+    The supervised loss is the settings' ``loss`` (:data:`ROUND_LOSSES`): "backce", FedSeg's
+    background-aware CE (eq. 4-5) over the client's classes (:func:`client_classes`); "ce" or
+    no key, the model's own supervised loss (Mask2Former's set loss, or per-pixel CE), with a
+    partition's background pixels ignored. BackCE equals plain CE on a client that can label
+    every class its images hold (every built-in client, :mod:`feds2r.losses.fedseg`); it differs
+    on a part of a class-heterogeneous partition (``data`` = ``partition:FILE#PART``).
     """
     method = str(settings["method"])
     if method not in ROUND_METHODS:
         raise Feds2rError(f"unknown round method {method!r}; valid: {', '.join(ROUND_METHODS)}")
+    loss_name = str(settings.get("loss", ""))
+    if loss_name not in ("", *ROUND_LOSSES):
+        raise Feds2rError(f"unknown round loss {loss_name!r}; valid: {', '.join(ROUND_LOSSES)}")
     server_round, rounds = int(settings["server-round"]), int(settings["rounds"])
     recipe = client_recipe({k: v for k, v in settings.items() if k not in ROUND_KEYS})
     lo, hi = round_steps(recipe.steps, rounds, server_round)
@@ -123,14 +147,21 @@ def client_update(
         load_state(model, global_state, "the server's global model")
         cache, dataset = _client_cache(data, recipe.height)
         model.train()
+        if loss_name == "backce" and model.is_mask_classification:
+            raise Feds2rError(
+                f"the backce loss is per-pixel cross-entropy; {settings['preset']} is a mask "
+                "classification preset: use a per-pixel one (segformer-cpu, seg-effl0)"
+            )
+        partitioned = isinstance(dataset, PartDataset)
         anchor, memory, classes = None, None, None
         global_model = None
         if method in ("fedprox", "fedseg"):
             global_model = copy.deepcopy(model).eval().requires_grad_(False)
         if method == "fedprox":
             anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        if method == "fedseg" or loss_name == "backce":
+            classes = client_classes(dataset)
         if method == "fedseg":
-            classes = annotated_classes(dataset)
             if server_round >= 2:
                 memory = fedseg_memory(global_model, cache, classes)
         opt = build_optimizer(model, recipe)
@@ -149,7 +180,12 @@ def client_update(
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lr_factor(step, recipe)
             out = model(batch["image"])
-            loss = supervised_loss(out, batch["label"])["loss"]
+            if loss_name == "backce":
+                loss = fedseg_loss(out.seg_logits, batch["label"], classes)["loss_backce"]
+            elif partitioned:  # plain CE ignores the pixels the client does not annotate
+                loss = supervised_loss(out, ignore_background(batch["label"]))["loss"]
+            else:
+                loss = supervised_loss(out, batch["label"])["loss"]
             if anchor is not None:
                 loss = loss + proximal_term(model, anchor, float(settings["proximal-mu"]))
             if memory is not None:
@@ -176,8 +212,10 @@ def is_round_message(settings: dict[str, Any]) -> bool:
 
 __all__ = [
     "ROUND_KEYS",
+    "ROUND_LOSSES",
     "ROUND_METHODS",
     "RoundsConfig",
+    "client_classes",
     "client_update",
     "fedseg_memory",
     "is_round_message",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -50,7 +51,7 @@ from feds2r.federation.config import (
     train_settings,
 )
 from feds2r.federation.outputs import check_new_output, staged
-from feds2r.federation.round_client import client_update, round_steps
+from feds2r.federation.round_client import ROUND_LOSSES, client_update, round_steps
 from feds2r.io import write_atomic
 from feds2r.models import PRETRAINED, create_model
 
@@ -61,10 +62,12 @@ def content_bytes(content: RecordDict) -> int:
     return int(recorddict_to_proto(content).ByteSize())
 
 
-def round_settings(config: FederationConfig) -> dict[str, Any]:
+def round_settings(config: FederationConfig, loss: str = "") -> dict[str, Any]:
     """The train config of every round's message: the one-shot flow's settings (the preset and
     the clients' recipe, :func:`~feds2r.federation.protocol.train_settings`), the method and R;
-    Flower's strategies add ``server-round`` (and FedProx ``proximal-mu``)."""
+    Flower's strategies add ``server-round`` (and FedProx ``proximal-mu``). ``loss``: the
+    clients' supervised term (:data:`~feds2r.federation.round_client.ROUND_LOSSES`), sent only
+    when given (without it a client uses its model's own supervised loss)."""
     settings = {
         **train_settings(config),
         "method": config.method,
@@ -72,6 +75,10 @@ def round_settings(config: FederationConfig) -> dict[str, Any]:
     }
     if config.method == "fedseg":
         settings["contrast-weight"] = config.multiround.contrast_weight
+    if loss:
+        if loss not in ROUND_LOSSES:
+            raise Feds2rError(f"unknown round loss {loss!r}; valid: {', '.join(ROUND_LOSSES)}")
+        settings["loss"] = loss
     return settings
 
 
@@ -79,11 +86,24 @@ def round_settings(config: FederationConfig) -> dict[str, Any]:
 
 
 class _Counted:
-    """Accounting around a Flower strategy: bytes and steps per client, rounds, drop-outs."""
+    """Accounting around a Flower strategy: bytes and steps per client, rounds, drop-outs.
 
-    def __init__(self, *args: Any, log: Callable[[str], None] = print, **kwargs: Any) -> None:
+    ``sample_seed``: with a strategy that samples some clients per round, Flower's own sampling
+    (``random.sample`` over the connected nodes) draws from a generator seeded by
+    ``(sample_seed, round)``, so a run's clients per round are reproducible; the process's
+    ``random`` state is restored after each draw. None: Flower's sampling as it is.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        log: Callable[[str], None] = print,
+        sample_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.log = log
+        self.sample_seed = sample_seed
         self.names: dict[int, str] = {}
         self.clients: dict[int, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
@@ -96,7 +116,15 @@ class _Counted:
         )
 
     def configure_train(self, server_round, arrays, config, grid):  # noqa: D102 - Flower's
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.sample_seed is None:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+        else:
+            saved = random.getstate()
+            random.seed(self.sample_seed * 1_000_003 + server_round)
+            try:
+                messages = list(super().configure_train(server_round, arrays, config, grid))
+            finally:
+                random.setstate(saved)
         self._round_bytes = {"download_bytes": 0, "upload_bytes": 0}
         for m in messages:
             size = content_bytes(m.content)
@@ -164,44 +192,94 @@ class _Counted:
         return {"rounds": len(self.history), "clients": per, "total": total}
 
 
-class CountedFedAvg(_Counted, FedAvg):
-    """Flower's FedAvg (the parameter mean weighted by ``num-examples``), counted."""
+def _sampling(min_clients: int, per_round: int, available: int) -> dict[str, Any]:
+    """Flower's sampling arguments: every connected client each round (``per_round`` 0), or
+    exactly ``per_round`` of them once ``available`` have connected."""
+    if not per_round:
+        return {
+            "fraction_train": 1.0,
+            "min_train_nodes": min_clients,
+            "min_available_nodes": min_clients,
+        }
+    if per_round < min_clients:
+        raise Feds2rError(
+            f"clients per round ({per_round}) is below min-clients ({min_clients}): no round "
+            "could be aggregated"
+        )
+    # Flower samples max(int(n * fraction_train), min_train_nodes) nodes; a fraction this small
+    # makes the first term 0, so exactly per_round nodes are drawn
+    return {
+        "fraction_train": 1e-9,
+        "min_train_nodes": per_round,
+        "min_available_nodes": max(available, per_round),
+    }
 
-    def __init__(self, *, min_clients: int, log: Callable[[str], None] = print) -> None:
+
+class CountedFedAvg(_Counted, FedAvg):
+    """Flower's FedAvg (the parameter mean weighted by ``num-examples``), counted; every client
+    each round, or ``per_round`` of the ``available`` ones drawn with ``sample_seed``."""
+
+    def __init__(
+        self,
+        *,
+        min_clients: int,
+        log: Callable[[str], None] = print,
+        per_round: int = 0,
+        available: int = 0,
+        sample_seed: int | None = None,
+    ) -> None:
         super().__init__(
-            fraction_train=1.0,
             fraction_evaluate=0.0,
-            min_train_nodes=min_clients,
-            min_available_nodes=min_clients,
             log=log,
+            sample_seed=sample_seed if per_round else None,
+            **_sampling(min_clients, per_round, available),
         )
         self.min_clients = min_clients
 
 
 class CountedFedProx(_Counted, FedProx):
-    """Flower's FedProx (FedAvg aggregation; its clients add the proximal term), counted."""
+    """Flower's FedProx (FedAvg aggregation; its clients add the proximal term), counted;
+    sampling as :class:`CountedFedAvg`."""
 
     def __init__(
-        self, *, min_clients: int, proximal_mu: float, log: Callable[[str], None] = print
+        self,
+        *,
+        min_clients: int,
+        proximal_mu: float,
+        log: Callable[[str], None] = print,
+        per_round: int = 0,
+        available: int = 0,
+        sample_seed: int | None = None,
     ) -> None:
         super().__init__(
-            fraction_train=1.0,
             fraction_evaluate=0.0,
-            min_train_nodes=min_clients,
-            min_available_nodes=min_clients,
             proximal_mu=proximal_mu,
             log=log,
+            sample_seed=sample_seed if per_round else None,
+            **_sampling(min_clients, per_round, available),
         )
         self.min_clients = min_clients
 
 
-def make_strategy(config: FederationConfig, log: Callable[[str], None] = print) -> _Counted:
-    """The Flower strategy of ``config.method``: FedProx for fedprox, FedAvg otherwise."""
+def make_strategy(
+    config: FederationConfig, log: Callable[[str], None] = print, *, clients_per_round: int = 0
+) -> _Counted:
+    """The Flower strategy of ``config.method``: FedProx for fedprox, FedAvg otherwise. With
+    ``clients_per_round``, each round draws that many of the ``config.num_clients`` clients
+    (seeded by ``config.clients.seed``); else every client trains every round."""
+    sampling = {
+        "per_round": clients_per_round,
+        "available": config.num_clients,
+        "sample_seed": config.clients.seed,
+    }
     if config.method == "fedprox":
         return CountedFedProx(
-            min_clients=config.min_clients, proximal_mu=config.multiround.proximal_mu, log=log
+            min_clients=config.min_clients,
+            proximal_mu=config.multiround.proximal_mu,
+            log=log,
+            **sampling,
         )
-    return CountedFedAvg(min_clients=config.min_clients, log=log)
+    return CountedFedAvg(min_clients=config.min_clients, log=log, **sampling)
 
 
 def run_rounds(
@@ -211,15 +289,26 @@ def run_rounds(
     init: str | Path | None = None,
     evaluate_on: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    clients_per_round: int = 0,
+    loss: str = "",
+    evaluate_every: int = 1,
 ) -> dict[str, Any]:
     """The server's multi-round run over ``grid``: the common initial model (or ``init``, a
     checkpoint), ``config.multiround.rounds`` rounds of ``config.method``'s strategy, the global
     model saved to ``OUT/global``, ``results.json`` with the communication and, per round, the
     mIoU on ``evaluate_on`` (name -> labelled dataset; default the config's evaluation sets).
 
+    ``clients_per_round``: each round trains that many of the ``config.num_clients`` clients,
+    drawn reproducibly from ``config.clients.seed`` (0: every client every round). ``loss``: the
+    clients' supervised term ("ce" or "backce", :func:`round_settings`; "" leaves it to each
+    client's model). ``evaluate_every``: the mIoU curve has the initial model, every
+    ``evaluate_every``-th round and the last.
+
     Written into a staging folder and renamed into place at the end, as the one-shot flow."""
     if config.method not in ROUND_METHODS:
         raise Feds2rError(f"run_rounds runs {', '.join(ROUND_METHODS)}, not {config.method!r}")
+    if evaluate_every < 1:
+        raise Feds2rError(f"evaluate_every must be at least 1, got {evaluate_every}")
     out = Path(config.out)
     check_new_output(out)
     check_server_inputs(config)
@@ -240,6 +329,8 @@ def run_rounds(
         def evaluate_fn(server_round: int, arrays: ArrayRecord):
             if not evaluate_on:
                 return None
+            if server_round % evaluate_every and server_round != config.multiround.rounds:
+                return None
             template.load_state_dict(arrays.to_torch_state_dict())
             template.eval()
             scores = {}
@@ -250,8 +341,8 @@ def run_rounds(
             log(f"round {server_round}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
             return MetricRecord(scores)
 
-        strategy = make_strategy(config, log=log)
-        settings = round_settings(config)
+        strategy = make_strategy(config, log=log, clients_per_round=clients_per_round)
+        settings = round_settings(config, loss)
         start = time.perf_counter()
         log(f"{config.method}: {config.multiround.rounds} rounds")
         result = strategy.start(
@@ -277,6 +368,8 @@ def run_rounds(
         results = {
             "method": config.method,
             "rounds": config.multiround.rounds,
+            **({"clients_per_round": clients_per_round} if clients_per_round else {}),
+            **({"loss": loss} if loss else {}),
             "global_model": str(out / "global"),
             "communication": strategy.communication(),
             "history": strategy.history,

@@ -39,10 +39,15 @@ domain's classes; SYNTHIA: 16 classes, no terrain, truck or train). Eq. (5) is a
   255 to the background channel whenever a class is missing from the batch, because its
   partitions write the erased classes as 255); ``ignore_is_background=True`` reproduces that.
 
+- a pixel labelled :data:`~feds2r.data.partition.BACKGROUND_INDEX` (254) is background: the
+  value a class-heterogeneous partition (:mod:`feds2r.data.partition`, the paper's sec. 4.1)
+  writes where it erased a class the client does not annotate, so that the client never sees
+  which class it was.
+
 Consequence: with ``ignore_is_background=False`` and the annotated set of a dataset read as it
 is, ``back_cross_entropy`` equals plain CE on every built-in client; it differs only on
-background pixels, which exist when classes are hidden from a client or 255 is taken as
-background.
+background pixels, which exist when classes are hidden from a client (a partition's parts, or
+full labels with a smaller ``client_classes``) or 255 is taken as background.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from torch import Tensor
 
 from feds2r.data.dataset import SegmentationDataset
 from feds2r.data.labels import IGNORE_INDEX, NUM_CLASSES, class_index
+from feds2r.data.partition import BACKGROUND_INDEX
 from feds2r.data.world.domains import DOMAINS
 from feds2r.data.world.synth import MANIFEST
 from feds2r.errors import DataError
@@ -90,11 +96,13 @@ def back_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     *,
     ignore_is_background: bool = False,
+    background_index: int = BACKGROUND_INDEX,
 ) -> Tensor:
     """FedSeg's background-aware cross-entropy ``L_backce``, eq. (4)–(5); a scalar.
 
-    ``logits`` (B, K, H, W), ``labels`` (B, H, W) int64 with values in 0..K-1 or
-    ``ignore_index``; ``client_classes``: the train ids the client annotates (``C_i``).
+    ``logits`` (B, K, H, W), ``labels`` (B, H, W) int64 with values in 0..K-1, ``ignore_index``
+    or ``background_index`` (a partition's erased pixels: background whatever class they were);
+    ``client_classes``: the train ids the client annotates (``C_i``).
     With ``q = softmax(logits)`` over K and ``P`` the pixels not ignored::
 
         L = -1/|P| Σ_{j∈P} log q̂(j, y_j)
@@ -116,14 +124,25 @@ def back_cross_entropy(
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
     annotated = _annotated_mask(client_classes, k, logits.device)  # (K,)
     ignored = labels == ignore_index
-    if (~ignored & ((labels < 0) | (labels >= k))).any():
-        values = torch.unique(labels[~ignored & ((labels < 0) | (labels >= k))])[:10].tolist()
-        raise ValueError(f"labels hold {values}: neither class ids 0..{k - 1} nor {ignore_index}")
-    safe = labels.masked_fill(ignored, 0)  # (B, H, W), a valid index everywhere
+    marked = labels == background_index  # erased by a partition: background
+    invalid = ~ignored & ~marked & ((labels < 0) | (labels >= k))
+    if invalid.any():
+        values = torch.unique(labels[invalid])[:10].tolist()
+        raise ValueError(
+            f"labels hold {values}: neither class ids 0..{k - 1}, {ignore_index} (ignore) nor "
+            f"{background_index} (background)"
+        )
+    if annotated.all() and marked.any():
+        raise ValueError(
+            "labels mark background pixels but client_classes holds every class, so no class "
+            "is left to merge into background; pass the classes the client annotates"
+        )
+    safe = labels.masked_fill(ignored | marked, 0)  # (B, H, W), a valid index everywhere
     log_q = F.log_softmax(logits, dim=1)  # (B, K, H, W)
     log_target = log_q.gather(1, safe[:, None]).squeeze(1)  # (B, H, W): log q(j, y_j)
     if not annotated.all():
-        background = ~annotated[safe] & ~ignored  # labelled with an un-annotated class
+        # labelled with an un-annotated class, or erased by a partition
+        background = (~annotated[safe] & ~ignored) | marked
         if ignore_is_background:
             background |= ignored
             ignored = torch.zeros_like(ignored)
@@ -229,16 +248,18 @@ def pseudo_labels(
     client_classes: Iterable[int] | None = None,
     threshold: float = PSEUDO_THRESHOLD,
     ignore_index: int = IGNORE_INDEX,
+    background_index: int = BACKGROUND_INDEX,
 ) -> Tensor:
     """Labels (B, H, W) whose background pixels take the global model's confident prediction.
 
     Sec. 3.3: "we employ the global model to provide pseudo labels for the background pixels
     ... the predicted probability of a pixel greater than θ is annotated as the pseudo label".
-    Background: pixels labelled ``ignore_index`` or a class outside ``client_classes`` (None:
-    every class annotated). ``global_logits`` (B, K, h, w) are upsampled bilinearly to (H, W);
-    a background pixel whose highest probability is at least ``threshold`` (θ = 0.8, the
-    recipe's ``update.py``) gets that class, the others stay ``ignore_index``. Annotated pixels
-    keep their label. Used for the memory and the anchors alike.
+    Background: pixels labelled ``ignore_index``, ``background_index`` (a partition's erased
+    pixels) or a class outside ``client_classes`` (None: every class annotated).
+    ``global_logits`` (B, K, h, w) are upsampled bilinearly to (H, W); a background pixel whose
+    highest probability is at least ``threshold`` (θ = 0.8, the recipe's ``update.py``) gets
+    that class, the others stay ``ignore_index``. Annotated pixels keep their label. Used for
+    the memory and the anchors alike.
     """
     with torch.no_grad():
         k = global_logits.shape[1]
@@ -249,10 +270,11 @@ def pseudo_labels(
         )  # fmt: skip
         confidence, guess = probs.max(1)  # (B, H, W)
         ignored = labels == ignore_index
-        background = ignored.clone()
+        marked = labels == background_index
+        background = ignored | marked
         if client_classes is not None:
             annotated = _annotated_mask(client_classes, k, labels.device)
-            background |= ~annotated[labels.masked_fill(ignored, 0)] & ~ignored
+            background |= ~annotated[labels.masked_fill(background, 0)] & ~background
         guess = guess.masked_fill(confidence < threshold, ignore_index)
         return torch.where(background, guess, labels)
 
