@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from feds2r.data import open_dataset
+from feds2r.data import IGNORE_INDEX, open_dataset
 from feds2r.data.partition import PartDataset, ignore_background, is_part_spec, open_part
 from feds2r.engine.data import ResizedCache, make_batch
 from feds2r.engine.repro import deterministic
@@ -114,6 +114,14 @@ def fedseg_memory(global_model, cache, classes, batch_size: int = 16):
     return memory
 
 
+def _annotated_loss(out, labels: Tensor) -> Tensor:
+    """The model's supervised loss on ``labels``; 0 (attached to the graph) when no pixel is
+    labelled, as happens on a partition's crop that shows none of the client's classes."""
+    if not (labels != IGNORE_INDEX).any():
+        return out.features.sum() * 0.0
+    return supervised_loss(out, labels)["loss"]
+
+
 def client_update(
     global_state: dict[str, Tensor], settings: dict[str, Any], data: str, *, name: str
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -183,7 +191,7 @@ def client_update(
             if loss_name == "backce":
                 loss = fedseg_loss(out.seg_logits, batch["label"], classes)["loss_backce"]
             elif partitioned:  # plain CE ignores the pixels the client does not annotate
-                loss = supervised_loss(out, ignore_background(batch["label"]))["loss"]
+                loss = _annotated_loss(out, ignore_background(batch["label"]))
             else:
                 loss = supervised_loss(out, batch["label"])["loss"]
             if anchor is not None:

@@ -5,12 +5,13 @@ is adding its module and its entry in :data:`SUITES`."""
 from __future__ import annotations
 
 from feds2r.demo.suite import Suite
-from feds2r.demo.suites import feds2r, fuss
+from feds2r.demo.suites import feds2r, fedseg, fuss
 from feds2r.errors import Feds2rError
 
 SUITES: dict[str, Suite] = {
     "feds2r": feds2r.SUITE,
     "fuss": fuss.SUITE,
+    "fedseg": fedseg.SUITE,
 }
 """Every suite by name; ``feds2r`` is the default."""
 
