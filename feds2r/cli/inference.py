@@ -44,20 +44,27 @@ def evaluate(
     device: str,
     batch_size: int,
     per_class: bool,
+    miou_classes: str,
     json_path: str | None,
     on_error: str,
     progress: bool,
 ) -> int:
-    """mIoU, pixel accuracy and per-class IoU of the checkpoint ``model`` on each of ``data``."""
+    """mIoU, pixel accuracy and per-class IoU of the checkpoint ``model`` on each of ``data``;
+    ``miou_classes``: which classes the mean counts (docs/evaluation.md)."""
+    import torch
+
     from feds2r.data import open_dataset
     from feds2r.data.labels import CLASS_NAMES
     from feds2r.engine.evaluate import evaluate as evaluate_model
+    from feds2r.metrics.miou import DEFAULT_MIOU_CLASSES, ConfusionMatrix, check_miou_classes
 
+    check_miou_classes(miou_classes)
     window = sliding_window(sliding, crop)
     net, meta, dev = load_model(model, device)
     rows = []
     for spec in data:
         ds = open_dataset(spec, labels=True, on_error=on_error)
+        other = miou_classes != DEFAULT_MIOU_CLASSES
         result = evaluate_model(
             net,
             ds,
@@ -66,7 +73,13 @@ def evaluate(
             batch_size=batch_size,
             device=dev,
             progress=progress,
+            per_image=other,
         )
+        if other:  # the set's confusion matrix is the sum of its images': reduce it again
+            cm = ConfusionMatrix()
+            cm.matrix = torch.as_tensor(result.pop("per_image_confusion").sum(0))
+            result.update(cm.summary(miou_classes))
+            result["per_class"] = dict(zip(CLASS_NAMES, result["per_class"], strict=True))
         rows.append({"spec": str(ds.spec), **result})
     mean = sum(r["miou"] for r in rows) / len(rows)
     report = {
@@ -74,6 +87,7 @@ def evaluate(
         "preset": meta["preset"],
         "height": height,
         "sliding": list(window) if window else None,
+        "miou_classes": miou_classes,
         "datasets": rows,
         "mean_miou": mean,
     }
@@ -163,15 +177,31 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     add_quiet(p)
 
 
+def _miou_classes_flag(p: argparse.ArgumentParser) -> None:
+    from feds2r.metrics.miou import DEFAULT_MIOU_CLASSES, MIOU_CLASSES
+
+    p.add_argument(
+        "--miou-classes",
+        choices=MIOU_CLASSES,
+        default=DEFAULT_MIOU_CLASSES,
+        help="which classes the mean counts: official (every class in the ground truth or "
+        "predicted, as cityscapesScripts and mmseg) or present (only those in the ground "
+        f"truth; feds2r's earlier convention) (default {DEFAULT_MIOU_CLASSES})",
+    )
+
+
 def add_inference_commands(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "eval",
         evaluate,
+        flags=_miou_classes_flag,
         help="mIoU of a checkpoint on labelled datasets",
-        description="Evaluate a checkpoint: mIoU (confusion matrix over the whole set, mean over "
-        "the classes present in its ground truth), pixel accuracy and per-class IoU, in percent. "
-        "Prints a table, one row per dataset; --json writes the schema in docs/evaluation.md.",
+        description="Evaluate a checkpoint: mIoU (confusion matrix over the whole set; the mean "
+        "over classes counts, as cityscapesScripts and mmseg do, every class in the ground truth "
+        "or predicted, a predicted but absent class as 0; --miou-classes present counts only the "
+        "classes in the ground truth), pixel accuracy and per-class IoU, in percent. Prints a "
+        "table, one row per dataset; --json writes the schema in docs/evaluation.md.",
         epilog=textwrap.dedent("""\
             examples:
               feds2r eval --model runs/gta5 --data cityscapes:data/world/cityscapes-like?split=val

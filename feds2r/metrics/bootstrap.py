@@ -11,21 +11,22 @@ reported figure is. The interval is the percentile interval of the replicates' d
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from feds2r.metrics.miou import DEFAULT_MIOU_CLASSES, class_iou
 
-def miou_from_confusion(matrix: np.ndarray) -> float:
+
+def miou_from_confusion(matrix: np.ndarray, classes: str = DEFAULT_MIOU_CLASSES) -> float:
     """mIoU (percent) of a confusion matrix (K, K) or a batch of them (R, K, K) -> (R,).
 
-    The mean is over the classes present in the ground truth (rows with pixels), as
-    :class:`feds2r.metrics.ConfusionMatrix` reports it.
+    The mean is over the classes ``classes`` counts (:data:`feds2r.metrics.miou.MIOU_CLASSES`),
+    as :class:`feds2r.metrics.ConfusionMatrix` reports it.
     """
-    m = np.asarray(matrix, dtype=np.float64)
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    gt = m.sum(axis=-1)
-    union = gt + m.sum(axis=-2) - tp
-    iou = np.where(gt > 0, tp / np.maximum(union, 1), np.nan)
-    with np.errstate(invalid="ignore"):
+    iou = class_iou(matrix, classes)
+    with warnings.catch_warnings():  # a matrix with no class counted is NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         return 100 * np.nanmean(iou, axis=-1)
 
 
@@ -36,12 +37,14 @@ def paired_bootstrap(
     replicates: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    classes: str = DEFAULT_MIOU_CLASSES,
 ) -> dict[str, float]:
     """Interval of ``mean mIoU(a) - mean mIoU(b)`` over test domains, paired over images.
 
     ``a`` and ``b``: one array (N_d, K, K) of per-image confusion matrices per test domain, the
-    images of a domain in the same order for both models. Returns ``diff`` (on the full sets),
-    ``lo`` and ``hi`` (the ``level`` percentile interval) and ``replicates``.
+    images of a domain in the same order for both models; ``classes``: the mIoU convention
+    (:data:`feds2r.metrics.miou.MIOU_CLASSES`). Returns ``diff`` (on the full sets), ``lo`` and
+    ``hi`` (the ``level`` percentile interval) and ``replicates``.
     """
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         raise ValueError("a and b must hold the same domains with the same images")
@@ -50,13 +53,13 @@ def paired_bootstrap(
     full = 0.0
     for x, y in zip(a, b, strict=True):
         n = x.shape[0]
-        full += miou_from_confusion(x.sum(0)) - miou_from_confusion(y.sum(0))
+        full += miou_from_confusion(x.sum(0), classes) - miou_from_confusion(y.sum(0), classes)
         draws = rng.integers(0, n, size=(replicates, n))
         # (R, N) draws -> (R, K, K) summed matrices through per-image counts
         counts = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
         xa = np.einsum("rn,nij->rij", counts, x.astype(np.float64))
         yb = np.einsum("rn,nij->rij", counts, y.astype(np.float64))
-        diffs += miou_from_confusion(xa) - miou_from_confusion(yb)
+        diffs += miou_from_confusion(xa, classes) - miou_from_confusion(yb, classes)
     k = len(a)
     diffs /= k
     tail = (1 - level) / 2

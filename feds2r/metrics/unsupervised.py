@@ -13,8 +13,9 @@ set:
   dev pixels belong to (several clusters may share a class).
 
 Counts are accumulated over whole sets (a (K, 19) confusion matrix) and reduced once, as
-:mod:`feds2r.metrics.miou` does: a class without ground-truth pixels in a set is left out of the
-mean; ignore pixels (255) count nowhere.
+:mod:`feds2r.metrics.miou` does, with the same conventions of which classes the mean counts
+(``classes``; by default cityscapesScripts' and mmseg's: every class in the ground truth or
+predicted); ignore pixels (255) count nowhere.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from torch import Tensor
 
 from feds2r.data.labels import NUM_CLASSES
 from feds2r.errors import Feds2rError
-from feds2r.metrics.miou import ConfusionMatrix, pair_counts
+from feds2r.metrics.miou import (
+    DEFAULT_MIOU_CLASSES,
+    ConfusionMatrix,
+    iou_from_counts,
+    iou_summary,
+    pair_counts,
+)
 
 UNMATCHED = -1
 """The class of a cluster that the mapping leaves without one (its pixels count as wrong)."""
@@ -88,8 +95,11 @@ def mapped_confusion(confusion: np.ndarray | Tensor, mapping: np.ndarray) -> Con
     return out
 
 
-def mapped_summary(confusion: np.ndarray | Tensor, mapping: np.ndarray) -> dict:
-    """mIoU and pixel accuracy (percent) after mapping, as :meth:`ConfusionMatrix.summary`.
+def mapped_summary(
+    confusion: np.ndarray | Tensor, mapping: np.ndarray, classes: str = DEFAULT_MIOU_CLASSES
+) -> dict:
+    """mIoU and pixel accuracy (percent) after mapping, as :meth:`ConfusionMatrix.summary`
+    (``classes``: which classes the mean counts, :data:`feds2r.metrics.miou.MIOU_CLASSES`).
 
     Pixel accuracy counts every labelled pixel, unmatched clusters' included; the per-class
     IoU's union uses each class's full ground truth.
@@ -97,18 +107,9 @@ def mapped_summary(confusion: np.ndarray | Tensor, mapping: np.ndarray) -> dict:
     cm = mapped_confusion(confusion, mapping)
     gt = torch.as_tensor(np.asarray(confusion), dtype=torch.int64).sum(dim=0)  # (C,)
     tp = cm.matrix.diag().double()
-    union = gt.double() + cm.matrix.sum(dim=0).double() - tp
-    iou = (tp / union.clamp_min(1)).numpy()
-    iou[gt.numpy() == 0] = np.nan
-    present = ~np.isnan(iou)
-    labelled = int(gt.sum())
-    return {
-        "miou": float(np.mean(iou[present]) * 100) if present.any() else float("nan"),
-        "pixel_acc": float(tp.sum() / max(labelled, 1) * 100),
-        "per_class": [None if np.isnan(v) else float(v * 100) for v in iou],
-        "classes_present": int(present.sum()),
-        "pixels": labelled,
-    }
+    iou = iou_from_counts(tp.numpy(), gt.numpy(), cm.matrix.sum(dim=0).numpy(), classes)
+    pixel_acc = float(tp.sum() / max(int(gt.sum()), 1) * 100)
+    return iou_summary(iou, gt.numpy(), pixel_acc, classes)
 
 
 __all__ = [

@@ -13,9 +13,16 @@ teachers) the module calls transformers' per-level function, which is faster the
 
 :func:`use_canvas_attention` switches a model's pixel-decoder attention modules to this path;
 the paper-scale presets use it as well (the result is the same computation).
+
+Under autocast (bf16 on CUDA, the training loop's ``amp``), the sampling itself runs in float32,
+as Mask2Former's own pixel decoder does (its ``MSDeformAttn`` calls the op with autocast off and
+``.float()`` inputs: deformable DETR's op has no half precision). The projections around it
+(values, offsets, attention weights, output) stay under autocast. Without autocast nothing changes.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -97,20 +104,34 @@ class CanvasDeformableAttention(MultiscaleDeformableAttention):
         value = value.view(b, value.shape[1], heads, self.d_model // heads)
         offsets = self.sampling_offsets(queries).view(b, nq, heads, levels, points, 2)
         weights = self.attention_weights(queries).view(b, nq, heads, levels * points)
-        weights = _softmax(weights).view(b, nq, heads, levels, points)
-        ref = reference_points[:, :, None, :, None, :]
-        if reference_points.shape[-1] == 2:  # points: offsets in pixels of each level
-            wh = torch.tensor([[w, h] for h, w in spatial_shapes_list], device=offsets.device)
-            locations = ref + offsets / wh[None, None, None, :, None, :]
-        elif reference_points.shape[-1] == 4:  # boxes: offsets relative to the box size
-            locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
-        else:
-            raise ValueError(f"reference points must end in 2 or 4 values, not {ref.shape[-1]}")
-        # the canvas pays where there is a backward pass; without one transformers' path is
-        # slightly faster (m2f-cpu, batch 8: inference 118 against 125 ms, training 340 against 329)
-        attend = canvas_deformable_attention if torch.is_grad_enabled() else per_level_attention
-        out = attend(value, spatial_shapes_list, locations, weights)
-        return self.output_proj(out), weights
+        dtype = value.dtype  # bf16 under autocast: the output goes back to it
+        with float32_region(value.device):
+            # float32 inputs (a no-op without autocast): the softmax, the sampling locations
+            # and the sampling itself in full precision
+            value, offsets, weights = value.float(), offsets.float(), weights.float()
+            weights = _softmax(weights).view(b, nq, heads, levels, points)
+            ref = reference_points.float()[:, :, None, :, None, :]
+            if reference_points.shape[-1] == 2:  # points: offsets in pixels of each level
+                wh = torch.tensor([[w, h] for h, w in spatial_shapes_list], device=offsets.device)
+                locations = ref + offsets / wh[None, None, None, :, None, :]
+            elif reference_points.shape[-1] == 4:  # boxes: offsets relative to the box size
+                locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
+            else:
+                raise ValueError(f"reference points must end in 2 or 4 values, not {ref.shape[-1]}")
+            # the canvas pays where there is a backward pass; without one transformers' path is
+            # slightly faster (m2f-cpu, batch 8: inference 118 against 125 ms, training 340
+            # against 329)
+            attend = canvas_deformable_attention if torch.is_grad_enabled() else per_level_attention
+            out = attend(value, spatial_shapes_list, locations, weights)
+        return self.output_proj(out.to(dtype)), weights
+
+
+def float32_region(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device`` if it is on there (so that float32 inputs are computed
+    in float32), else nothing."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _softmax(x: Tensor) -> Tensor:
