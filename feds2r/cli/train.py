@@ -24,12 +24,24 @@ if TYPE_CHECKING:  # imported where the flags are built: `feds2r --help` loads n
 
 
 def client_train(
-    out: str, client: ClientSettings, train: TrainConfig, on_error: str, progress: bool
+    out: str,
+    client: ClientSettings,
+    train: TrainConfig,
+    on_error: str,
+    progress: bool,
+    dry_run: int | None = None,
 ) -> int:
-    """Train one client model on ``client.data`` with the recipe ``train`` into ``out``."""
+    """Train one client model on ``client.data`` with the recipe ``train`` into ``out``; with
+    ``dry_run`` steps, measure that many in a temporary folder instead (:mod:`feds2r.plan`)."""
     from feds2r.client import train_client
 
     require(client.data, "client train: give --data FORMAT:PATH (or data in the [client] table)")
+    if dry_run is not None:
+        from feds2r.plan import dry_run_client
+
+        plan = dry_run_client(out, client, train, steps=dry_run, on_error=on_error, progress=False)
+        print(plan.to_text())
+        return 0
     summary = train_client(
         client.data,
         client.preset,
@@ -60,6 +72,10 @@ def pretrain(out: str, world: str | None, pretraining: PretrainConfig, progress:
 
 
 # ----------------------------------------------------------------------------- parsers
+
+DRY_RUN_STEPS = 3
+"""Steps of a bare ``--dry-run`` (:data:`feds2r.plan.DRY_RUN_STEPS`; repeated here so that
+building the parser imports no model code)."""
 
 RECIPE_HELP = {
     "lr": "learning rate",
@@ -106,7 +122,9 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
         "stopped run; an OUT holding another run (other data, preset or config) is refused "
         "and left as it is. Settings come from --config (a TOML file with [client] and [train] "
         "tables, such as a run's own config.toml; the preset may also be given at the top "
-        "level) and are overridden by the flags.",
+        "level) and are overridden by the flags. --dry-run checks the data and --out, runs a "
+        "few steps in a temporary folder and prints their time, data time, peak memory and "
+        "the projected wall time of the whole run, writing nothing to OUT.",
         epilog=textwrap.dedent("""\
             examples:
               feds2r client train --data gta5:data/world/gta5-like?split=train --out runs/gta5
@@ -119,6 +137,8 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
               feds2r client train --data gta5:/data/gta5 --no-pretrained --backbone-lr-mult 1 \\
                   --out runs/gta5-random
               feds2r client train --data gta5:/data/gta5 --config recipe.toml --out runs/gta5
+              feds2r client train --config configs/paper/swin-t-client.toml \\
+                  --data gta5:/data/gta5 --out runs/gta5-swin --dry-run
             """),
     )
 
@@ -196,6 +216,16 @@ def _client_train_flags(p: argparse.ArgumentParser) -> None:
             "threads": "CPU threads (0: PyTorch's default; model.json records the count used, "
             "give it to rerun bit for bit)"
         },
+    )
+    p.add_argument(
+        "--dry-run",
+        nargs="?",
+        const=DRY_RUN_STEPS,
+        type=count_type(1),
+        metavar="STEPS",
+        help="check the data and --out, run STEPS steps (default 3) in a temporary folder and "
+        "print time per step, data time, peak memory and the projected wall time; writes "
+        "nothing to --out",
     )
     add_quiet(p)
 
