@@ -124,7 +124,7 @@ class Plan:
             share = f"; waiting for data {self.data_s:.3f} s of it ({self._data_share():.0f} %)"
         lines.append(
             f"step      {self.step_s:.3f} s per step of {self.batch_size} images "
-            f"({self.batch_size / max(self.step_s, 1e-9):.1f} img/s){share}"
+            f"({self.batch_size / max(self.step_s, 1e-9):.3g} img/s){share}"
         )
         lines.append(
             f"start-up  {self.startup_s:.1f} s (model, data listing, loader, first step); "
@@ -148,7 +148,9 @@ class Plan:
 
 
 def _duration(seconds: float) -> str:
-    """``3.2 h``, ``12.5 min`` or ``41 s``."""
+    """``4.5 days``, ``3.2 h``, ``12.5 min`` or ``41 s``."""
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 60:
