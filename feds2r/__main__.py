@@ -1,8 +1,50 @@
-"""``python -m feds2r``: the same command line as ``feds2r`` (and ``torchrun -m feds2r``)."""
+"""``python -m feds2r``: the ``feds2r`` command line, also as one of torchrun's processes.
 
+``torchrun --nproc_per_node N -m feds2r COMMAND ...`` starts N of these. Each joins the run's
+process group and runs the command (:func:`feds2r.engine.distributed.launch`); rank 0 writes the
+outputs and shows progress. The others run it with ``--quiet`` (no progress bars) and, for a
+command that writes ``--json FILE``, ``--json -`` (rank 0 writes the file); their stdout goes
+nowhere. docs/multi-gpu.md has the whole story.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
 import sys
 
-from feds2r.cli import main
+from feds2r.cli import build_parser, main
+from feds2r.engine.distributed import launch, launched
+
+
+def follower_argv(argv: list[str]) -> list[str] | None:
+    """The command line a torchrun process other than rank 0 runs for ``argv``: ``--quiet`` and
+    ``--json -`` added where the command has them. None when ``argv`` does not parse or asks for
+    help: rank 0 prints that."""
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            args = build_parser(argv).parse_args(argv)
+        except SystemExit:
+            return None
+    extra = []
+    if getattr(args, "progress", False):
+        extra.append("--quiet")
+    if getattr(args, "json_path", None) not in (None, "-"):
+        extra += ["--json", "-"]  # the last --json wins
+    return [*argv, *extra]
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``feds2r ARGV``, in this process or as one of torchrun's."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    info = launched()
+    if info is not None and info.rank != 0 and info.world_size > 1:
+        mine = follower_argv(argv)
+        if mine is None:
+            return 2
+        argv = mine
+    return launch(lambda: main(argv))
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

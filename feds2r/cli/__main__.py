@@ -1,7 +1,7 @@
-"""``python -m feds2r.cli``: the ``feds2r`` command."""
+"""``python -m feds2r.cli``: the ``feds2r`` command, as ``python -m feds2r`` (torchrun too)."""
 
 import sys
 
-from feds2r.cli import main
+from feds2r.__main__ import run
 
-sys.exit(main())
+sys.exit(run())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from feds2r.data.dataset import SegmentationDataset
 from feds2r.data.labels import CLASS_NAMES, colorize
+from feds2r.engine import distributed
 from feds2r.engine.data import resize_images
 from feds2r.errors import Feds2rError
 from feds2r.io import prepare_output, write_atomic, write_json
@@ -59,10 +61,10 @@ def predict_probs(
     return probs
 
 
-def _batches(dataset: SegmentationDataset, batch_size: int):
-    """Consecutive items grouped while their image sizes agree."""
+def _batches(dataset: SegmentationDataset, batch_size: int, indices: Sequence[int]):
+    """The items ``indices`` in order, grouped while their image sizes agree."""
     group: list[dict] = []
-    for i in range(len(dataset)):
+    for i in indices:
         item = dataset[i]
         if group and (len(group) == batch_size or group[0]["image"].shape != item["image"].shape):
             yield group
@@ -90,6 +92,11 @@ def evaluate(
     accumulated over the whole set (see :mod:`feds2r.metrics.miou`). ``per_image``: also return
     ``per_image_confusion``, an int64 array (N, K, K) of each image's confusion matrix (their sum
     is the set's), for paired bootstrap intervals (:mod:`feds2r.metrics.bootstrap`).
+
+    Under torchrun (:mod:`feds2r.engine.distributed`) every process must call it: process ``r`` of
+    ``W`` predicts images ``r, r+W, ...``, the confusion matrices are summed over the processes
+    and the per-image ones gathered in the set's order, so every process returns what one process
+    would (rank 0 alone shows progress).
     """
     if height < 16 or batch_size < 1:
         raise Feds2rError(
@@ -102,10 +109,14 @@ def evaluate(
         )
     cm = ConfusionMatrix()
     images_cm: list[np.ndarray] = []
+    mine = distributed.shard(len(dataset))  # all the images without torchrun
     bar = tqdm(
-        total=len(dataset), desc=f"eval {dataset.spec.format}", unit="img", disable=not progress
+        total=len(mine),
+        desc=f"eval {dataset.spec.format}",
+        unit="img",
+        disable=not progress or not distributed.is_main(),
     )
-    for group in _batches(dataset, batch_size):
+    for group in _batches(dataset, batch_size, mine):
         images = torch.stack([it["image"] for it in group]).to(device)
         labels = torch.stack([it["label"] for it in group])
         probs = predict_probs(
@@ -120,8 +131,10 @@ def evaluate(
                 images_cm.append(one.matrix.numpy())
         bar.update(len(group))
     bar.close()
+    distributed.sum_over_processes(cm.matrix)
     summary = cm.summary()
     if per_image:
+        images_cm = distributed.gather_in_order(images_cm, len(dataset))
         summary["per_image_confusion"] = np.stack(images_cm)
     summary["num_images"] = len(dataset)
     summary["per_class"] = dict(zip(CLASS_NAMES, summary["per_class"], strict=True))
@@ -151,6 +164,11 @@ def write_predictions(
     """
     if limit is not None and limit < 1:
         raise Feds2rError(f"limit must be at least 1, got {limit}")
+    if distributed.active():
+        distributed.fail_everywhere(
+            "predict runs in one process: start it without torchrun (torchrun shares training "
+            "and evaluation only)"
+        )
     with prepare_output(
         out,
         "predict",
