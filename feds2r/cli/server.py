@@ -505,6 +505,7 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
         "weight teachers per class by their agreement",
     )
     add_config_flags(p, "distill", DistillConfig, ("temperature",))
+    _targets_flag(p)
     add_skip_bad(p, "leave unreadable images out")
     add_config_file(
         p,
@@ -559,6 +560,27 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         "feature_fusion",
         True,
         "combine the teachers from fused features (as the FedS2R distillation may)",
+    )
+    _targets_flag(p)
+
+
+def _targets_flag(p: argparse.ArgumentParser) -> None:
+    """Where the teachers' targets are kept while the stage trains."""
+    from feds2r.server.distill import DistillConfig
+    from feds2r.server.targets import TARGETS
+
+    add_config_flags(
+        p,
+        "distill",
+        DistillConfig,
+        ("targets",),
+        help={
+            "targets": "where the teachers' targets of every server image are kept: memory, "
+            "disk (a memory-mapped float16 file in OUT/teacher_targets, read batch by batch; "
+            "for server sets too large for memory) or auto (disk above 1 GiB); the same "
+            "model either way"
+        },
+        choices={"targets": TARGETS},
     )
 
 

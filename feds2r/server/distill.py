@@ -22,16 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feds2r.engine.device import resolve_device
 from feds2r.errors import Feds2rError
 from feds2r.losses.distillation import feature_loss, mask_kd_loss, pixel_kd_loss
 from feds2r.models import PRESETS, SegModel, create_model
+from feds2r.server.stage import ServerImages, Stage, StageRun, load_teachers, run_stage
+from feds2r.server.targets import TARGETS
 from feds2r.server.teachers import (
     TeacherEnsemble,
     agreement_weights,
     ensemble_agreement,
     most_agreeing,
-    sample_batches,
 )
 
 INITS = ("auto", "fedavg", "client", "pretrained", "scratch")
@@ -88,6 +88,13 @@ class DistillConfig:
     teacher_cache: bool = True
     """Run the teachers once per server image (un-augmented) and reuse their targets, which
     follow each view's scale, crop and flip; False: run them on every augmented batch."""
+    targets: str = "auto"
+    """Where the teachers' targets made once per server image are kept while a server stage
+    trains (distillation with teacher_cache, self-training, the lightweight route): "memory" (a
+    float16 map per image), "disk" (one memory-mapped float16 file in OUT/teacher_targets/,
+    written once; each batch reads only its images' maps; kept to resume a stopped run, removed
+    when the stage finishes) or "auto" (disk when the maps would take more than 1 GiB). Both
+    hold the same values: the trained model does not depend on this choice (docs/api.md)."""
 
     def __post_init__(self) -> None:
         if self.student not in PRESETS:
@@ -110,6 +117,15 @@ class DistillConfig:
             raise ValueError(f"kd must be 'mask' or 'pixel', not {self.kd!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
+
+    def learning_fields(self) -> dict[str, Any]:
+        """The fields that shape the trained model (all but ``targets``, which only says where
+        the same targets are kept): the run's identity and its sidecar record."""
+        fields = dataclasses.asdict(self)
+        del fields["targets"]
+        return fields
 
 
 def fedavg(models: list[SegModel]) -> SegModel:
@@ -272,71 +288,6 @@ def build_student(
     return student, best, {"init": f"client {best}", **record}
 
 
-def distill(
-    teachers: list[SegModel],
-    data,
-    config: DistillConfig,
-    train_config,
-    out: str | Path,
-    *,
-    weights: Tensor | None = None,
-    meta: dict[str, Any] | None = None,
-    progress: bool = True,
-    on_step: Callable[[SegModel, int], None] | None = None,
-) -> dict[str, Any]:
-    """Train the global model on the server images ``data`` (a :class:`ResizedCache`).
-
-    ``on_step(student, step)`` is called after every step (the demo records learning curves).
-    """
-    from feds2r.engine.train import train
-
-    device = resolve_device(train_config.device)
-    for t in teachers:
-        t.to(device).eval().requires_grad_(False)
-    batches = [b.to(device) for b in sample_batches(data, 32)]
-    student, ref, init_record = build_student(teachers, config, train_config.seed, batches)
-    ensemble = TeacherEnsemble.for_distillation(
-        teachers,
-        config,
-        batches,
-        weights=weights,
-        agreement=init_record.get("agreement_clients"),
-        feature_ref=ref,
-        device=device,
-    )
-    if ensemble.fallback is not None:
-        init_record = {**init_record, "majority_fallback": f"client {ensemble.fallback}"}
-    with_features = feature_term_applies(teachers, config)
-    if config.teacher_cache:
-        maps, channels = ensemble.cache_targets(
-            data, with_features=with_features, device=device, progress=progress
-        )
-        data = data.with_maps(maps)
-        loss_fn = make_cached_distill_loss(config, ensemble.num_classes, channels)
-    else:
-        loss_fn = make_distill_loss(ensemble, config, with_features=with_features)
-    info = {
-        "role": "server",
-        "route": "distill",
-        "distill_config": dataclasses.asdict(config),
-        "student_init": init_record,
-        **(meta or {}),
-    }
-    hook = None if on_step is None else (lambda step: on_step(student, step))
-    identity = _identity(meta or {}, config)
-    return train(
-        student,
-        loss_fn,
-        data,
-        train_config,
-        out,
-        meta=info,
-        identity=identity,
-        progress=progress,
-        on_step=hook,
-    )
-
-
 @dataclass(frozen=True)
 class DistillInputs:
     """What a distillation learns from: the ``[server]`` table of its ``config.toml`` (and of a
@@ -378,17 +329,16 @@ def run_distill(
     report, or its file or folder (its per-client ``agreement`` weights the teachers when
     ``config.inconsistency_weighting``). ``on_error="skip"`` leaves unreadable server images out
     (with a warning). Writes ``OUT/config.toml`` (the inputs, the distillation config and the
-    recipe) once a resume of ``out``, if any, is known to be this run's.
+    recipe) once a resume of ``out``, if any, is known to be this run's. ``on_step(student,
+    step)`` is called after every step (the demo records learning curves). The skeleton it shares
+    with the later stages: :func:`~feds2r.server.stage.run_stage`.
     """
-    from feds2r.config import write_run_config
-    from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.runs import claim_run
     from feds2r.server.inconsistency import load_inconsistency
 
     if not client_paths:
         raise Feds2rError("distillation needs at least one client model")
-    teachers = [load_checkpoint(p)[0] for p in client_paths]
-    real, gen, generated = open_server_images(data, generated, on_error)
+    teachers = load_teachers(client_paths)
+    images = ServerImages.open(data, generated, on_error)
     report, report_path = inconsistency, ""
     if isinstance(inconsistency, str | Path):
         report, report_path = load_inconsistency(inconsistency), str(inconsistency)
@@ -400,83 +350,72 @@ def run_distill(
                 "(feds2r server inconsistency) for these clients"
             )
         weights = agreement_weights(report["agreement"])
-    sources = image_sources(real, gen)
-    meta = {"clients": [str(p) for p in client_paths], "server_data": sources}
+    meta = {"clients": [str(p) for p in client_paths], "server_data": images.sources()}
     inputs = DistillInputs(
         clients=tuple(str(c) for c in client_paths),
         data=str(data),
-        generated=generated or "",
+        generated=images.generated_spec or "",
         inconsistency=report_path,
     )
-    # the one output rule: OUT is new, empty or this run's own (resumed) before it is written
-    with claim_run(
-        out,
+    stage = Stage(
         "server distill",
-        train_config,
+        teachers,
+        images,
+        _identity(meta, config),
+        {"server": inputs, "distill": config, "train": train_config},
         preset=config.student,
-        identity=_identity(meta, config),
-        preset_flag="--student-preset",
-    ) as dest:
-        write_run_config(out, {"server": inputs, "distill": config, "train": train_config})
-        cache = load_server_images(real, gen, train_config.height, progress=progress)
-        summary = distill(
-            teachers,
-            cache,
-            config,
-            train_config,
-            out,
-            weights=weights,
-            meta=meta,
-            progress=progress,
-            on_step=on_step,
-        )
-        dest.finish()
-    return summary
-
-
-def open_server_images(data: str, generated: str | None, on_error: str = "raise"):
-    """The server's unlabelled real images ``data`` and generated images (a spec, or a folder
-    written by ``feds2r server augment``; None: none) as opened datasets, and the generated
-    images' spec: ``(real, generated or None, spec or None)``. Labels are never read."""
-    from feds2r.data import open_dataset
-    from feds2r.server.generators import generated_spec
-
-    spec = generated_spec(str(generated)) if generated else None
-    real = open_dataset(data, labels=False, on_error=on_error)
-    gen = open_dataset(spec, labels=False, on_error=on_error) if spec else None
-    return real, gen, spec
-
-
-def image_sources(real, generated=None) -> dict[str, Any]:
-    """What a server-side training run learns from (recorded in its sidecar and resume check):
-    the real images' spec, count and fingerprint, and the generated images' spec and count."""
-    sources = {
-        "real": {"spec": str(real.spec), "num_images": len(real), "fingerprint": real.fingerprint()}
-    }
-    if generated is not None:
-        sources["generated"] = {"spec": str(generated.spec), "num_images": len(generated)}
-    return sources
-
-
-def load_server_images(real, generated, height: int, *, progress: bool = True):
-    """The server's real images, then the generated ones (opened unlabelled datasets; None: no
-    generated images), resized to ``height`` in one :class:`~feds2r.engine.data.ResizedCache`."""
-    from feds2r.engine.data import ResizedCache
-
-    cache = ResizedCache(
-        real, height, with_labels=False, progress=progress, desc="loading server images"
+        targets=config.targets,
     )
-    if generated is not None:
-        cache.extend(
-            ResizedCache(
-                generated,
-                height,
-                with_labels=False,
-                progress=progress,
-                desc="loading generated images",
-            )
+
+    def body(run: StageRun) -> dict[str, Any]:
+        return _distill(run, config, weights=weights, meta=meta, on_step=on_step)
+
+    return run_stage(stage, out, train_config, body, progress=progress)
+
+
+def _distill(
+    run: StageRun,
+    config: DistillConfig,
+    *,
+    weights: Tensor | None,
+    meta: dict[str, Any],
+    on_step: Callable[[SegModel, int], None] | None,
+) -> dict[str, Any]:
+    """Distillation's own part of the stage: the student's start, the teachers' combination
+    and its targets (cached once per image, or run on every batch), the distillation loss."""
+    student, ref, init_record = build_student(
+        run.teachers, config, run.train_config.seed, run.batches
+    )
+    ensemble = run.ensemble(
+        config, weights=weights, agreement=init_record.get("agreement_clients"), feature_ref=ref
+    )
+    if ensemble.fallback is not None:
+        init_record = {**init_record, "majority_fallback": f"client {ensemble.fallback}"}
+    with_features = feature_term_applies(run.teachers, config)
+    data = run.cache
+    if config.teacher_cache:
+        how = {
+            "with_features": with_features,
+            "weights": None if weights is None else weights.tolist(),
+        }
+        maps = run.targets(
+            lambda images: ensemble.batch_targets(images, with_features=with_features), how
         )
-    return cache
+        k = ensemble.num_classes
+        channels = maps[0].shape[0] - k - 1 if with_features and len(maps) else 0
+        data = run.with_targets(maps)
+        loss_fn = make_cached_distill_loss(config, k, channels)
+    else:
+        loss_fn = make_distill_loss(ensemble, config, with_features=with_features)
+    info = {
+        "role": "server",
+        "route": "distill",
+        "distill_config": config.learning_fields(),
+        "student_init": init_record,
+        **meta,
+    }
+    hook = None if on_step is None else (lambda step: on_step(student, step))
+    return run.train(student, loss_fn, data, meta=info, on_step=hook)
 
 
 def _identity(meta: dict[str, Any], config: DistillConfig) -> dict[str, Any]:
@@ -485,5 +424,5 @@ def _identity(meta: dict[str, Any], config: DistillConfig) -> dict[str, Any]:
     return {
         "clients": meta.get("clients"),
         "server_data": meta.get("server_data"),
-        "distill": dataclasses.asdict(config),
+        "distill": config.learning_fields(),
     }

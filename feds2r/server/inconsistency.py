@@ -138,6 +138,20 @@ def select_unstable(
     return chosen, threshold
 
 
+def _image_groups(dataset, batch_size: int):
+    """The dataset's items in order, in groups of up to ``batch_size`` images of one size: only
+    the group in use is held, never the set."""
+    group: list[dict] = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if group and (len(group) == batch_size or group[0]["image"].shape != item["image"].shape):
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
 @torch.no_grad()
 def measure_inconsistency(
     clients: list,
@@ -150,14 +164,17 @@ def measure_inconsistency(
     progress: bool = True,
     names: list[str] | None = None,
 ) -> Inconsistency:
-    """Run every client model on every image of ``dataset`` (labels unused) and score classes."""
+    """Run every client model on every image of ``dataset`` (labels unused) and score classes.
+
+    The images are read batch by batch and only the per-class, per-pair sums
+    (:class:`PairwiseAgreement`) are kept: memory does not grow with the server set."""
     from tqdm import tqdm
 
-    from feds2r.engine.evaluate import _batches, predict_probs
+    from feds2r.engine.evaluate import predict_probs
 
     agree = PairwiseAgreement(len(clients))
     bar = tqdm(total=len(dataset), desc="inconsistency", unit="img", disable=not progress)
-    for group in _batches(dataset, batch_size):
+    for group in _image_groups(dataset, batch_size):
         images = torch.stack([it["image"] for it in group]).to(device)
         size = tuple(images.shape[-2:])
         preds = torch.stack(

@@ -176,12 +176,11 @@ def distill_lite(
     teachers (combined by ``distill_config``'s rule) on the server's images (``data`` and
     ``generated``, unlabelled dataset specs). Writes a checkpoint whose sidecar names the route
     ``lite`` and its bridge, and ``OUT/config.toml``. A resumed run past the pre-adaptation
-    measures its class weights again from the resumed student."""
-    from feds2r.config import write_run_config
+    measures its class weights again from the resumed student. The skeleton it shares with the
+    other stages: :func:`~feds2r.server.stage.run_stage`."""
     from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.runs import claim_run
-    from feds2r.server.distill import image_sources, open_server_images
     from feds2r.server.inputs import StageInputs
+    from feds2r.server.stage import ServerImages, Stage, load_teachers, run_stage
 
     if not client_paths:
         raise Feds2rError("the lightweight route needs the client models (its second teacher)")
@@ -197,96 +196,79 @@ def distill_lite(
                 "(segformer-cpu, seg-effl0), or add --no-pretrained to start it from random weights"
             ) from None
     large, large_meta = load_checkpoint(bridge)
-    teachers = [load_checkpoint(p)[0] for p in client_paths]
+    teachers = load_teachers(client_paths)
     if large.num_classes != teachers[0].num_classes:
         raise Feds2rError(
             f"the large student {bridge} predicts {large.num_classes} classes, the clients "
             f"{teachers[0].num_classes}"
         )
-    real, gen, generated = open_server_images(data, generated, on_error)
+    images = ServerImages.open(data, generated, on_error)
     identity = {
         "bridge": str(bridge),
         "clients": [str(p) for p in client_paths],
-        "server_data": image_sources(real, gen),
+        "server_data": images.sources(),
         "lite": dataclasses.asdict(config),
         "combine": distill_config.combine,
         "feature_fusion": distill_config.feature_fusion,
     }
-    # the one output rule: OUT is new, empty or this run's own (resumed) before it is written;
-    # a run that fails before its first checkpoint leaves a new or empty OUT as it was
-    dest = claim_run(
-        out,
-        "server lite",
-        train_config,
-        preset=config.student,
-        identity=identity,
-        preset_flag="--student-preset",
+    inputs = StageInputs(
+        str(bridge), tuple(identity["clients"]), str(data), images.generated_spec or ""
     )
-    with dest:
-        write_run_config(
-            out,
-            {
-                "lite": config,
-                "server": StageInputs(
-                    str(bridge), tuple(identity["clients"]), str(data), generated or ""
-                ),
-                "distill": distill_config,
-                "train": train_config,
-            },
+    stage = Stage(
+        "server lite",
+        teachers,
+        images,
+        identity,
+        {"lite": config, "server": inputs, "distill": distill_config, "train": train_config},
+        preset=config.student,
+        targets=distill_config.targets,
+    )
+
+    def body(run) -> dict[str, Any]:
+        return _distill_lite(
+            run, large, large_meta, config, distill_config, bridge=bridge, on_step=on_step
         )
-        summary = _distill_lite(
-            large, large_meta, teachers, real, gen, out, config, distill_config, train_config,
-            bridge=bridge, identity=identity, progress=progress, on_step=on_step,
-        )  # fmt: skip
-        dest.finish()
-    return summary
+
+    return run_stage(stage, out, train_config, body, progress=progress)
 
 
 def _distill_lite(
+    run,
     large: SegModel,
     large_meta: dict[str, Any],
-    teachers: list[SegModel],
-    real,
-    gen,
-    out: Path,
     config: LiteConfig,
     distill_config,
-    train_config,
     *,
     bridge: str | Path,
-    identity: dict[str, Any],
-    progress: bool,
     on_step: Callable[[SegModel, int], None] | None,
 ) -> dict[str, Any]:
-    """The body of :func:`distill_lite` once its output folder is claimed."""
-    from feds2r.engine.device import resolve_device
-    from feds2r.engine.train import train
+    """The lightweight route's own part of the stage (a :class:`~feds2r.server.stage.StageRun`):
+    both teachers' targets, the small student, its phases and class weights."""
     from feds2r.models import PRETRAINED, create_model, start_source
-    from feds2r.server.distill import load_server_images
-    from feds2r.server.teachers import TeacherEnsemble, cached_ensemble_targets
+    from feds2r.server.teachers import TeacherEnsemble
 
-    device = resolve_device(train_config.device)
-    cache = load_server_images(real, gen, train_config.height, progress=progress)
-    large.to(device).eval().requires_grad_(False)
-    ens_maps, batches = cached_ensemble_targets(
-        teachers, cache, distill_config, device=device, progress=progress
-    )
-    bridge_maps, _ = TeacherEnsemble([large]).cache_targets(cache, device=device, progress=progress)
+    large.to(run.device).eval().requires_grad_(False)
+    ensemble = run.ensemble(distill_config)
+    through = TeacherEnsemble([large])
     k = large.num_classes
-    maps = [
-        torch.cat([b[:k], e[:k], b[-1:] * e[-1:]])
-        for b, e in zip(bridge_maps, ens_maps, strict=True)
-    ]
-    cache = cache.with_maps(maps)
-    del teachers, ens_maps, bridge_maps
 
-    torch.manual_seed(train_config.seed)
+    def both(images: Tensor) -> Tensor:
+        # (B, 2K + 1, h, w): the large student's K probabilities, the teachers' combined K and
+        # the pixels valid in both
+        b, e = through.batch_targets(images), ensemble.batch_targets(images)
+        return torch.cat([b[:, :k], e[:, :k], b[:, -1:] * e[:, -1:]], dim=1)
+
+    how = {"distill": distill_config.learning_fields(), "bridge_route": large_meta.get("route")}
+    cache = run.with_targets(run.targets(both, how))
+    batches = run.batches
+
+    torch.manual_seed(run.train_config.seed)
     weights_file = start_source(config.student) if config.pretrained else None
     small = create_model(config.student, backbone_weights=PRETRAINED if config.pretrained else None)
     if small.num_classes != k:
         raise Feds2rError(f"preset {config.student} predicts {small.num_classes} classes, not {k}")
-    small = small.to(device).train().requires_grad_(True)
-    pre_steps = config.pre_steps(train_config.steps)
+    small = small.to(run.device).train().requires_grad_(True)
+    pre_steps = config.pre_steps(run.train_config.steps)
     state: dict[str, Any] = {"step": 0, "weights": None}
 
     def class_weights() -> Tensor | None:
@@ -312,20 +294,10 @@ def _distill_lite(
         "bridge": str(bridge),
         "bridge_route": large_meta.get("route", "distill"),
         "start": {"backbone": str(weights_file) if weights_file else "random"},
-        "clients": identity["clients"],
-        "server_data": identity["server_data"],
+        "clients": run.identity["clients"],
+        "server_data": run.identity["server_data"],
     }
-    summary = train(
-        small,
-        loss_fn,
-        cache,
-        train_config,
-        out,
-        meta=info,
-        identity=identity,
-        progress=progress,
-        on_step=hook,
-    )
+    summary = run.train(small, loss_fn, cache, meta=info, on_step=hook)
     if state["weights"] is not None:
         summary["class_weights"] = [round(float(w), 4) for w in state["weights"]]
     return summary

@@ -215,12 +215,11 @@ def self_train(
     term) as a fading term. Writes a checkpoint (its sidecar names the route
     ``distill+selftrain``) and ``OUT/config.toml`` into ``out``. ``refiner``: a custom pseudo-label
     refinement (default: the one ``config.refine`` names). A resumed run restarts its mean
-    teacher from the resumed student (the teacher is not part of the saved state)."""
-    from feds2r.config import write_run_config
+    teacher from the resumed student (the teacher is not part of the saved state). The skeleton
+    it shares with the other stages: :func:`~feds2r.server.stage.run_stage`."""
     from feds2r.engine.checkpoint import load_checkpoint
-    from feds2r.engine.runs import claim_run
-    from feds2r.server.distill import image_sources, open_server_images
     from feds2r.server.inputs import StageInputs
+    from feds2r.server.stage import ServerImages, Stage, load_teachers, run_stage
 
     if not client_paths:
         raise Feds2rError("self-training needs the client models (their targets are a term)")
@@ -236,76 +235,56 @@ def self_train(
             min_share=config.refine_min_share,
         )
     student, meta0 = load_checkpoint(global_model)
-    teachers = [load_checkpoint(p)[0] for p in client_paths]
-    real, gen, generated = open_server_images(data, generated, on_error)
+    teachers = load_teachers(client_paths)
+    images = ServerImages.open(data, generated, on_error)
     identity = {
         "global_model": str(global_model),
         "clients": [str(p) for p in client_paths],
-        "server_data": image_sources(real, gen),
+        "server_data": images.sources(),
         "selftrain": dataclasses.asdict(config),
     }
-    # the one output rule: OUT is new, empty or this run's own (resumed) before it is written;
-    # a run that fails before its first checkpoint leaves a new or empty OUT as it was
-    dest = claim_run(
-        out,
+    inputs = StageInputs(
+        str(global_model), tuple(identity["clients"]), str(data), images.generated_spec or ""
+    )
+    stage = Stage(
         "server self-train",
-        train_config,
+        teachers,
+        images,
+        identity,
+        {"selftrain": config, "server": inputs, "distill": distill_config, "train": train_config},
         preset=student.preset.name,
-        identity=identity,
         preset_flag=None,
         source="the --model it was started from",
+        targets=distill_config.targets,
     )
-    with dest:
-        write_run_config(
-            out,
-            {
-                "selftrain": config,
-                "server": StageInputs(
-                    str(global_model), tuple(identity["clients"]), str(data), generated or ""
-                ),
-                "distill": distill_config,
-                "train": train_config,
-            },
-        )
-        summary = _self_train(
-            student, teachers, real, gen, out, config, distill_config, train_config,
-            refiner=refiner, meta0=meta0, identity=identity, global_model=global_model,
-            progress=progress, on_step=on_step,
+
+    def body(run) -> dict[str, Any]:
+        return _self_train(
+            run, student, config, distill_config, refiner=refiner, meta0=meta0,
+            global_model=global_model, on_step=on_step,
         )  # fmt: skip
-        dest.finish()
-    return summary
+
+    return run_stage(stage, out, train_config, body, progress=progress)
 
 
 def _self_train(
+    run,
     student: SegModel,
-    teachers: list[SegModel],
-    real,
-    gen,
-    out: Path,
     config: SelfTrainConfig,
     distill_config,
-    train_config,
     *,
     refiner,
     meta0: dict[str, Any],
-    identity: dict[str, Any],
     global_model: str | Path,
-    progress: bool,
     on_step: Callable[[SegModel, int], None] | None,
 ) -> dict[str, Any]:
-    """The body of :func:`self_train` once its output folder is claimed."""
-    from feds2r.engine.device import resolve_device
-    from feds2r.engine.train import train
-    from feds2r.server.distill import load_server_images
-    from feds2r.server.teachers import cached_ensemble_targets
-
-    device = resolve_device(train_config.device)
-    cache = load_server_images(real, gen, train_config.height, progress=progress)
+    """Self-training's own part of the stage (a :class:`~feds2r.server.stage.StageRun`): the
+    teachers' combined targets without fusion, the mean teacher and its loss."""
     plain = dataclasses.replace(distill_config, feature_fusion=False)
-    maps, _ = cached_ensemble_targets(teachers, cache, plain, device=device, progress=progress)
-    cache = cache.with_maps(maps)
-    del teachers
-    student = student.to(device).train().requires_grad_(True)
+    ensemble = run.ensemble(plain)
+    maps = run.targets(ensemble.batch_targets, {"ensemble": plain.learning_fields()})
+    cache = run.with_targets(maps)
+    student = student.to(run.device).train().requires_grad_(True)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     done = [0]
     loss_fn = make_selftrain_loss(
@@ -329,17 +308,7 @@ def _self_train(
         "selftrain_config": dataclasses.asdict(config),
         "distilled_from": str(global_model),
         "student_init": meta0.get("student_init"),
-        "clients": identity["clients"],
-        "server_data": identity["server_data"],
+        "clients": run.identity["clients"],
+        "server_data": run.identity["server_data"],
     }
-    return train(
-        student,
-        loss_fn,
-        cache,
-        train_config,
-        out,
-        meta=info,
-        identity=identity,
-        progress=progress,
-        on_step=hook,
-    )
+    return run.train(student, loss_fn, cache, meta=info, on_step=hook)

@@ -22,20 +22,13 @@ from torch import Tensor
 
 from feds2r.losses.distillation import combine_teachers, majority_or_fallback
 from feds2r.models import SegModel
+from feds2r.server.targets import STRIDE, compute_targets, shape_groups
 
 
 def agreement_weights(agreement: list[list[float | None]], floor: float = 0.05) -> Tensor:
     """Teacher weights (N, K) from per-class agreement; undefined classes weigh uniformly."""
     w = torch.tensor([[1.0 if a is None else max(a, floor) for a in row] for row in agreement])
     return w / w.sum(0, keepdim=True)
-
-
-def shape_groups(data, indices: list[int]) -> list[list[int]]:
-    """``indices`` split into runs of images of one shape (so they stack into a batch)."""
-    shapes: dict[tuple, list[int]] = {}
-    for i in indices:
-        shapes.setdefault(tuple(data.images[i].shape), []).append(i)
-    return list(shapes.values())
 
 
 def sample_batches(data, num: int, batch_size: int = 16) -> list[Tensor]:
@@ -275,59 +268,45 @@ class TeacherEnsemble:
         return self.combine(self.probs(images, size or tuple(images.shape[-2:])))
 
     @torch.no_grad()
+    def batch_targets(
+        self, images: Tensor, *, with_features: bool = False, stride: int = STRIDE
+    ) -> Tensor:
+        """The targets of a batch of images (B, 3, H, W): half-precision maps (B, C, H/stride,
+        W/stride) on the CPU holding the combined probabilities (K channels), the feature target
+        (when ``with_features``) and a validity channel (ones)."""
+        h, w = images.shape[-2] // stride, images.shape[-1] // stride
+        outs, fused = self.outputs(images)
+        target = self.combine(torch.stack([o.semantic_probs((h, w)) for o in outs]))
+        parts = [target]
+        if with_features:
+            f = self.feature_target(fused)
+            parts.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
+        parts.append(torch.ones_like(target[:, :1]))
+        return torch.cat(parts, dim=1).half().cpu()
+
+    @torch.no_grad()
     def cache_targets(
         self,
         data,
         *,
         with_features: bool = False,
-        stride: int = 4,
+        stride: int = STRIDE,
         batch_size: int = 16,
         device="cpu",
         progress: bool = True,
     ) -> tuple[list[Tensor], int]:
         """Run the teachers once on every image of ``data`` (a ResizedCache) and return, per
-        image, one half-precision map (C, H/stride, W/stride): the combined probabilities (K
-        channels), the feature target (when ``with_features``) and a validity channel; and the
-        number of feature channels (0 if none). The maps follow each training view's scale,
-        crop and flip (:meth:`~feds2r.engine.data.ResizedCache.with_maps`)."""
-        from tqdm import tqdm
-
-        maps: list[Tensor] = [None] * len(data)  # type: ignore[list-item]
-        order = sorted(range(len(data)), key=lambda i: tuple(data.images[i].shape))
-        channels = 0
-        bar = tqdm(total=len(data), desc="teacher targets", unit="img", disable=not progress)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            for group in shape_groups(data, idx):
-                images = torch.stack([data.images[i] for i in group]).to(device)
-                h, w = images.shape[-2] // stride, images.shape[-1] // stride
-                outs, fused = self.outputs(images)
-                target = self.combine(torch.stack([o.semantic_probs((h, w)) for o in outs]))
-                parts = [target]
-                if with_features:
-                    f = self.feature_target(fused)
-                    parts.append(
-                        F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
-                    )
-                    channels = f.shape[1]
-                parts.append(torch.ones_like(target[:, :1]))
-                stacked = torch.cat(parts, dim=1).half().cpu()
-                for j, i in enumerate(group):
-                    maps[i] = stacked[j]
-            bar.update(len(idx))
-        bar.close()
-        return maps, channels
-
-
-def cached_ensemble_targets(
-    teachers: Sequence[SegModel], data, config, *, device="cpu", progress: bool = True
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The server stages' common start: freeze ``teachers``, sample the comparison batches of
-    ``data`` (a ResizedCache), build the ensemble ``config`` (a DistillConfig) asks for and cache
-    its targets (no feature term). Returns the per-image maps and the batches."""
-    for t in teachers:
-        t.to(device).eval().requires_grad_(False)
-    batches = [b.to(device) for b in sample_batches(data, 32)]
-    ensemble = TeacherEnsemble.for_distillation(teachers, config, batches, device=device)
-    maps, _ = ensemble.cache_targets(data, device=device, progress=progress)
-    return maps, batches
+        image, one half-precision map (C, H/stride, W/stride) (:meth:`batch_targets`), in
+        memory, and the number of feature channels (0 if none). The maps follow each training
+        view's scale, crop and flip (:meth:`~feds2r.engine.data.ResizedCache.with_maps`). The
+        server stages keep them in memory or on disk
+        (:func:`~feds2r.server.targets.compute_targets`)."""
+        maps = compute_targets(
+            data,
+            lambda images: self.batch_targets(images, with_features=with_features, stride=stride),
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        channels = maps[0].shape[0] - self.num_classes - 1 if with_features and len(maps) else 0
+        return list(maps), channels

@@ -314,3 +314,34 @@ def test_the_pipeline_runs_every_stage_of_its_route(setup, tmp_path):
     assert set(summary["timing_s"]) >= {"distill", "selftrain", "lite"}
     with pytest.raises(ValueError, match="route must be one of"):
         ServerConfig(route="lite")
+
+
+@pytest.mark.slow
+def test_self_train_and_lite_train_the_same_model_with_disk_targets(setup, tmp_path):
+    import tomllib
+
+    import torch
+
+    from feds2r.engine.checkpoint import load_checkpoint
+
+    root, clients = setup
+    data = f"cityscapes:{root}/cs?split=train"
+    recipe = ["--steps", "2", "--batch-size", "2", "--height", "32", "--crop", "32x64",
+              "--warmup-steps", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    stages = {
+        "self-train": ["--model", clients[0], "--threshold", "0.05"],
+        "lite": ["--bridge", clients[0], "--student-preset", "m2f-cpu"],
+    }
+    for command, own in stages.items():
+        for targets in ("memory", "disk"):
+            out = tmp_path / f"{command}-{targets}"
+            code = main(["server", command, *own, "--clients", *clients, "--data", data,
+                         "--targets", targets, "--out", str(out), *recipe])  # fmt: skip
+            assert code == 0
+            config = tomllib.loads((out / "config.toml").read_text())
+            assert config["distill"]["targets"] == targets
+            assert not (out / "teacher_targets").exists()  # removed once the stage is done
+        a, _ = load_checkpoint(tmp_path / f"{command}-memory")
+        b, _ = load_checkpoint(tmp_path / f"{command}-disk")
+        pairs = zip(a.state_dict().items(), b.state_dict().values(), strict=True)
+        assert all(torch.equal(p, q) for (_, p), q in pairs), command
