@@ -97,9 +97,10 @@ class FedSegProfile:
     world: WorldSizes
     """The built-in world (the default profile's is the feds2r suite's, so ``--world`` can
     share one)."""
-    preset: str = "segformer-cpu"
-    """Every model's architecture: a per-pixel preset (BackCE is a per-pixel loss)."""
-    rounds: int = 30
+    preset: str = "seg-effl0"
+    """Every model's architecture: a per-pixel preset (BackCE is a per-pixel loss). seg-effl0
+    (ImageNet weights) was chosen over segformer-cpu on dev at equal CPU time (docs/fedseg.md)."""
+    rounds: int = 8
     """Communication rounds (the public recipe: 1500)."""
     clients_per_round: int = 5
     """Clients drawn each round (the public recipe: ``FRAC_NUM=5``)."""
@@ -110,8 +111,8 @@ class FedSegProfile:
     height: int = 64
     crop: tuple[int, int] = (64, 128)
     lr: float = 6e-4
-    warmup_steps: int = 8
-    evaluate_every: int = 5
+    warmup_steps: int = 4
+    evaluate_every: int = 2
     """Rounds between two points of the per-round curve (the first and last rounds always)."""
 
     def recipe(self, seed: int, pretrained: bool) -> TrainConfig:
@@ -144,28 +145,32 @@ PROFILES: dict[str, FedSegProfile] = {
         warmup_steps=1,
         evaluate_every=1,
     ),
+    # about 5 minutes on 2 CPU cores (docs/fedseg.md, "Measured")
     "default": FedSegProfile("default", DEMO_PROFILES["default"].world),
-    "imagenet": FedSegProfile(
-        "imagenet", DEMO_PROFILES["default"].world, preset="seg-effl0", rounds=10
-    ),
     "full": FedSegProfile(
         "full",
         DEMO_PROFILES["full"].world,
-        rounds=150,
+        rounds=40,
         local_steps=6,
         height=96,
         crop=(96, 192),
-        warmup_steps=40,
-        evaluate_every=10,
+        warmup_steps=20,
+        evaluate_every=5,
     ),
 }
-"""The suite's profiles, by the names of ``feds2r demo --profile``."""
+"""The suite's profiles, by the names of ``feds2r demo --profile`` (``imagenet`` is the
+default here: the default already starts from ImageNet weights)."""
 
 
 def get_fedseg_profile(profile: str | FedSegProfile) -> FedSegProfile:
     """``profile`` itself, or the profile of :data:`PROFILES` it names."""
     if isinstance(profile, FedSegProfile):
         return profile
+    if profile == "imagenet":
+        raise Feds2rError(
+            "the fedseg suite's default profile already starts from ImageNet weights (seg-effl0); "
+            "use --profile default"
+        )
     if profile not in PROFILES:
         raise Feds2rError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
     return PROFILES[profile]
