@@ -11,8 +11,10 @@ import torch
 
 from feds2r.config import check_types, write_run_config
 from feds2r.data import open_dataset
+from feds2r.data.dataset import list_dataset
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.data import ResizedCache
+from feds2r.engine.loader import StreamingData
 from feds2r.engine.runs import claim_run
 from feds2r.engine.train import TrainConfig, train
 from feds2r.errors import Feds2rError
@@ -66,12 +68,18 @@ def train_client(
     ``init``: the model to start from instead: a feds2r checkpoint (the common initial model the
     server sends), whose preset must be ``preset``, or a Hugging Face model directory of the
     preset's architecture and classes. ``on_step(model, step)`` is called after every step.
-    ``on_error="skip"`` leaves unreadable samples out (with a warning). Resumes if ``out`` holds
+    ``on_error="skip"`` leaves unreadable samples out (with a warning naming each). The samples
+    are streamed from disk (``config.loader`` "stream": a bad one is met, and skipped or
+    reported, when a step first draws it) or read into memory first ("memory": every sample is
+    read before the first step, the bad ones left out or reported then). Resumes if ``out`` holds
     an unfinished run of the same config, preset and inputs; an ``out`` holding another run
     (other data, fingerprint, preset or init) is refused before anything in it is written.
     """
     out = Path(out)
-    dataset = open_dataset(data, labels=True, on_error=on_error)
+    streaming = config.loader == "stream"
+    # streaming lists the files only: reading every one first is what it avoids
+    opener = list_dataset if streaming else open_dataset
+    dataset = opener(data, labels=True, on_error=on_error)
     if not dataset.with_labels:
         raise Feds2rError(
             f"{dataset.spec} has no labels (format {dataset.spec.format!r} holds images only); "
@@ -104,7 +112,10 @@ def train_client(
         else:
             model = create_model(preset, backbone_weights=backbone_weights)
         write_run_config(out, {"client": settings, "train": config})
-        cache = ResizedCache(dataset, config.height, progress=progress, desc="loading data")
+        if streaming:
+            samples = StreamingData(dataset, skip_bad=on_error == "skip")
+        else:
+            samples = ResizedCache(dataset, config.height, progress=progress, desc="loading data")
         meta = {
             "role": "client",
             "data": {
@@ -117,7 +128,7 @@ def train_client(
         summary = train(
             model,
             supervised_step,
-            cache,
+            samples,
             config,
             out,
             meta=meta,

@@ -1,13 +1,17 @@
-"""Training batches: resize once (cached in memory), then random scale, crop, flip, colour, blur.
+"""Training views: resize to one height, then random scale, crop, flip, colour, blur.
 
-All randomness comes from one ``torch.Generator`` passed in, so a run can save and restore it and
-resume exactly.
+Two ways to hold the resized samples: in memory (:class:`ResizedCache`, decoded once before the
+first step) or not at all (:mod:`feds2r.engine.loader`: read from disk per sample in DataLoader
+workers). Both make a view with :func:`random_view` from uniform numbers drawn by
+:func:`view_draws` from one ``torch.Generator`` in the main process, so the two give the same
+batches and a run can save and restore that generator and resume exactly.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +111,27 @@ def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     return out[0]
 
 
+def view_draws(g: torch.Generator, *, flip: bool, jitter: float, blur_prob: float) -> list[float]:
+    """The uniform numbers in [0, 1) that one :func:`random_view` uses, drawn from ``g``.
+
+    In this order: scale, crop top, crop left; the flip (if ``flip``); brightness, contrast,
+    saturation (if ``jitter`` > 0); the blur (if ``blur_prob`` > 0) and, only when that draw is
+    below ``blur_prob``, the blur's sigma. So how many numbers a view takes depends on the
+    settings and on its own blur draw, never on the image.
+    """
+    u = lambda: float(torch.rand((), generator=g))  # noqa: E731
+    draws = [u(), u(), u()]
+    if flip:
+        draws.append(u())
+    if jitter > 0:
+        draws += [u(), u(), u()]
+    if blur_prob > 0:
+        draws.append(u())
+        if draws[-1] < blur_prob:
+            draws.append(u())
+    return draws
+
+
 def random_view(
     image: Tensor,
     label: Tensor | None,
@@ -116,7 +141,8 @@ def random_view(
     flip: bool,
     jitter: float,
     blur_prob: float,
-    g: torch.Generator,
+    g: torch.Generator | None = None,
+    draws: Sequence[float] | None = None,
     maps: Tensor | None = None,
     stride: int = 4,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -126,8 +152,22 @@ def random_view(
     horizontal flip, brightness/contrast/saturation jitter of strength ``jitter``, Gaussian blur.
     ``maps`` (C, H/stride, W/stride) go through the same scale, crop and flip (zero padding) and
     come out as (C, ch/stride, cw/stride); the photometric changes touch the image only.
+
+    The randomness: ``draws``, the numbers :func:`view_draws` gives for these settings (drawn
+    elsewhere, e.g. in the main process for a DataLoader worker), or drawn here from ``g``.
     """
-    u = lambda: float(torch.rand((), generator=g))  # noqa: E731
+    if draws is None:
+        if g is None:
+            raise ValueError("random_view needs a generator g or its draws")
+        draws = view_draws(g, flip=flip, jitter=jitter, blur_prob=blur_prob)
+    numbers = iter(draws)
+
+    def u() -> float:
+        value = next(numbers, None)
+        if value is None:
+            raise ValueError(f"random_view was given {len(draws)} draws, fewer than it uses")
+        return value
+
     s = scale[0] + (scale[1] - scale[0]) * u()
     h, w = image.shape[-2:]
     nh, nw = max(int(h * s), 8), max(int(w * s), 8)
@@ -172,7 +212,24 @@ def random_view(
         img = (img - gray) * sat + gray
     if blur_prob > 0 and u() < blur_prob:
         img = _gaussian_blur(img, 0.3 + 1.2 * u())
+    if next(numbers, None) is not None:
+        raise ValueError(f"random_view was given {len(draws)} draws, more than its settings use")
     return img.clamp(0, 1), lbl, out_maps
+
+
+View = tuple[Tensor, Tensor | None, Tensor | None]
+"""What :func:`random_view` returns: image, label (or None) and maps (or None)."""
+
+
+def stack_views(views: Sequence[View]) -> dict[str, Tensor]:
+    """Stack views into ``image`` (B, 3, h, w), ``label`` (B, h, w) and ``maps`` if they have
+    them."""
+    batch = {"image": torch.stack([v[0] for v in views])}
+    if views[0][1] is not None:
+        batch["label"] = torch.stack([v[1] for v in views])
+    if views[0][2] is not None:
+        batch["maps"] = torch.stack([v[2] for v in views])
+    return batch
 
 
 def make_batch(
@@ -189,9 +246,4 @@ def make_batch(
         )
         for i in indices
     ]
-    batch = {"image": torch.stack([v[0] for v in views])}
-    if views[0][1] is not None:
-        batch["label"] = torch.stack([v[1] for v in views])
-    if views[0][2] is not None:
-        batch["maps"] = torch.stack([v[2] for v in views])
-    return batch
+    return stack_views(views)

@@ -25,9 +25,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from feds2r.config import check_types
+from feds2r.engine import distributed
 from feds2r.engine.checkpoint import save_checkpoint
 from feds2r.engine.data import ResizedCache, make_batch
 from feds2r.engine.device import check_device_name, resolve_device
+from feds2r.engine.loader import LOADERS, StreamingData, open_batches, worker_death
 from feds2r.engine.repro import deterministic, environment
 from feds2r.errors import Feds2rError
 from feds2r.models import SegModel
@@ -82,6 +84,15 @@ class TrainConfig:
     resumed run keeps the count it started with). Sums are split by thread, so the count changes
     the last bits of a run: give the value recorded in model.json (environment.threads) to rerun
     one bit for bit."""
+    loader: str = "stream"
+    """How ``client train`` holds its samples: "stream" (each read from disk, resized and
+    augmented per step in ``workers`` processes: memory does not grow with the data) or "memory"
+    (all decoded and resized once before the first step: for small sets). The same batches, bit
+    for bit with ``threads`` = 1 (docs/training.md). Pretraining and the server stages hold
+    theirs in memory."""
+    workers: int = -1
+    """DataLoader worker processes of the "stream" loader (-1: min(4, CPU cores); 0: in the main
+    process). Any count gives the same batches."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -105,9 +116,13 @@ class TrainConfig:
         check_device_name(self.device)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
+        if self.workers < -1:
+            raise ValueError(f"workers must be >= 0 (or -1: min(4, cores)), got {self.workers}")
 
     # fields that may change between a run and its resumption
-    RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "device", "threads")
+    RESUMABLE_CHANGES = ("checkpoint_every", "log_every", "device", "threads", "loader", "workers")
 
 
 LossFn = Callable[[SegModel, dict[str, Tensor]], dict[str, Tensor]]
@@ -159,7 +174,11 @@ def _save_state(
     """Write model, optimizer and generators to OUT/state atomically (temp folder + rename).
 
     ``run`` (the preset and identity that :func:`check_resume` compares) goes into state.json.
+    Under torchrun every process calls it (its generators are gathered) and rank 0 writes.
     """
+    rngs = distributed.gather_rng_states()  # the other processes' generators: a collective
+    if not distributed.is_main():
+        return
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd = opt.state_dict()
     scalars = {}
@@ -173,6 +192,7 @@ def _save_state(
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors.update(rngs)
     info = {
         "step": step,
         "done": done,
@@ -219,6 +239,7 @@ def _load_state(
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+    distributed.restore_rng_states(tensors)  # under torchrun: this process's own generators
     return int(info["step"]), bool(info["done"])
 
 
@@ -306,12 +327,15 @@ def _saved_threads(out: Path) -> int:
 def train(
     model: SegModel,
     loss_fn: LossFn,
-    data: ResizedCache,
+    data: ResizedCache | StreamingData,
     config: TrainConfig,
     out: str | Path,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` with ``loss_fn``; write the checkpoint, log and plot to ``out``.
+
+    ``data``: samples held in memory (a :class:`~feds2r.engine.data.ResizedCache`) or streamed
+    from disk (:class:`~feds2r.engine.loader.StreamingData`, in ``config.workers`` processes).
 
     The run uses ``config.threads`` CPU threads (or those of the run it resumes) and
     deterministic kernels (:func:`feds2r.engine.repro.deterministic`), restored afterwards; the
@@ -325,7 +349,7 @@ def train(
 def _train_loop(
     model: SegModel,
     loss_fn: LossFn,
-    data: ResizedCache,
+    data: ResizedCache | StreamingData,
     config: TrainConfig,
     out: str | Path,
     *,
@@ -342,15 +366,21 @@ def _train_loop(
     Resumes from ``out/state`` if a run with the same config, preset and ``identity`` (JSON values
     naming what the run learns from, see :func:`check_resume`) stopped there. ``on_step(step)`` is
     called after each step (tests use it to stop a run). ``batch_fn(data, indices, generator,
-    **augmentation)`` makes a batch (default: images and labels); ``save_fn(model, out, meta)``
-    writes the result (default: a feds2r checkpoint). Returns a summary.
+    **augmentation)`` makes a batch from data in memory (default: images and labels; streamed
+    data makes images and labels); ``save_fn(model, out, meta)`` writes the result (default: a
+    feds2r checkpoint). Returns a summary.
+
+    ``train_log.jsonl`` records per line the mean seconds per step over the steps since the last
+    line (``step_s``) and the part of it spent waiting for data (``data_s``).
     """
+    if isinstance(data, StreamingData) and batch_fn is not make_batch:
+        raise ValueError("streamed data makes images and labels only; give a ResizedCache")
     out = Path(out)
     preset = getattr(getattr(model, "preset", None), "name", None)
     resuming = check_resume(out, config, preset=preset, identity=identity)
     run = {"preset": preset, "identity": identity, "threads": threads}
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))  # cuda:LOCAL_RANK
     meta = {**(meta or {}), "environment": environment(device)}
     model.to(device).train()
     opt = build_optimizer(model, config)
@@ -360,9 +390,12 @@ def _train_loop(
     log_path = out / "train_log.jsonl"
     if resuming:
         step, done = _load_state(out, model, opt, g, config)
-        _trim_log(log_path, step)
-    elif log_path.exists():
+        if distributed.is_main():  # under torchrun rank 0 alone writes
+            _trim_log(log_path, step)
+    elif log_path.exists() and distributed.is_main():
         log_path.unlink()
+    net = distributed.wrap(model, device)  # DDP under torchrun: the loss gets it, saving the model
+    part = distributed.batch_part(config.batch_size)  # this process's positions of each batch
     aug = {
         "crop": config.crop,
         "scale": config.scale,
@@ -371,67 +404,110 @@ def _train_loop(
         "blur_prob": config.blur_prob,
     }
     use_amp = config.amp and device.type == "cuda"
-    bar = tqdm(
-        total=config.steps, initial=step, desc="training", unit="step", disable=not progress or done
+    pin = device.type == "cuda"  # pinned host memory: a faster, asynchronous copy to the GPU
+    batches = open_batches(
+        data,
+        g,
+        start=step,
+        stop=config.steps,
+        batch_size=config.batch_size,
+        height=config.height,
+        aug=aug,
+        workers=config.workers,
+        pin=pin,
+        batch_fn=batch_fn,
+        part=part,  # streamed: only this process's positions are read and made
     )
+    quiet = not progress or done or not distributed.is_main()  # rank 0 alone shows progress
+    bar = tqdm(total=config.steps, initial=step, desc="training", unit="step", disable=quiet)
     start, seen, last = time.perf_counter(), 0, {}
-    while step < config.steps and not done:
-        idx = torch.randint(len(data), (config.batch_size,), generator=g).tolist()
-        batch = {k: v.to(device) for k, v in batch_fn(data, idx, g, **aug).items()}
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * lr_factor(step, config)
-        try:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                parts = loss_fn(model, batch)
-            loss = parts["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss.detach())}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                if not torch.isfinite(norm):
-                    raise FloatingPointError(f"gradient norm is {float(norm)}")
-        except FloatingPointError as exc:  # also raised by losses that see non-finite outputs
-            raise Feds2rError(
-                f"training diverged at step {step + 1} ({exc}); lower --lr (now {config.lr:g}) "
-                "and start a new run (another --out)"
-            ) from None
-        except torch.OutOfMemoryError:
-            raise Feds2rError(
-                f"out of {device.type} memory at step {step} with batch {config.batch_size} and "
-                f"crop {config.crop[0]}x{config.crop[1]}; lower --batch-size or --crop and "
-                "start a new run (another --out)"
-            ) from None
-        opt.step()
-        step += 1
-        seen += config.batch_size
-        last = {k: float(v.detach()) for k, v in parts.items()}
-        if step % config.log_every == 0 or step == config.steps:
-            speed = seen / max(time.perf_counter() - start, 1e-9)
-            record = {"step": step, "lr": opt.param_groups[-1]["lr"], **last, "img_per_s": speed}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(
-                {k.removeprefix("loss_"): f"{v:.3f}" for k, v in last.items()}
-                | {"img/s": f"{speed:.1f}"}
-            )
-        bar.update(1)
-        if step % config.checkpoint_every == 0 and step < config.steps:
-            _save_state(out, model, opt, step, g, config, done=False, run=run)
-        if on_step is not None:
-            on_step(step)
+    since, waited, steps_since = start, 0.0, 0  # since the last log line
+    try:
+        while step < config.steps and not done:
+            asked = time.perf_counter()
+            # streamed batches hold this process's positions already; take() leaves them
+            made = distributed.take(batches.next(), part, config.batch_size)
+            batch = {k: v.to(device, non_blocking=pin) for k, v in made.items()}
+            waited += time.perf_counter() - asked
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_factor(step, config)
+            try:
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    parts = loss_fn(net, batch)
+                loss = parts["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {float(loss.detach())}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    if not torch.isfinite(norm):
+                        raise FloatingPointError(f"gradient norm is {float(norm)}")
+            except FloatingPointError as exc:  # also raised by losses that see non-finite outputs
+                raise Feds2rError(
+                    f"training diverged at step {step + 1} ({exc}); lower --lr (now "
+                    f"{config.lr:g}) and start a new run (another --out)"
+                ) from None
+            except torch.OutOfMemoryError:
+                raise Feds2rError(
+                    f"out of {device.type} memory at step {step} with batch {config.batch_size} "
+                    f"and crop {config.crop[0]}x{config.crop[1]}; lower --batch-size or --crop "
+                    "and start a new run (another --out)"
+                ) from None
+            opt.step()
+            step += 1
+            seen += config.batch_size
+            steps_since += 1
+            last = {k: float(v.detach()) for k, v in parts.items()}
+            if step % config.log_every == 0 or step == config.steps:
+                last = distributed.mean_over_processes(last)  # the global batch's loss
+                now = time.perf_counter()
+                speed = seen / max(now - start, 1e-9)
+                step_s, data_s = (now - since) / steps_since, waited / steps_since
+                record = {
+                    "step": step,
+                    "lr": opt.param_groups[-1]["lr"],
+                    **last,
+                    "img_per_s": speed,
+                    "step_s": step_s,
+                    "data_s": data_s,
+                }
+                if distributed.is_main():
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                bar.set_postfix(
+                    {k.removeprefix("loss_"): f"{v:.3f}" for k, v in last.items()}
+                    | {"img/s": f"{speed:.1f}", "data": f"{data_s:.2f}/{step_s:.2f}s"}
+                )
+                since, waited, steps_since = now, 0.0, 0
+            bar.update(1)
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                _save_state(
+                    out, model, opt, step, batches.generator(step), config, done=False, run=run
+                )
+            if on_step is not None:
+                on_step(step)
+    except RuntimeError as exc:  # a DataLoader worker that died is reported as a RuntimeError
+        died = worker_death(exc, config.workers, config.batch_size)
+        if died is None:
+            raise
+        raise died from None
+    finally:
+        batches.close()
     bar.close()
     seconds = time.perf_counter() - start
     if not done:
-        _save_state(out, model, opt, step, g, config, done=True, run=run)
+        _save_state(out, model, opt, step, batches.generator(step), config, done=True, run=run)
     model.eval()
     final_meta = {**(meta or {}), "steps": step, "train_config": dataclasses.asdict(config)}
-    if save_fn is None:
-        save_checkpoint(model, out, meta=final_meta)
-    else:
-        save_fn(model, out, final_meta)
-    plot_losses(log_path, out / "loss_curve.png")
+    final_meta["world_size"] = distributed.world_size()  # processes that trained it (torchrun)
+    if distributed.is_main():
+        if save_fn is None:
+            save_checkpoint(model, out, meta=final_meta)
+        else:
+            save_fn(model, out, final_meta)
+        plot_losses(log_path, out / "loss_curve.png")
+    distributed.barrier()  # the others return once rank 0 has written
     return {"steps": step, "seconds": round(seconds, 2), "final": last, "out": str(out)}
 
 
