@@ -26,7 +26,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from feds2r.config import write_run_config
+from feds2r.data import open_dataset
+from feds2r.engine.checkpoint import load_checkpoint
+from feds2r.engine.data import ResizedCache
+from feds2r.engine.device import resolve_device
+from feds2r.engine.runs import claim_run
+from feds2r.engine.train import train as train_loop
 from feds2r.models import SegModel
+from feds2r.server.generators import generated_spec
+from feds2r.server.targets import TargetsPlace, attach_targets, compute_targets, remove_targets
+from feds2r.server.teachers import TeacherEnsemble, sample_batches
 
 TARGETS_FOLDER = "teacher_targets"
 """The folder in OUT that holds disk-backed teacher targets while a stage runs."""
@@ -46,9 +56,6 @@ class ServerImages:
         """``data`` and ``generated`` (dataset specs; ``generated`` may also be a folder written
         by ``feds2r server augment``) opened unlabelled; ``on_error="skip"`` leaves unreadable
         images out (with a warning)."""
-        from feds2r.data import open_dataset
-        from feds2r.server.generators import generated_spec
-
         spec = generated_spec(str(generated)) if generated else None
         real = open_dataset(data, labels=False, on_error=on_error)
         gen = open_dataset(spec, labels=False, on_error=on_error) if spec else None
@@ -74,8 +81,6 @@ class ServerImages:
     def load(self, height: int, *, progress: bool = True):
         """The real images, then the generated ones, resized to ``height`` in one
         :class:`~feds2r.engine.data.ResizedCache`."""
-        from feds2r.engine.data import ResizedCache
-
         cache = ResizedCache(
             self.real, height, with_labels=False, progress=progress, desc="loading server images"
         )
@@ -94,8 +99,6 @@ class ServerImages:
 
 def load_teachers(paths: Sequence[str | Path]) -> list[SegModel]:
     """The client checkpoints ``paths`` as models, in order."""
-    from feds2r.engine.checkpoint import load_checkpoint
-
     return [load_checkpoint(p)[0] for p in paths]
 
 
@@ -152,8 +155,6 @@ class StageRun:
     def ensemble(self, config, **options: Any):
         """The :class:`~feds2r.server.teachers.TeacherEnsemble` that ``config`` (a
         DistillConfig) asks for, over the teachers, chosen on :attr:`batches`."""
-        from feds2r.server.teachers import TeacherEnsemble
-
         return TeacherEnsemble.for_distillation(
             self.teachers, config, self.batches, device=self.device, **options
         )
@@ -162,8 +163,6 @@ class StageRun:
         """``fn``'s maps of every server image (see :func:`~feds2r.server.targets.compute_targets`),
         where the stage's ``targets`` setting says; ``what`` names how they are made beyond the
         stage's identity (combination rule, weights ...), for reusing a disk file."""
-        from feds2r.server.targets import TargetsPlace, compute_targets
-
         key = {
             "command": self.stage.command,
             "identity": self.identity,
@@ -181,8 +180,6 @@ class StageRun:
 
     def with_targets(self, maps: Sequence[Tensor]):
         """The server images whose batches carry ``maps`` (``batch["maps"]``)."""
-        from feds2r.server.targets import attach_targets
-
         return attach_targets(self.cache, maps)
 
     def train(
@@ -196,9 +193,7 @@ class StageRun:
     ) -> dict[str, Any]:
         """The one training loop (:func:`~feds2r.engine.train.train`) into OUT, with the
         stage's recipe and identity."""
-        from feds2r.engine.train import train
-
-        return train(
+        return train_loop(
             student,
             loss_fn,
             data,
@@ -212,8 +207,6 @@ class StageRun:
 
     def release(self) -> None:
         """Remove the disk targets (the stage is done with them)."""
-        from feds2r.server.targets import remove_targets
-
         for maps in self._disk:
             maps.close()
         self._disk.clear()
@@ -230,11 +223,6 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run a server training stage into ``out`` (see the module docstring); ``body(run)`` is the
     stage's own part and returns its summary, which this returns."""
-    from feds2r.config import write_run_config
-    from feds2r.engine.device import resolve_device
-    from feds2r.engine.runs import claim_run
-    from feds2r.server.teachers import sample_batches
-
     out = Path(out)
     # the one output rule: OUT is new, empty or this run's own (resumed) before it is written;
     # a run that fails before its first checkpoint leaves a new or empty OUT as it was
