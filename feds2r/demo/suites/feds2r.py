@@ -94,15 +94,25 @@ SELFTRAIN_ROWS: tuple[Row, ...] = (
         after="feds2r"),
     Row("feds2r+st-no-refine", "selftrain", {"feature_fusion": True}, after="feds2r"),
 )  # fmt: skip
-LITE_ROWS: tuple[Row, ...] = (
-    # a lightweight global model (segformer-cpu: 0.41x the parameters of m2f-cpu), through
-    # FedS2R's model as the large student (DUDA), and distilled straight from the teachers as the
-    # reference; same steps, same teachers' targets (`feds2r demo --lite`)
-    Row("feds2r-lite", "lite", {"feature_fusion": True}, lite={"student": "segformer-cpu"},
-        after="feds2r"),
-    Row("direct-lite", "distill",
-        {"feature_fusion": True, "student": "segformer-cpu", "init": "pretrained", "kd": "pixel"}),
-)  # fmt: skip
+
+
+def lite_rows(student: str) -> tuple[Row, ...]:
+    """The rows of ``--lite`` for the small preset ``student``: a lightweight global model
+    through FedS2R's model as the large student (DUDA), and distilled straight from the teachers
+    as the reference; same steps, same teachers' targets, both from ``student``'s pretrained
+    start."""
+    return (
+        Row("feds2r-lite", "lite", {"feature_fusion": True}, lite={"student": student},
+            after="feds2r"),
+        Row("direct-lite", "distill",
+            {"feature_fusion": True, "student": student, "init": "pretrained", "kd": "pixel"}),
+    )  # fmt: skip
+
+
+LITE_ROWS: tuple[Row, ...] = lite_rows(Profile.lite_student)
+"""The rows of ``--lite`` with the default profile's small student (segformer-cpu: 0.41x the
+parameters of m2f-cpu); a run gives them its profile's (:func:`with_lite_student`)."""
+
 ROUNDS = 5
 """Rounds of the demo's multi-round rows: 300 client steps become 5 rounds of 60 (docs/demo.md)."""
 
@@ -154,6 +164,13 @@ ENSEMBLE_NOTE = (
 )
 
 
+def with_lite_student(rows: tuple[Row, ...], student: str) -> tuple[Row, ...]:
+    """``rows`` with the suite's own lite rows (:data:`LITE_ROWS`) distilling into ``student``
+    (a profile's ``lite_student``); every other row, and lite rows of one's own, unchanged."""
+    profile_rows = lite_rows(student)
+    return tuple(profile_rows[LITE_ROWS.index(r)] if r in LITE_ROWS else r for r in rows)
+
+
 def run_demo(
     profile: str | Profile,
     out: str | Path,
@@ -168,9 +185,11 @@ def run_demo(
 
     ``pretrained``: every model starts from the backbone feds2r ships for the preset (pretrained
     on the world's `public` domain, docs/models.md); False: from random weights. ``rows``: the
-    methods to build and compare (default :data:`ROWS`; the comparisons need its rows).
+    methods to build and compare (default :data:`ROWS`; the comparisons need its rows); the lite
+    rows distil into the profile's small student (``Profile.lite_student``).
     """
     profile = get_profile(profile)
+    rows = with_lite_student(rows, profile.lite_student)
     check_rows(rows)
     world = Path(world) if world else Path(out) / "world"
     inputs = {
