@@ -210,11 +210,17 @@ def _client_train_flags(p: argparse.ArgumentParser) -> None:
         p,
         "train",
         TrainConfig,
-        ("threads",),
-        types={"threads": count_type(0)},
+        ("threads", "loader", "workers"),
+        types={"threads": count_type(0), "workers": count_type(-1)},
+        choices={"loader": ("stream", "memory")},
         help={
             "threads": "CPU threads (0: PyTorch's default; model.json records the count used, "
-            "give it to rerun bit for bit)"
+            "give it to rerun bit for bit)",
+            "loader": "stream: read, resize and augment each sample from disk in --workers "
+            "processes; memory: read every sample into memory first (small sets); the same "
+            "batches (bit for bit with --threads 1)",
+            "workers": "data-loading processes of --loader stream (-1: min(4, CPU cores); 0: "
+            "none); any count gives the same batches",
         },
     )
     p.add_argument(

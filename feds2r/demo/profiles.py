@@ -96,6 +96,10 @@ def make_profile(
         crop=crop,
         warmup_steps=warmup_steps,
         checkpoint_every=100,
+        # the demo's small worlds fit in memory; streamed views are computed with one thread,
+        # so at the demo's sizes with two threads they would round differently from the figures
+        # docs/results.md reports (docs/training.md, "Data")
+        loader="memory",
     )
     return Profile(
         name,

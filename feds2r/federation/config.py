@@ -81,7 +81,7 @@ SENT_ALWAYS = ("steps", "batch_size", "height", "crop", "lr", "warmup_steps", "s
 """The recipe fields every train message carries; the others only where they differ from
 :data:`CLIENT_RECIPE`."""
 
-CLIENT_LOCAL = ("device", "threads")
+CLIENT_LOCAL = ("device", "threads", "loader", "workers")
 """Recipe fields that are each client machine's own choice, never sent."""
 
 
