@@ -17,15 +17,15 @@ from feds2r.cli import build_parser, main
 from feds2r.engine.distributed import launch, launched
 
 
-def follower_argv(argv: list[str]) -> list[str] | None:
+def follower_argv(argv: list[str]) -> list[str] | int:
     """The command line a torchrun process other than rank 0 runs for ``argv``: ``--quiet`` and
-    ``--json -`` added where the command has them. None when ``argv`` does not parse or asks for
-    help: rank 0 prints that."""
+    ``--json -`` added where the command has them. For an ``argv`` that does not parse or asks
+    for help, the exit code it ends with (rank 0 prints the message or the help)."""
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         try:
             args = build_parser(argv).parse_args(argv)
-        except SystemExit:
-            return None
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 2
     extra = []
     if getattr(args, "progress", False):
         extra.append("--quiet")
@@ -40,8 +40,8 @@ def run(argv: list[str] | None = None) -> int:
     info = launched()
     if info is not None and info.rank != 0 and info.world_size > 1:
         mine = follower_argv(argv)
-        if mine is None:
-            return 2
+        if isinstance(mine, int):  # join the others all the same: rank 0 waits for everyone
+            return launch(lambda: mine)
         argv = mine
     return launch(lambda: main(argv))
 
