@@ -56,6 +56,9 @@ def test_the_suite_writes_results_in_the_demos_schema(run):
     assert "fedseg - fedavg-backce" in results["intervals"]
     assert "fedavg-backce - fedavg-ce (cityscapes-like)" in results["intervals"]
     assert results["fedseg"]["paper"] == PAPER["noniid1"]
+    confident = results["fedseg"]["confident_pixels"]
+    assert list(confident) == [r.name for r in ROWS]
+    assert all(0 <= v <= 100 for v in confident.values())
     # every row drew the same clients in each round: paired rows
     sampled = list(results["fedseg"]["sampled"].values())
     assert all(s == sampled[0] for s in sampled)
