@@ -93,3 +93,9 @@ def test_partition_is_a_flag_of_the_fedseg_suite_only(tmp_path, capsys):
     assert code == 2 and "flag of the fedseg suite" in capsys.readouterr().err
     with pytest.raises(Feds2rError, match="unknown partition"):
         run_fedseg("quick", tmp_path / "p", partition="noniid3", progress=False)
+
+
+def test_a_row_does_not_depend_on_the_rows_run_before_it(run, tmp_path):
+    alone = run_fedseg("quick", tmp_path / "alone", world=run["world"], progress=False,
+                       rows=ROWS[3:])  # fmt: skip
+    assert alone["methods"]["fedseg"]["miou"] == run["results"]["methods"]["fedseg"]["miou"]

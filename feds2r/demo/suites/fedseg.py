@@ -346,6 +346,9 @@ def _row(
         if stamp_file.is_file() and json.loads(stamp_file.read_text()) == _jsonable(stamp):
             return  # finished with these settings: reused
         raise Feds2rError(f"{target} holds a run with other settings; remove it or use another OUT")
+    # the global generator (the head's dropout) from the same state for every row: a row's
+    # result does not depend on which rows ran before it in this process
+    torch.manual_seed(recipe.seed)
     run_rounds_in_process(
         dict(clients),
         config,
