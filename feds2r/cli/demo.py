@@ -20,16 +20,30 @@ def demo(
     multi_round: bool,
     progress: bool,
     suite: str = "feds2r",
+    partition: str | None = None,
 ) -> int:
     """Run the suite ``suite`` with the profile ``profile`` into ``out`` and print its table."""
     # imported here, not at the top: keeps `feds2r --help` fast (the demo imports every stage)
     from feds2r.demo import get_suite, results_table
+    from feds2r.errors import Feds2rError
 
     chosen = get_suite(suite)
     flags = {"self_train": self_train, "lite": lite, "multi_round": multi_round}
     rows = chosen.rows_with(flag for flag, given in flags.items() if given)
+    options = {}
+    if partition is not None:
+        if suite != "fedseg":
+            raise Feds2rError(f"--partition is a flag of the fedseg suite, not of {suite}")
+        options["partition"] = partition
     results = chosen.run(
-        profile, out, seed=seed, world=world, progress=progress, pretrained=pretrained, rows=rows
+        profile,
+        out,
+        seed=seed,
+        world=world,
+        progress=progress,
+        pretrained=pretrained,
+        rows=rows,
+        **options,
     )
     print()
     print(results_table(results))
@@ -54,10 +68,13 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "config and inputs) and trains only what is new, e.g. rows added with --self-train or "
         "--lite. Profiles: quick (a smoke test, about 2 minutes), default (about 15 minutes on "
         "2 CPU cores), imagenet (the default from real ImageNet weights: m2f-effl0, steps cut "
-        "to the default's wall time), full (larger world and budgets). Suites (--suite): "
+        "to the default's wall time), imagenet-seg (the same start under the per-pixel seg-effl0, "
+        "chosen on dev), full (larger world and budgets). Suites (--suite): "
         "feds2r, the default, described here; fuss, clients without labels (FUSS: local-only, "
         "fedavg, fuss, centralized after a cluster-to-class matching fitted on dev; "
-        "docs/fuss.md).",
+        "docs/fuss.md); fedseg, FedSeg's class-heterogeneous clients (19 clients of one or two "
+        "classes: fedavg-ce, fedavg-backce, fedprox-backce, fedseg; --partition; "
+        "docs/fedseg.md).",
         epilog=textwrap.dedent("""\
             examples:
               feds2r demo --out runs/demo
@@ -68,6 +85,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
               feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
               feds2r demo --multi-round --out runs/demo
               feds2r demo --suite fuss --profile quick --out /tmp/fuss
+              feds2r demo --suite fedseg --partition noniid2 --out runs/fedseg-n2
             """),
     )
     p.add_argument(
@@ -76,7 +94,18 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         help="the suite of methods to run (default feds2r: FedS2R's one-shot federation, its "
         "baselines and upper bounds; docs/demo.md lists the suites)",
     )
-    p.add_argument("--profile", default="default", choices=("quick", "default", "imagenet", "full"))
+    p.add_argument(
+        "--profile",
+        default="default",
+        choices=("quick", "default", "imagenet", "imagenet-seg", "full"),
+    )
+    p.add_argument(
+        "--partition",
+        choices=("noniid1", "noniid2", "iid"),
+        help="(fedseg suite) how the 19 clients split the cityscapes-like train split: one "
+        "class each (noniid1, the default), two classes each (noniid2) or at random, every "
+        "class annotated (iid)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of every method (the world: 0)")
     p.add_argument("--world", type=Path, help="reuse a demo world folder (default OUT/world)")

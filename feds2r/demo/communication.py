@@ -14,7 +14,7 @@ from feds2r.demo.flower import one_shot_bytes
 from feds2r.demo.rows import Row
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.train import TrainConfig
-from feds2r.federation.config import FederationConfig
+from feds2r.federation.config import FederationConfig, without_local
 
 
 def communication(
@@ -26,8 +26,9 @@ def communication(
     (their results.json); the upper bounds pool the data and are not federations."""
     if one_shot_bytes is None:
         return {"measured": False, "why": "Flower is not installed (pip install 'feds2r[flower]')"}
+    # a client machine's own choices (device, threads, loader, workers) are never sent
     config = FederationConfig(
-        out=str(out.resolve()), server_data="-", preset=preset, clients=recipe
+        out=str(out.resolve()), server_data="-", preset=preset, clients=without_local(recipe)
     )
     down, up = one_shot_bytes(load_checkpoint(out / "init")[0], teachers, config)
     n = len(teachers)

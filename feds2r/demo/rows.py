@@ -22,7 +22,7 @@ from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.train import TrainConfig, train
 from feds2r.errors import Feds2rError
-from feds2r.federation.config import FederationConfig, RoundsConfig
+from feds2r.federation.config import FederationConfig, RoundsConfig, without_local
 from feds2r.server.distill import DistillConfig, fedavg, run_distill
 from feds2r.server.lite import LiteConfig, distill_lite
 from feds2r.server.pipeline import load_clients
@@ -165,7 +165,7 @@ def _rounds_row(row: Row, run: DemoRun) -> None:
         pretrained=run.pretrained,
         method=fields.pop("method"),
         multiround=RoundsConfig(**fields),
-        clients=run.clients_recipe,
+        clients=without_local(run.clients_recipe),  # a machine's own choices are not sent
     )
     if (target / "results.json").is_file():
         saved = load_tables(target / "config.toml", {"federation": FederationConfig})

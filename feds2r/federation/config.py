@@ -85,6 +85,12 @@ CLIENT_LOCAL = ("device", "threads", "loader", "workers")
 """Recipe fields that are each client machine's own choice, never sent."""
 
 
+def without_local(recipe: TrainConfig) -> TrainConfig:
+    """``recipe`` with the fields of :data:`CLIENT_LOCAL` at the federation's defaults: what a
+    federation can carry of a recipe that also names one machine's choices (as the demo's do)."""
+    return dataclasses.replace(recipe, **{k: getattr(CLIENT_RECIPE, k) for k in CLIENT_LOCAL})
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """One federation run: its own settings, the clients' recipe and the server's config.

@@ -115,11 +115,16 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_profiles_and_errors():
-    assert set(PROFILES) == {"quick", "default", "imagenet", "full"}
-    # the imagenet profile is the default's world and recipe on m2f-effl0, at 2/3 of the steps
-    default, imagenet = PROFILES["default"], PROFILES["imagenet"]
-    assert imagenet.world == default.world and imagenet.preset == "m2f-effl0"
-    assert imagenet.clients.steps == 200 and default.clients.steps == 300
+    assert set(PROFILES) == {"quick", "default", "imagenet", "imagenet-seg", "full"}
+    # the imagenet profiles are the default's world and recipe on an ImageNet preset, with the
+    # steps cut to the default's wall time
+    default, imagenet, pixel = PROFILES["default"], PROFILES["imagenet"], PROFILES["imagenet-seg"]
+    assert imagenet.world == default.world == pixel.world
+    assert (imagenet.preset, pixel.preset) == ("m2f-effl0", "seg-effl0")
+    assert (imagenet.clients.steps, pixel.clients.steps, default.clients.steps) == (200, 250, 300)
+    assert pixel.server.train.steps == 250 and pixel.lite_student == "seg-effl0-tiny"
+    # every profile's clients read their small worlds into memory (bit-identical figures)
+    assert {p.clients.loader for p in PROFILES.values()} == {"memory"}
     with pytest.raises(Feds2rError, match="unknown profile"):
         run_demo("huge", "/tmp/nowhere")
 
