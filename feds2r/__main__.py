@@ -38,11 +38,15 @@ def run(argv: list[str] | None = None) -> int:
     """``feds2r ARGV``, in this process or as one of torchrun's."""
     argv = sys.argv[1:] if argv is None else list(argv)
     info = launched()
-    if info is not None and info.rank != 0 and info.world_size > 1:
+    if info is not None and info.world_size > 1:
+        # every process parses first, rank 0 too: they then import the same modules before
+        # joining, and meet an error every process meets at about the same time (rank 0 alone
+        # reports it when the others see it fail within distributed.PEER_GRACE_S)
         mine = follower_argv(argv)
-        if isinstance(mine, int):  # join the others all the same: rank 0 waits for everyone
-            return launch(lambda: mine)
-        argv = mine
+        if info.rank != 0:
+            if isinstance(mine, int):  # join the others all the same: rank 0 waits for everyone
+                return launch(lambda: mine)
+            argv = mine
     return launch(lambda: main(argv))
 
 

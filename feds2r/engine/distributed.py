@@ -59,9 +59,10 @@ INIT_ENV = "FEDS2R_DIST_INIT"
 ``WORLD_SIZE`` and ``LOCAL_RANK`` set by hand. Unset: torchrun's store (``env://``)."""
 FAILED_KEY = "feds2r/failed"
 """Key of torchrun's store counting the processes of this run that failed."""
-PEER_GRACE_S = 2.0
+PEER_GRACE_S = 10.0
 """How long a process other than rank 0 that fails waits to learn whether rank 0 failed too (the
-same error everywhere: rank 0 alone reports it)."""
+same error everywhere: rank 0 alone reports it). Generous: rank 0 may reach the same error
+seconds later on a loaded machine; a process failing alone only ends that much later."""
 
 
 class PeerFailed(RuntimeError):
