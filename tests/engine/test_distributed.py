@@ -335,3 +335,18 @@ def test_python_m_feds2r_client_train_and_eval_as_two_processes(tmp_path):
     assert main(["eval", "--model", str(out), "--data", spec, "--height", "32", "--json",
                  str(alone)]) == 0  # fmt: skip
     assert json.loads(report.read_text())["datasets"] == json.loads(alone.read_text())["datasets"]
+
+
+@pytest.mark.slow
+def test_a_batch_two_processes_cannot_share_is_one_message(tmp_path):
+    data = tmp_path / "gta"
+    synth_domain("gta5-like", data, split="train", num=2, size=(32, 64), progress=False)
+    args = ["-m", "feds2r", "client", "train", "--data", f"gta5:{data}?split=train",
+            "--steps", "2", "--warmup-steps", "1", "--batch-size", "3", "--height", "32",
+            "--crop", "32x64", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    procs = run_two(args, tmp_path, "odd")
+    assert procs[0]["rc"] == 2 and procs[1]["rc"] != 0
+    assert procs[1]["stderr"] == "", procs[1]["stderr"][-2000:]  # rank 0 says it for both
+    assert procs[0]["stderr"].count("error:") == 1
+    assert "batch size 3 is not divisible by the 2 processes" in procs[0]["stderr"]
+    assert not (tmp_path / "run").exists()  # refused before anything was written
