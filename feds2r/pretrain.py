@@ -30,6 +30,7 @@ from feds2r.config import write_run_config
 from feds2r.data import open_dataset
 from feds2r.data.labels import CLASS_NAMES, NUM_CLASSES
 from feds2r.data.world import synth_domain
+from feds2r.engine import distributed
 from feds2r.engine.data import ResizedCache, make_batch
 from feds2r.engine.runs import claim_run
 from feds2r.engine.train import TrainConfig, train
@@ -228,11 +229,16 @@ def pretrain(
     want = {"count": config.images, "size": list(config.size), "seed": config.world_seed}
     top = {k: v for k, v in asdict(config).items() if k != "train"}
     identity = {k: top[k] for k in ("preset", "images", "size", "world_seed")}
+    flag = "--world" if world else "the public folder of --out"
     # the one output rule: OUT and the world folder are judged before either is written
     with claim_run(out, "pretrain", config.train, preset=None, identity=identity) as dest:
-        if _world_needs_images(root, want, "--world" if world else "the public folder of --out"):
-            synth_domain("public", root, split="train", num=config.images, size=config.size,
-                         seed=config.world_seed, progress=progress)  # fmt: skip
+
+        def write_world() -> None:
+            if _world_needs_images(root, want, flag):
+                synth_domain("public", root, split="train", num=config.images, size=config.size,
+                             seed=config.world_seed, progress=progress)  # fmt: skip
+
+        distributed.on_main(write_world, others=lambda: None)  # under torchrun: rank 0 writes
         write_run_config(out, {"pretrain": top, "train": config.train})
         data = TaggedImages(root, config.train.height, progress=progress)
         torch.manual_seed(config.train.seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from feds2r.config.dicts import check_keys
+from feds2r.engine.distributed import is_main
 from feds2r.errors import Feds2rError
 from feds2r.io import write_atomic
 
@@ -126,9 +127,11 @@ def write_run_config(out: str | Path, sections: dict[str, Any]) -> Path:
     ``sections``: table name -> config dataclass or dict (:func:`to_toml`). Every stage and
     command records its config through this one function; call it once the run is known to
     start (after a resume check), so that a refused resume leaves the old file alone. Returns
-    the file's path.
+    the file's path. Under torchrun only rank 0 writes it (it claimed ``out``).
     """
     path = Path(out) / CONFIG_NAME
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, to_toml(sections).encode())
     return path

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from feds2r.engine import distributed
 from feds2r.engine.train import TrainConfig, check_resume
 from feds2r.errors import Feds2rError
 from feds2r.io import Output, config_tables, prepare_output
@@ -61,14 +62,15 @@ def claim_run(
     preset_flag: str | None = "--preset",
     source: str = "the same inputs",
     flag: str = "--out",
-) -> Output:
+) -> Output | distributed.Unclaimed:
     """Claim ``out`` for a training run of the command ``kind`` (``"client train"``, ...).
 
     Refused, with ``out`` untouched: a file, a read-only place, a folder locked by a live run,
     a folder holding anything but a run of ``kind``, or a run of ``kind`` with another config,
     preset (named with ``preset_flag``, or ``source`` for a command whose preset comes from an
     input) or ``identity``. Returns the claimed :class:`~feds2r.io.Output`; the caller writes
-    the run and calls ``finish()``, or ``close()`` on failure.
+    the run and calls ``finish()``, or ``close()`` on failure. Under torchrun rank 0 claims and
+    the other processes get a :class:`~feds2r.engine.distributed.Unclaimed` once it has.
     """
     tables = RUN_TABLES[kind]
 
@@ -76,13 +78,16 @@ def claim_run(
         _check_preset(path, preset, preset_flag, source)
         check_resume(path, config, preset=preset, identity=identity)
 
-    return prepare_output(
+    return distributed.claim_on_main(
         out,
-        kind,
-        marker=lambda path: config_tables(path) == tables,
-        flag=flag,
-        same=same,
-        keep=has_run_state,
+        lambda: prepare_output(
+            out,
+            kind,
+            marker=lambda path: config_tables(path) == tables,
+            flag=flag,
+            same=same,
+            keep=has_run_state,
+        ),
     )
 
 
