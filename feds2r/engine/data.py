@@ -22,12 +22,20 @@ from tqdm import tqdm
 from feds2r.data.labels import IGNORE_INDEX
 
 
+def resized_width(h: int, w: int, height: int) -> int:
+    """The width of an image of ``h`` x ``w`` pixels resized to ``height`` by
+    :func:`resize_images` (the aspect ratio kept)."""
+    if h == height:
+        return w
+    return max(int(round(w * height / h)), 1)
+
+
 def resize_images(images: Tensor, height: int) -> Tensor:
     """Resize uint8 images (..., 3, H, W) so that H = ``height``, keeping the aspect ratio."""
     h, w = images.shape[-2:]
     if h == height:
         return images
-    width = max(int(round(w * height / h)), 1)
+    width = resized_width(h, w, height)
     batch = images.reshape(-1, *images.shape[-3:]).float()
     out = F.interpolate(
         batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True
@@ -58,7 +66,7 @@ class ResizedCache:
     ) -> None:
         self.images: list[Tensor] = []
         self.labels: list[Tensor | None] = []
-        self.maps: list[Tensor] | None = None
+        self.maps: Sequence[Tensor] | None = None
         """Optional per-sample maps (C, H/4, W/4) that follow each view's geometry (e.g. cached
         teacher targets); a cache with maps is made by :meth:`with_maps`."""
         for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
@@ -71,20 +79,28 @@ class ResizedCache:
     def __len__(self) -> int:
         return len(self.images)
 
-    def with_maps(self, maps: list[Tensor]) -> ResizedCache:
+    def image_shape(self, index: int) -> tuple[int, ...]:
+        """The shape (3, H, W) of sample ``index``'s resized image."""
+        return tuple(self.images[index].shape)
+
+    def with_maps(self, maps: Sequence[Tensor]) -> ResizedCache:
         """A cache of the same samples (shared, not copied) whose batches also carry ``maps``
         (one (C, H/4, W/4) tensor per sample, as ``batch["maps"]``, through the same scale, crop
-        and flip as each view: :func:`random_view`); this cache is left as it is."""
+        and flip as each view: :func:`random_view`); this cache is left as it is. A list is
+        copied (the cache may be extended); any other sequence (e.g. maps read from a file on
+        access, :class:`~feds2r.server.targets.DiskTargets`) is kept as it is given."""
         if len(maps) != len(self.images):
             raise ValueError(f"{len(maps)} maps for {len(self.images)} samples")
         other = copy.copy(self)
-        other.maps = list(maps)
+        other.maps = list(maps) if isinstance(maps, list) else maps  # type: ignore[assignment]
         return other
 
     def extend(self, other: ResizedCache) -> ResizedCache:
         """Append another cache's samples (e.g. generated images to the server's real ones)."""
         if (self.maps is None) != (other.maps is None):
             raise ValueError("cannot join caches with and without maps")
+        if self.maps is not None and not isinstance(self.maps, list):
+            raise ValueError("cannot extend a cache whose maps are not a list (given as they are)")
         self.images.extend(other.images)
         self.labels.extend(other.labels)
         if self.maps is not None:

@@ -5,7 +5,13 @@ The training loop asks a :class:`Batches` for one batch per step. Two kinds:
 - :class:`MemoryBatches` over a :class:`~feds2r.engine.data.ResizedCache` (every sample decoded
   and resized before the first step): the batch is made in the main process.
 - :class:`StreamBatches` over :class:`StreamingData` (only the file names are held): each sample
-  is read from disk, resized and augmented in ``workers`` DataLoader processes.
+  is read from disk, resized and augmented in ``workers`` DataLoader processes. Per-sample maps
+  (the server stages' teacher targets: a list in memory or a memory-mapped file) go to the
+  workers by index: a worker reads only its own samples' rows.
+
+The server stages stream their unlabelled images as :class:`StreamedImages` (a
+:class:`StreamingData` at one height that also reads images in batches for the teachers' pass,
+:meth:`StreamedImages.read_chunks`, and serves single images on access).
 
 Both draw every random number in the main process, from the run's one generator and in the same
 order: a step's sample indices, then each view's numbers (:func:`~feds2r.engine.data.view_draws`).
@@ -23,9 +29,10 @@ uses one thread (``threads = 1``), and the same batches up to rounding otherwise
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -33,12 +40,21 @@ from typing import Any, NamedTuple, Protocol
 import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from feds2r.data.dataset import DatasetSpec, SegmentationDataset
 from feds2r.data.formats import Sample
-from feds2r.engine.data import ResizedCache, random_view, resize_pair, stack_views, view_draws
+from feds2r.engine.data import (
+    ResizedCache,
+    random_view,
+    resize_images,
+    resize_pair,
+    resized_width,
+    stack_views,
+    view_draws,
+)
 from feds2r.errors import DataError, Feds2rError
 
 LOADERS = ("stream", "memory")
@@ -90,6 +106,11 @@ class SampleFiles:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def specs(self) -> tuple[DatasetSpec, ...]:
+        """The dataset the files come from (one)."""
+        return (self.spec,)
+
     def path(self, index: int) -> str:
         """The image file of sample ``index``."""
         return os.fsdecode(self.images[index])
@@ -110,10 +131,51 @@ class SampleFiles:
         return one[0]
 
 
+class ChainedFiles:
+    """Several datasets' files one after the other (the server's real images, then its generated
+    ones), read as :class:`SampleFiles` reads one dataset's: sample ``i`` of the chain is sample
+    ``i - start`` of the part it falls in."""
+
+    def __init__(self, parts: Sequence[SampleFiles]) -> None:
+        if not parts:
+            raise ValueError("ChainedFiles needs at least one dataset")
+        if len({p.with_labels for p in parts}) > 1:
+            raise ValueError("cannot chain labelled and unlabelled datasets")
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        """(P + 1,) the first sample of each part, then the total."""
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def specs(self) -> tuple[DatasetSpec, ...]:
+        """The datasets the files come from, in order."""
+        return tuple(p.spec for p in self.parts)
+
+    def _locate(self, index: int) -> tuple[SampleFiles, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[part], index - int(self.starts[part])
+
+    def path(self, index: int) -> str:
+        """The image file of sample ``index``."""
+        part, i = self._locate(index)
+        return part.path(i)
+
+    def read(self, index: int) -> dict[str, Tensor]:
+        """Sample ``index`` as its dataset serves it (see :meth:`SampleFiles.read`)."""
+        part, i = self._locate(index)
+        return part.read(i)
+
+
 class StreamingData:
     """A dataset to train from without holding it: :func:`~feds2r.engine.train.train` takes this
     in place of a :class:`~feds2r.engine.data.ResizedCache` and streams it (``config.workers``
-    processes, images resized to ``config.height``).
+    processes, images resized to ``config.height``). ``dataset`` may be several datasets, all
+    labelled or all unlabelled, read one after the other (e.g. the server's real and generated
+    images).
 
     ``skip_bad``: a sample that cannot be read (image, label, sizes) is left out of its batch
     with a warning naming the file, and training goes on; a batch whose every sample is bad takes
@@ -121,12 +183,179 @@ class StreamingData:
     with a :class:`DataError` naming the file.
     """
 
-    def __init__(self, dataset: SegmentationDataset, *, skip_bad: bool = False) -> None:
-        self.files = SampleFiles(dataset)
+    def __init__(
+        self,
+        dataset: SegmentationDataset | Sequence[SegmentationDataset],
+        *,
+        skip_bad: bool = False,
+    ) -> None:
+        if isinstance(dataset, SegmentationDataset):
+            self.files: SampleFiles | ChainedFiles = SampleFiles(dataset)
+        else:
+            self.files = ChainedFiles([SampleFiles(d) for d in dataset])
         self.skip_bad = skip_bad
+        self.maps: Sequence[Tensor] | None = None
+        """Optional per-sample maps (C, H/4, W/4) that follow each view's geometry (cached
+        teacher targets: a list in memory or a :class:`~feds2r.server.targets.DiskTargets`); a
+        worker reads ``maps[i]`` for its own samples only. Set by :meth:`with_maps`."""
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def with_maps(self, maps: Sequence[Tensor]) -> StreamingData:
+        """The same samples whose batches also carry ``maps`` (``batch["maps"]``), one per
+        sample, through each view's scale, crop and flip, as
+        :meth:`~feds2r.engine.data.ResizedCache.with_maps` does; ``maps`` is kept as it is given
+        (not copied), this object is left as it is."""
+        if len(maps) != len(self):
+            raise ValueError(f"{len(maps)} maps for {len(self)} samples")
+        other = copy.copy(self)
+        other.maps = maps
+        return other
+
+    def describe(self) -> str:
+        """The dataset specs the samples come from, for messages."""
+        return " and ".join(str(s) for s in self.files.specs)
+
+
+class _LazyImages(Sequence):
+    """The images of :class:`StreamedImages`, each read from disk and resized on access."""
+
+    def __init__(self, owner: StreamedImages) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        return self.owner.read_image(index)
+
+
+class StreamedImages(StreamingData):
+    """Unlabelled images (the server's: real, then generated) streamed at ``height``, held as
+    file names only: the server stages' :class:`StreamingData` when their recipe's loader is
+    "stream".
+
+    Beside training, it serves what a stage reads outside the training loop, without holding the
+    images: :meth:`read_chunks` (batches of images for the teachers' pass over the set, read in
+    DataLoader workers), ``images[i]`` (one image read on access, as
+    :attr:`ResizedCache.images <feds2r.engine.data.ResizedCache.images>` holds it) and
+    :meth:`image_shape` (from the file's header: one width per image, 4 bytes each, is what is
+    kept). Images are resized with one thread wherever they are read.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[SegmentationDataset],
+        height: int,
+        *,
+        skip_bad: bool = False,
+    ) -> None:
+        super().__init__(list(datasets), skip_bad=skip_bad)
+        self.height = height
+        self.images = _LazyImages(self)
+        self._widths: np.ndarray | None = None
+
+    def read_image(self, index: int) -> Tensor:
+        """Image ``index`` (3, height, W') uint8, read from disk and resized; raises
+        :class:`DataError` naming a bad file."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        with one_thread():
+            return resize_images(self.files.read(index % len(self))["image"], self.height)
+
+    def _width(self, index: int) -> int:
+        path = self.files.path(index)
+        try:
+            with Image.open(path) as img:
+                w, h = img.size  # the header only: nothing is decoded
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            if self.skip_bad:  # its reads fail again and are skipped; any width will do
+                warnings.warn(f"skipping bad sample: unreadable image {path}: {exc}", stacklevel=3)
+                return self.height
+            raise DataError(
+                f"unreadable image {path}: {exc}. Re-extract or re-download this file, or open "
+                "the dataset with on_error='skip' (CLI: --skip-bad) to leave it out",
+                kind="unreadable_image",
+                path=path,
+            ) from None
+        return resized_width(h, w, self.height)
+
+    def image_shape(self, index: int) -> tuple[int, ...]:
+        """The shape (3, height, W') of image ``index`` once resized, from its file's header
+        (all widths are read at the first call and kept)."""
+        if self._widths is None:
+            self._widths = np.array([self._width(i) for i in range(len(self))], dtype=np.int32)
+        return (3, self.height, int(self._widths[index]))
+
+    def read_chunks(
+        self, chunks: Sequence[Sequence[int]], *, workers: int = 0
+    ) -> Iterator[tuple[list[int], list[Tensor]]]:
+        """The images of each chunk of indices, in order, read and resized in ``workers``
+        DataLoader processes (0: here; -1: min(4, cores)) a few chunks ahead: per chunk the
+        indices read and their images. A bad image raises :class:`DataError` naming its file,
+        or with ``skip_bad`` is left out of its chunk with a warning."""
+        workers = default_workers() if workers < 0 else workers
+        loader = DataLoader(
+            _ImageReader(self),
+            batch_size=None,  # a chunk is a whole batch
+            sampler=[tuple(c) for c in chunks],
+            num_workers=workers,
+            collate_fn=_as_is,
+            worker_init_fn=_init_worker if workers else None,
+            generator=torch.Generator().manual_seed(0),  # nothing random: leave the global one
+        )
+        warned: set[str] = set()
+        it = iter(loader)
+        try:
+            for indices, images, problems in it:
+                for kind, path, message in problems:
+                    if not self.skip_bad:
+                        raise DataError(
+                            f"{message} (met while reading the server images in batches)",
+                            kind=kind,
+                            path=path,
+                        )
+                    if path not in warned:
+                        warned.add(path)
+                        warnings.warn(f"skipping bad sample: {message}", stacklevel=2)
+                yield indices, images
+        except RuntimeError as exc:  # a worker that died is reported as a RuntimeError
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise Feds2rError(
+                f"a process reading the server images died ({str(exc).rstrip('. ')}); most often "
+                f"the system ran out of host memory and killed it. Use fewer workers (now "
+                f"{workers}: `workers` in the [train] table), then run the same command again"
+            ) from None
+        finally:
+            _shutdown(it)
+
+
+class _ImageReader(Dataset):
+    """The worker side of :meth:`StreamedImages.read_chunks`: a chunk of indices in, the indices
+    read, their resized images and the bad samples met out."""
+
+    def __init__(self, data: StreamedImages) -> None:
+        self.files, self.height = data.files, data.height
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, chunk: tuple[int, ...]):
+        read, images, problems = [], [], []
+        with one_thread():
+            for index in chunk:
+                try:
+                    item = self.files.read(index)
+                except DataError as exc:
+                    problems.append((exc.kind, exc.path or self.files.path(index), str(exc)))
+                    continue
+                read.append(index)
+                images.append(resize_images(item["image"], self.height))
+        return read, images, problems
 
 
 class Job(NamedTuple):
@@ -149,6 +378,7 @@ class _ViewMaker(Dataset):
 
     def __init__(self, data: StreamingData, height: int, aug: dict[str, Any]) -> None:
         self.files = data.files
+        self.maps = data.maps
         self.skip_bad = data.skip_bad
         self.height = height
         self.aug = aug
@@ -164,7 +394,8 @@ class _ViewMaker(Dataset):
             return None
         image, label = resize_pair(item["image"], item.get("label"), self.height)
         label = None if label is None else label.to(torch.uint8)  # as ResizedCache holds it
-        return random_view(image, label, draws=draws, **self.aug)
+        maps = None if self.maps is None else self.maps[index]  # this sample's row only
+        return random_view(image, label, draws=draws, maps=maps, **self.aug)
 
     def __getitem__(self, job: Job) -> tuple[dict[str, Tensor] | None, list[Problem]]:
         views, problems = [], []
@@ -336,11 +567,13 @@ class StreamBatches:
                 warnings.warn(f"skipping bad sample: {message}", stacklevel=2)
         if batch is None:  # skipping, and not one sample of the dataset is readable
             self.close()
+            specs = self.data.files.specs
             raise DataError(
-                f"every sample of {self.data.files.spec} tried is unreadable; run "
-                f"`feds2r data check {self.data.files.spec}` for the list",
+                f"every sample of {self.data.describe()} tried is unreadable; run "
+                + " and ".join(f"`feds2r data check {s}`" for s in specs)
+                + " for the list",
                 kind="empty",
-                path=str(self.data.files.spec.path),
+                path=str(specs[0].path),
             )
         return batch
 
@@ -355,16 +588,21 @@ class StreamBatches:
 
     def close(self) -> None:
         it, self._it = self._it, None
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is None:
-            return
-        try:
-            shutdown()
-        except RuntimeError as exc:
-            # PyTorch's SIGCHLD handler raises again about a worker that died (the error being
-            # reported) when the others exit; the workers are stopped all the same
-            if "DataLoader worker" not in str(exc):
-                raise
+        _shutdown(it)
+
+
+def _shutdown(it: Iterator | None) -> None:
+    """Stop the worker processes of a DataLoader iterator ``it`` (if any)."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is None:
+        return
+    try:
+        shutdown()
+    except RuntimeError as exc:
+        # PyTorch's SIGCHLD handler raises again about a worker that died (the error being
+        # reported) when the others exit; the workers are stopped all the same
+        if "DataLoader worker" not in str(exc):
+            raise
 
 
 def worker_death(exc: BaseException, workers: int, batch_size: int) -> Feds2rError | None:

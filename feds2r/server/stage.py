@@ -8,11 +8,16 @@ loss:
 
 1. claims OUT under the one output rule (new, empty, or this very run, resumed or finished:
    :func:`~feds2r.engine.runs.claim_run`, with the stage's identity) and writes ``config.toml``;
-2. resolves the device, loads the server's images (real, then generated), freezes the client
+2. resolves the device, opens the server's images (real, then generated) as the recipe's
+   ``loader`` says: streamed (``"stream"``, the default: file names only, each image read from
+   disk when a batch needs it, :class:`~feds2r.engine.loader.StreamedImages`) or loaded into
+   memory once (``"memory"``, a :class:`~feds2r.engine.data.ResizedCache`); freezes the client
    teachers on the device and samples the comparison batches every label-free choice is made on;
 3. calls the stage's part, which builds its teachers' combination, caches their targets with
    :meth:`StageRun.targets` (in memory or in a memory-mapped file in OUT, ``DistillConfig.targets``;
-   :mod:`feds2r.server.targets`) and trains its student with :meth:`StageRun.train`;
+   :mod:`feds2r.server.targets`; the teachers' pass reads streamed images in batches, in the
+   recipe's ``workers`` processes) and trains its student with :meth:`StageRun.train` (streamed
+   images and their targets' rows are read by the training loop's workers, per sample);
 4. removes the disk targets once the stage is done and marks OUT complete.
 """
 
@@ -31,6 +36,7 @@ from feds2r.data import open_dataset
 from feds2r.engine.checkpoint import load_checkpoint
 from feds2r.engine.data import ResizedCache
 from feds2r.engine.device import resolve_device
+from feds2r.engine.loader import StreamedImages
 from feds2r.engine.runs import claim_run
 from feds2r.engine.train import train as train_loop
 from feds2r.models import SegModel
@@ -50,6 +56,9 @@ class ServerImages:
     real: Any
     generated: Any = None
     generated_spec: str | None = None
+    on_error: str = "raise"
+    """"skip": unreadable images were left out on opening, and one that fails later is skipped
+    (with a warning) where it is met; "raise": the first one stops the stage, naming it."""
 
     @classmethod
     def open(cls, data: str, generated: str | None, on_error: str = "raise") -> ServerImages:
@@ -59,7 +68,7 @@ class ServerImages:
         spec = generated_spec(str(generated)) if generated else None
         real = open_dataset(data, labels=False, on_error=on_error)
         gen = open_dataset(spec, labels=False, on_error=on_error) if spec else None
-        return cls(real, gen, spec)
+        return cls(real, gen, spec, on_error)
 
     def sources(self) -> dict[str, Any]:
         """What a stage learns from (recorded in its sidecar and identity): the real images'
@@ -95,6 +104,19 @@ class ServerImages:
                 )
             )
         return cache
+
+    def stream(self, height: int) -> StreamedImages:
+        """The real images, then the generated ones, as file names: each read from disk and
+        resized to ``height`` when it is needed (:class:`~feds2r.engine.loader.StreamedImages`)."""
+        parts = [self.real] if self.generated is None else [self.real, self.generated]
+        return StreamedImages(parts, height, skip_bad=self.on_error == "skip")
+
+    def open_at(self, height: int, loader: str, *, progress: bool = True):
+        """The images as a training recipe's ``loader`` holds them: ``"stream"``
+        (:meth:`stream`) or ``"memory"`` (:meth:`load`)."""
+        if loader == "memory":
+            return self.load(height, progress=progress)
+        return self.stream(height)
 
 
 def load_teachers(paths: Sequence[str | Path]) -> list[SegModel]:
@@ -135,8 +157,10 @@ class StageRun:
     out: Path
     train_config: Any
     device: torch.device
-    cache: Any
-    """The server images at the recipe's height (a :class:`~feds2r.engine.data.ResizedCache`)."""
+    cache: ResizedCache | StreamedImages
+    """The server images at the recipe's height: held in memory (a
+    :class:`~feds2r.engine.data.ResizedCache`, loader "memory") or streamed from disk (a
+    :class:`~feds2r.engine.loader.StreamedImages`, loader "stream")."""
     batches: list[Tensor]
     """Up to 32 server images, spread over the set, in batches on the device: the images the
     label-free choices (student init, fallback teacher, feature alignment, class weights) are
@@ -172,7 +196,12 @@ class StageRun:
         }
         place = TargetsPlace(self.stage.targets, self.out / TARGETS_FOLDER, key)
         maps = compute_targets(
-            self.cache, fn, place=place, device=self.device, progress=self.progress
+            self.cache,
+            fn,
+            place=place,
+            device=self.device,
+            progress=self.progress,
+            workers=self.train_config.workers,
         )
         if not isinstance(maps, list):
             self._disk.append(maps)
@@ -237,7 +266,7 @@ def run_stage(
     ) as dest:
         write_run_config(out, stage.tables)
         device = resolve_device(train_config.device)
-        cache = stage.images.load(train_config.height, progress=progress)
+        cache = stage.images.open_at(train_config.height, train_config.loader, progress=progress)
         for t in stage.teachers:
             t.to(device).eval().requires_grad_(False)
         batches = [b.to(device) for b in sample_batches(cache, 32)]

@@ -3,8 +3,10 @@
 Every server training stage learns from targets made once per server image by frozen teachers
 (the clients' combined probabilities, a feature target, the large student's probabilities) at a
 quarter of the image's resolution, one (C, H/4, W/4) float16 map per image, that follow each
-training view (:meth:`~feds2r.engine.data.ResizedCache.with_maps`). :func:`compute_targets` runs
-the teachers batch by batch and puts each image's map either
+training view (:meth:`~feds2r.engine.data.ResizedCache.with_maps`,
+:meth:`~feds2r.engine.loader.StreamingData.with_maps`). :func:`compute_targets` runs the teachers
+batch by batch over images held in memory or read in batches from disk
+(:class:`~feds2r.engine.loader.StreamedImages`) and puts each image's map either
 
 - in memory (:class:`MemoryTargets`: a list of tensors; small sets), or
 - on disk (:class:`DiskTargets`: one memory-mapped float16 file, written once through a
@@ -31,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from feds2r.errors import Feds2rError
+from feds2r.engine.loader import StreamedImages
+from feds2r.errors import DataError, Feds2rError
 from feds2r.io import write_json
 
 TARGETS = ("auto", "memory", "disk")
@@ -210,17 +213,29 @@ class TargetsPlace:
 
 def estimated_bytes(data, channels: int, stride: int = STRIDE) -> int:
     """Bytes of float16 maps of ``channels`` at 1/``stride`` for every image of ``data`` (a
-    :class:`~feds2r.engine.data.ResizedCache`), from the images' shapes alone."""
-    pixels = sum((img.shape[-2] // stride) * (img.shape[-1] // stride) for img in data.images)
-    return 2 * channels * pixels
+    :class:`~feds2r.engine.data.ResizedCache` or :class:`~feds2r.engine.loader.StreamedImages`),
+    from the images' shapes alone (``data.image_shape``)."""
+    shapes = (data.image_shape(i) for i in range(len(data)))
+    return 2 * channels * sum((s[-2] // stride) * (s[-1] // stride) for s in shapes)
 
 
 def shape_groups(data, indices: list[int]) -> list[list[int]]:
-    """``indices`` split into runs of images of one shape (so they stack into a batch)."""
+    """``indices`` split into runs of images of one shape (``data.image_shape``, so that they
+    stack into a batch)."""
     shapes: dict[tuple, list[int]] = {}
     for i in indices:
-        shapes.setdefault(tuple(data.images[i].shape), []).append(i)
+        shapes.setdefault(tuple(data.image_shape(i)), []).append(i)
     return list(shapes.values())
+
+
+def _image_chunks(data, chunks: list[list[int]], workers: int):
+    """Per chunk of indices, the indices read and their images: from memory, or read from disk
+    in batches (:meth:`~feds2r.engine.loader.StreamedImages.read_chunks`)."""
+    if isinstance(data, StreamedImages):
+        yield from data.read_chunks(chunks, workers=workers)
+        return
+    for chunk in chunks:
+        yield chunk, [data.images[i] for i in chunk]
 
 
 @torch.no_grad()
@@ -232,11 +247,18 @@ def compute_targets(
     batch_size: int = 16,
     device="cpu",
     progress: bool = True,
+    workers: int = 0,
 ) -> Sequence[Tensor]:
     """Each image's map: ``fn(images)`` on batches of images of one shape (images (B, 3, H, W)
     uint8 on ``device`` -> maps (B, C, H/4, W/4) float16 on the CPU), images taken in order of
     shape. Returns a list (in memory) or a :class:`DiskTargets`, as ``place`` says; a disk file
-    of the same key is reused without running ``fn``."""
+    of the same key is reused without running ``fn``.
+
+    ``data``: a :class:`~feds2r.engine.data.ResizedCache` (images in memory) or a
+    :class:`~feds2r.engine.loader.StreamedImages`, whose images are read ``batch_size`` at a
+    time in ``workers`` DataLoader processes (the batches are the same either way, so are the
+    maps); an image it skips as unreadable (``skip_bad``) gets an all-zero map (no valid pixel).
+    """
     from tqdm import tqdm
 
     place = place or TargetsPlace()
@@ -245,14 +267,18 @@ def compute_targets(
         found = DiskTargets.find(place.folder, place.key, num)  # type: ignore[arg-type]
         if found is not None:
             return found
-    order = sorted(range(num), key=lambda i: tuple(data.images[i].shape))
+    order = sorted(range(num), key=lambda i: tuple(data.image_shape(i)))
+    chunks = [order[start : start + batch_size] for start in range(0, num, batch_size)]
     sink: MemoryTargets | DiskTargetsWriter | None = None if num else MemoryTargets(0)
+    skipped: list[int] = []  # unreadable images, given a zero map once the channels are known
     bar = tqdm(total=num, desc="teacher targets", unit="img", disable=not progress)
+    reads = _image_chunks(data, chunks, workers)
     try:
-        for start in range(0, num, batch_size):
-            idx = order[start : start + batch_size]
+        for chunk, (idx, read) in zip(chunks, reads, strict=True):
+            held = dict(zip(idx, read, strict=True))
+            skipped += [i for i in chunk if i not in held]
             for group in shape_groups(data, idx):
-                images = torch.stack([data.images[i] for i in group]).to(device)
+                images = torch.stack([held[i] for i in group]).to(device)
                 maps = fn(images)
                 if sink is None:  # the first batch tells how many channels each map has
                     to_disk = place.mode == "disk" or (
@@ -265,12 +291,21 @@ def compute_targets(
                         sink = MemoryTargets(num)
                 for j, i in enumerate(group):
                     sink.put(i, maps[j])
-            bar.update(len(idx))
+            bar.update(len(chunk))
+        if sink is None:
+            raise DataError(
+                f"not one of the {num} server images is readable; run `feds2r data check` on "
+                "the server data for the list",
+                kind="empty",
+            )
+        for i in skipped:  # all zero: the validity channel too, so no pixel of it is learnt
+            sink.put(i, torch.zeros(maps.shape[1], 1, 1, dtype=torch.float16))
     except BaseException:
         if sink is not None:
             sink.abort()
         raise
     finally:
+        reads.close()  # stops the reading workers now, also when a batch failed
         bar.close()
     return sink.finish()  # type: ignore[union-attr]
 
@@ -289,14 +324,11 @@ def remove_targets(folder: str | Path) -> None:
 
 
 def attach_targets(cache, maps: Sequence[Tensor]):
-    """A cache of ``cache``'s samples whose batches carry ``maps`` (``ResizedCache.with_maps``),
-    keeping a :class:`DiskTargets` as it is: ``with_maps`` copies what it is given into a list,
-    which would read every row of the file into memory."""
-    if isinstance(maps, list):
-        return cache.with_maps(maps)
-    targeted = cache.with_maps([None] * len(maps))
-    targeted.maps = maps
-    return targeted
+    """``cache``'s samples (a :class:`~feds2r.engine.data.ResizedCache` or a
+    :class:`~feds2r.engine.loader.StreamingData`) whose batches carry ``maps``; a
+    :class:`DiskTargets` is kept as it is (each batch, or each worker, reads only its own
+    rows)."""
+    return cache.with_maps(maps)
 
 
 __all__ = [
