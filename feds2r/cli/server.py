@@ -23,7 +23,7 @@ from feds2r.cli.flags import (
     require,
 )
 from feds2r.cli.inference import load_model
-from feds2r.cli.train import add_recipe_flags
+from feds2r.cli.train import add_loader_flags, add_recipe_flags
 from feds2r.errors import Feds2rError
 
 if TYPE_CHECKING:  # imported where the flags are built: `feds2r --help` loads no model code
@@ -517,6 +517,7 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
         "train",
         ("steps", "batch_size", "lr", "warmup_steps", "seed", "height", "crop", "device"),
     )
+    add_loader_flags(p)
     add_quiet(p, None)
 
 
@@ -601,6 +602,7 @@ def _stage_tail(p: argparse.ArgumentParser, section: str, cls: type) -> None:
         "train",
         ("steps", "batch_size", "lr", "warmup_steps", "seed", "height", "crop", "device"),
     )
+    add_loader_flags(p)
     add_quiet(p, None)
 
 

@@ -102,6 +102,30 @@ def add_recipe_flags(
     add_config_flags(parser, section, TrainConfig, only, defaults=defaults, help=words)
 
 
+def add_loader_flags(p: argparse.ArgumentParser, also: tuple[str, ...] = ()) -> None:
+    """``--loader`` and ``--workers`` of the ``[train]`` table (and the fields ``also``, of
+    ``threads`` only), shared by ``client train`` and the server's training stages."""
+    from feds2r.engine.train import TrainConfig
+
+    add_config_flags(
+        p,
+        "train",
+        TrainConfig,
+        (*also, "loader", "workers"),
+        types={"threads": count_type(0), "workers": count_type(-1)},
+        choices={"loader": ("stream", "memory")},
+        help={
+            "threads": "CPU threads (0: PyTorch's default; model.json records the count used, "
+            "give it to rerun bit for bit)",
+            "loader": "stream: read, resize and augment each sample from disk in --workers "
+            "processes; memory: read every sample into memory first (small sets); the same "
+            "batches (bit for bit with --threads 1)",
+            "workers": "data-loading processes of --loader stream (-1: min(4, CPU cores); 0: "
+            "none); any count gives the same batches",
+        },
+    )
+
+
 def add_client_commands(sub: argparse._SubParsersAction) -> None:
     client = sub.add_parser(
         "client",
@@ -206,23 +230,7 @@ def _client_train_flags(p: argparse.ArgumentParser) -> None:
     )
     add_config_flags(p, "client", ClientSettings, ("init",), help=words)
     add_skip_bad(p, "leave unreadable samples out")
-    add_config_flags(
-        p,
-        "train",
-        TrainConfig,
-        ("threads", "loader", "workers"),
-        types={"threads": count_type(0), "workers": count_type(-1)},
-        choices={"loader": ("stream", "memory")},
-        help={
-            "threads": "CPU threads (0: PyTorch's default; model.json records the count used, "
-            "give it to rerun bit for bit)",
-            "loader": "stream: read, resize and augment each sample from disk in --workers "
-            "processes; memory: read every sample into memory first (small sets); the same "
-            "batches (bit for bit with --threads 1)",
-            "workers": "data-loading processes of --loader stream (-1: min(4, CPU cores); 0: "
-            "none); any count gives the same batches",
-        },
-    )
+    add_loader_flags(p, ("threads",))
     p.add_argument(
         "--dry-run",
         nargs="?",

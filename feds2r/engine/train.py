@@ -85,11 +85,11 @@ class TrainConfig:
     the last bits of a run: give the value recorded in model.json (environment.threads) to rerun
     one bit for bit."""
     loader: str = "stream"
-    """How ``client train`` holds its samples: "stream" (each read from disk, resized and
-    augmented per step in ``workers`` processes: memory does not grow with the data) or "memory"
-    (all decoded and resized once before the first step: for small sets). The same batches, bit
-    for bit with ``threads`` = 1 (docs/training.md). Pretraining and the server stages hold
-    theirs in memory."""
+    """How ``client train`` and the server stages (distill, self-train, lite) hold their
+    samples: "stream" (each read from disk, resized and augmented per step in ``workers``
+    processes: memory does not grow with the data) or "memory" (all decoded and resized once
+    before the first step: for small sets). The same batches, bit for bit with ``threads`` = 1
+    (docs/training.md). Pretraining holds its samples in memory."""
     workers: int = -1
     """DataLoader worker processes of the "stream" loader (-1: min(4, CPU cores); 0: in the main
     process). Any count gives the same batches."""
