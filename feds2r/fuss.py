@@ -419,7 +419,9 @@ def run_federation(
 
     Every round: send the global head (and, for ``fuss`` or in round 0, the centroids), average
     the returned heads weighted by image count, and for ``fuss`` cluster all returned centroids
-    (weighted by their assignment counts) into K global centroids.
+    (weighted by their assignment counts) into K global centroids. The updates are taken in
+    client-name order, whatever order the transport delivered them in, so a run over Flower
+    equals the same run in one process.
     """
     if method not in ("fedavg", "fuss"):
         raise Feds2rError(f"run_federation runs fedavg or fuss, not {method!r}")
@@ -428,7 +430,7 @@ def run_federation(
     history = []
     for r in range(config.rounds):
         carry = centroids if (method == "fuss" or r == 0) else None
-        updates = send(RoundRequest(r, head, carry))
+        updates = sorted(send(RoundRequest(r, head, carry)), key=lambda u: u.client)
         if not updates:
             raise Feds2rError(f"round {r}: no client replied")
         head = average_heads([u.head for u in updates], [float(u.images) for u in updates])

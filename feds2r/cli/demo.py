@@ -25,16 +25,13 @@ def demo(
     """Run the suite ``suite`` with the profile ``profile`` into ``out`` and print its table."""
     # imported here, not at the top: keeps `feds2r --help` fast (the demo imports every stage)
     from feds2r.demo import get_suite, results_table
-    from feds2r.errors import Feds2rError
 
     chosen = get_suite(suite)
     flags = {"self_train": self_train, "lite": lite, "multi_round": multi_round}
     rows = chosen.rows_with(flag for flag, given in flags.items() if given)
     options = {}
     if partition is not None:
-        if suite != "fedseg":
-            raise Feds2rError(f"--partition is a flag of the fedseg suite, not of {suite}")
-        options["partition"] = partition
+        options["partition"] = chosen.check_partition(partition)
     results = chosen.run(
         profile,
         out,
@@ -72,7 +69,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "chosen on dev), full (larger world and budgets). Suites (--suite): "
         "feds2r, the default, described here; fuss, clients without labels (FUSS: local-only, "
         "fedavg, fuss, centralized after a cluster-to-class matching fitted on dev; "
-        "docs/fuss.md); fedseg, FedSeg's class-heterogeneous clients (19 clients of one or two "
+        "--partition domain|iid; docs/fuss.md); fedseg, FedSeg's class-heterogeneous clients (19 clients of one or two "
         "classes: fedavg-ce, fedavg-backce, fedprox-backce, fedseg; --partition; "
         "docs/fedseg.md).",
         epilog=textwrap.dedent("""\
@@ -85,6 +82,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
               feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
               feds2r demo --multi-round --out runs/demo
               feds2r demo --suite fuss --profile quick --out /tmp/fuss
+              feds2r demo --suite fuss --partition iid --out runs/fuss-iid
               feds2r demo --suite fedseg --partition noniid2 --out runs/fedseg-n2
             """),
     )
@@ -101,10 +99,11 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--partition",
-        choices=("noniid1", "noniid2", "iid"),
+        choices=("noniid1", "noniid2", "iid", "domain"),
         help="(fedseg suite) how the 19 clients split the cityscapes-like train split: one "
         "class each (noniid1, the default), two classes each (noniid2) or at random, every "
-        "class annotated (iid)",
+        "class annotated (iid); (fuss suite) how the three clients split the synthetic train "
+        "images: one domain each (domain, the default) or at random (iid)",
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of every method (the world: 0)")

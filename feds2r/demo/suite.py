@@ -26,6 +26,9 @@ class Suite:
     """The rows of its default table."""
     extra_rows: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
     """The rows each of its flags adds (by the flag's ``dest``, e.g. ``self_train``)."""
+    partitions: tuple[str, ...] = ()
+    """The values its ``partition`` option takes (``--partition``), the default first; empty:
+    the suite has no such option."""
 
     def rows_with(self, flags: Iterable[str]) -> tuple[Row, ...]:
         """The default rows, then those of each flag given (in :attr:`extra_rows`' order)."""
@@ -37,3 +40,15 @@ class Suite:
             raise Feds2rError(f"{given} is not a flag of the {self.name} suite; its flags: {valid}")
         extra = (row for flag, rows in self.extra_rows.items() if flag in flags for row in rows)
         return (*self.rows, *extra)
+
+    def check_partition(self, partition: str) -> str:
+        """``partition`` if this suite takes it, else a :class:`Feds2rError` naming the valid
+        ones."""
+        if not self.partitions:
+            raise Feds2rError(f"--partition is not a flag of the {self.name} suite")
+        if partition not in self.partitions:
+            raise Feds2rError(
+                f"--partition {partition} is not a partition of the {self.name} suite; its "
+                f"partitions: {', '.join(self.partitions)}"
+            )
+        return partition

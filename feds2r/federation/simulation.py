@@ -1,5 +1,5 @@
-"""Multi-round flows (FedAvg, FedProx, FedSeg) on Flower's Simulation Engine: many virtual
-SuperNodes on one machine, e.g. FedSeg's 19 class-heterogeneous clients.
+"""Multi-round flows (FedAvg, FedProx, FedSeg, and FUSS) on Flower's Simulation Engine: many
+virtual SuperNodes on one machine, e.g. FedSeg's 19 class-heterogeneous clients.
 
 The Simulation Engine (Ray) runs a ClientApp per virtual SuperNode and the ServerApp in a thread
 of this process. Both apps here are adapters over the functions every other transport runs:
@@ -12,6 +12,9 @@ of this process. Both apps here are adapters over the functions every other tran
   (:func:`feds2r.federation.client_app.train`), as a SuperNode of a deployment would. A client's
   data is a dataset spec or a part of a class-heterogeneous partition
   (``partition:/abs/partition.json#client-03``, :mod:`feds2r.data.partition`).
+
+FUSS (:func:`run_fuss_simulation`) runs its own ServerApp work and ClientApp
+(:mod:`feds2r.federation.fuss_app`) the same way: node i holds the i-th client's unlabelled images.
 
 This uses Flower's Python entry point (``flwr.simulation.run_simulation``), which takes the apps
 themselves and no run config: the settings travel inside the apps. ``flwr run . local-sim``
@@ -43,16 +46,22 @@ DEFAULT_BACKEND: dict[str, Any] = {
 once as the machine has cores), no dashboard, actors' output kept out of this process's."""
 
 
-def simulation_client_app(clients: Mapping[str, str]) -> ClientApp:
+def simulation_client_app(
+    clients: Mapping[str, str],
+    client_train: Callable[[Message, Context], Message] | None = None,
+) -> ClientApp:
     """A ClientApp whose virtual node ``partition-id`` = i trains as the i-th of ``clients``
-    (name -> data spec), through feds2r's ClientApp train function."""
+    (name -> data spec), through ``client_train`` (default feds2r's ClientApp train function;
+    FUSS passes :func:`feds2r.federation.fuss_app.client_train`)."""
     items = [(check_client_name(name), spec) for name, spec in clients.items()]
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from feds2r.federation.client_app import train as client_train
-
+        if client_train is None:
+            from feds2r.federation.client_app import train as feds2r_train
+        else:
+            feds2r_train = client_train
         k = int(context.node_config["partition-id"])
         if not 0 <= k < len(items):
             raise Feds2rError(f"virtual node {k} has no client: {len(items)} were given")
@@ -64,7 +73,7 @@ def simulation_client_app(clients: Mapping[str, str]) -> ClientApp:
             state=context.state,
             run_config=context.run_config,
         )
-        return client_train(msg, node)
+        return feds2r_train(msg, node)
 
     return app
 
@@ -84,6 +93,32 @@ def simulation_server_app(
     return app
 
 
+def _simulate(
+    server: ServerApp, client: ClientApp, nodes: int, backend_config: Mapping[str, Any] | None
+) -> None:
+    """Run ``server`` with ``nodes`` virtual SuperNodes of ``client`` on the Simulation Engine,
+    Flower's own log at WARNING."""
+    try:
+        from flwr.simulation import run_simulation
+    except ImportError as exc:  # pragma: no cover - flwr without its simulation extra
+        raise Feds2rError(
+            f"Flower's Simulation Engine needs Ray ({exc}); install it with: "
+            "pip install 'feds2r[flower]'"
+        ) from None
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=client,
+            num_supernodes=nodes,
+            backend_config=dict(backend_config or DEFAULT_BACKEND),
+        )
+    finally:
+        flwr_log.setLevel(level)
+
+
 def run_rounds_simulation(
     clients: Mapping[str, str],
     config: FederationConfig,
@@ -98,13 +133,6 @@ def run_rounds_simulation(
     ``config.num_clients`` is set to the number of clients when 0. ``backend_config``: Ray's
     (default :data:`DEFAULT_BACKEND`). ``options``: those of ``run_rounds``.
     """
-    try:
-        from flwr.simulation import run_simulation
-    except ImportError as exc:  # pragma: no cover - flwr without its simulation extra
-        raise Feds2rError(
-            f"Flower's Simulation Engine needs Ray ({exc}); install it with: "
-            "pip install 'feds2r[flower]'"
-        ) from None
     if config.method == "feds2r":
         raise Feds2rError("run_rounds_simulation runs the multi-round methods, not feds2r")
     if not clients:
@@ -115,18 +143,7 @@ def run_rounds_simulation(
         config = replace(config, num_clients=len(clients))
     record: dict[str, Any] = {}
     server = simulation_server_app(config, record, log=log, **options)
-    flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
-    flwr_log.setLevel(logging.WARNING)
-    try:
-        run_simulation(
-            server_app=server,
-            client_app=simulation_client_app(clients),
-            num_supernodes=len(clients),
-            backend_config=dict(backend_config or DEFAULT_BACKEND),
-        )
-    finally:
-        flwr_log.setLevel(level)
+    _simulate(server, simulation_client_app(clients), len(clients), backend_config)
     if "results" not in record:
         raise Feds2rError(
             f"the simulation ended without results (the ServerApp failed; Flower's log above "
@@ -136,8 +153,51 @@ def run_rounds_simulation(
     return json.loads(written.read_text()) if written.is_file() else record["results"]
 
 
+def run_fuss_simulation(
+    clients: Mapping[str, str],
+    method: str,
+    config: Any,
+    out: str | Path,
+    *,
+    backend_config: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """FUSS (``method`` ``fuss`` or ``fedavg``, :class:`~feds2r.fuss.FussConfig` ``config``)
+    with one virtual SuperNode per client of ``clients`` (name -> unlabelled data spec) on the
+    Simulation Engine, through FUSS's own ServerApp work and ClientApp
+    (:mod:`feds2r.federation.fuss_app`); writes ``out/fuss_model.pt`` and ``out/fuss_run.json``
+    and returns the run's record (method, clients, measured bytes per round)."""
+    from feds2r.federation.fuss_app import client_train, config_to_json, run_server
+
+    if method not in ("fuss", "fedavg"):
+        raise Feds2rError(f"FUSS over Flower runs fuss or fedavg, not {method!r}")
+    if not clients:
+        raise Feds2rError("the simulation needs at least one client")
+    run_config = {
+        "fuss-method": method,
+        "num-clients": len(clients),
+        "fuss-config": config_to_json(config),
+        "out": str(out),
+    }
+    record: dict[str, Any] = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        record.update(run_server(grid, run_config, log=log))
+
+    _simulate(server, simulation_client_app(clients, client_train), len(clients), backend_config)
+    if not record:
+        raise Feds2rError(
+            f"the simulation ended without results (the ServerApp failed; Flower's log above "
+            f"says why); nothing was written to {out}"
+        )
+    return record
+
+
 __all__ = [
     "DEFAULT_BACKEND",
+    "run_fuss_simulation",
     "run_rounds_simulation",
     "simulation_client_app",
     "simulation_server_app",

@@ -88,9 +88,14 @@ def test_a_rerun_reuses_every_row_and_another_partition_is_refused(run):
     assert (out / "results.json").read_bytes() == before
 
 
-def test_partition_is_a_flag_of_the_fedseg_suite_only(tmp_path, capsys):
+def test_partition_is_checked_against_the_suites_own_partitions(tmp_path, capsys):
     code = main(["demo", "--partition", "iid", "--profile", "quick", "--out", str(tmp_path / "o")])
-    assert code == 2 and "flag of the fedseg suite" in capsys.readouterr().err
+    assert code == 2 and "not a flag of the feds2r suite" in capsys.readouterr().err
+    code = main(["demo", "--suite", "fedseg", "--partition", "domain", "--profile", "quick",
+                 "--out", str(tmp_path / "d")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "not a partition of the fedseg suite" in err and "noniid2" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "d").exists()
     with pytest.raises(Feds2rError, match="unknown partition"):
         run_fedseg("quick", tmp_path / "p", partition="noniid3", progress=False)
 

@@ -57,3 +57,17 @@ def test_out_is_claimed_by_the_demo_output_rule(tmp_path):
     with pytest.raises(Feds2rError):  # another seed into the same OUT: refused, nothing written
         run_fuss(TINY, out, seed=1, progress=False, rows=ROWS[2:3])
     assert (out / "results.json").read_bytes() == before
+
+
+def test_the_iid_partition_deals_the_same_images_at_random(tmp_path):
+    by_domain = run_fuss(TINY, tmp_path / "d", progress=False, rows=ROWS[:1])
+    iid = run_fuss(TINY, tmp_path / "i", progress=False, rows=ROWS[:1], partition="iid",
+                   world=tmp_path / "d" / "world")  # fmt: skip
+    assert iid["fuss"]["partition"] == "iid" and by_domain["fuss"]["partition"] == "domain"
+    sizes = by_domain["fuss"]["clients"]
+    assert list(iid["fuss"]["clients"]) == ["client-0", "client-1", "client-2"]
+    assert sum(iid["fuss"]["clients"].values()) == sum(sizes.values())
+    assert max(iid["fuss"]["clients"].values()) - min(iid["fuss"]["clients"].values()) <= 1
+    assert "at random" in (tmp_path / "i" / "report.md").read_text()
+    with pytest.raises(Feds2rError, match="unknown partition"):
+        run_fuss(TINY, tmp_path / "x", progress=False, partition="noniid1")

@@ -149,3 +149,26 @@ def test_the_four_methods_end_to_end_on_a_tiny_world(world_features):
                 assert 0 <= result["val"]["miou"] <= 100 and not math.isnan(result["val"]["miou"])
                 # dev and val are the same images here: the fitted mapping scores the same
                 assert result["val"]["miou"] == pytest.approx(result["dev"]["miou"])
+
+
+@pytest.mark.slow
+def test_fuss_on_flowers_simulation_engine_equals_the_in_process_run(
+    tiny_world, world_features, tmp_path
+):
+    pytest.importorskip("ray")
+    from feds2r.federation.simulation import run_fuss_simulation
+
+    # reversed: the virtual nodes' order differs from the client-name order the server sorts by
+    clients = dict(reversed(list(tiny_world["clients"].items())))
+    record = run_fuss_simulation(clients, "fuss", TINY, tmp_path / "sim", log=lambda _t: None)
+    assert record["clients"] == 3 and [t["round"] for t in record["traffic"]] == [0, 1]
+    assert all(t["failed_nodes"] == [] and t["bytes_up"] > 0 for t in record["traffic"])
+    saved = torch.load(tmp_path / "sim" / "fuss_model.pt", weights_only=True)
+
+    local = run_federation("fuss", in_process_send(
+        split_clients(world_features[0], "domain", 3, TINY.knn), TINY),
+        initial_model(TINY, world_features[0]["gta5"].shape[1]), TINY)  # fmt: skip
+    # each node computed its own features in a Ray worker: equal up to float rounding
+    assert all(torch.allclose(saved["head"][k], local.head[k], atol=1e-5) for k in local.head)
+    assert torch.allclose(saved["centroids"]["global"], local.centroids["global"], atol=1e-4)
+    assert record["bytes"] >= local.bytes > 0

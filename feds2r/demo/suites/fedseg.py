@@ -531,6 +531,7 @@ SUITE = Suite(
     "fedprox-backce, fedseg; --partition noniid1|noniid2|iid)",
     run_fedseg,
     ROWS,
+    partitions=PARTITIONS,
 )
 """The suite's entry of :data:`feds2r.demo.suites.SUITES`."""
 

@@ -4,7 +4,9 @@ labels, on the built-in world (``docs/fuss.md``).
 Stages (each timed): build the world if missing; compute the frozen ImageNet features of every
 image once (the clients' synthetic train splits without labels, the cityscapes-like dev split
 and the five real-like test splits); train each row's method (:mod:`feds2r.fuss`) on the clients
-split by domain (non-i.i.d.: each client one synthetic domain); fit each model's cluster-to-class
+split by domain (``--partition domain``, the default, non-i.i.d.: each client one synthetic
+domain) or at random (``--partition iid``: the same images pooled, shuffled with the seed and
+dealt into as many clients); fit each model's cluster-to-class
 mapping on dev and apply it unchanged on every test domain. Writes ``results.json`` (the demo's
 schema, ``docs/demo.md``), ``report.md`` with sample cluster maps, and every model
 (``METHOD/fuss_model.pt``).
@@ -42,7 +44,7 @@ from feds2r.demo.stages import StageClock, demo_output
 from feds2r.demo.suite import Suite
 from feds2r.demo.world import SERVER_DOMAIN, build_world, world_spec
 from feds2r.errors import Feds2rError
-from feds2r.fuss import METHODS, FussConfig, load_split, run_method, split_clients
+from feds2r.fuss import METHODS, PARTITIONS, FussConfig, load_split, run_method, split_clients
 from feds2r.io import write_atomic
 from feds2r.metrics.unsupervised import (
     UNMATCHED,
@@ -87,9 +89,13 @@ def run_fuss(
     progress: bool = True,
     pretrained: bool = True,
     rows: tuple[Row, ...] = ROWS,
+    partition: str = "domain",
 ) -> dict[str, Any]:
-    """Run the suite into ``out``; returns the results (also ``out/results.json``)."""
+    """Run the suite into ``out`` with the clients split by ``partition``
+    (:data:`~feds2r.fuss.PARTITIONS`); returns the results (also ``out/results.json``)."""
     profile = get_profile(profile)
+    if partition not in PARTITIONS:
+        raise Feds2rError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)}")
     if not pretrained:
         raise Feds2rError(
             "the fuss suite segments on frozen ImageNet features; --no-pretrained does not apply"
@@ -104,9 +110,10 @@ def run_fuss(
         "seed": seed,
         "world": str(world),
         "backbone": config.backbone,
+        "partition": partition,
     }
     with demo_output(out, NAME, inputs) as out:
-        return _run(profile, out, seed, world, progress, config, rows)
+        return _run(profile, out, seed, world, progress, config, rows, partition)
 
 
 def _run(
@@ -117,6 +124,7 @@ def _run(
     progress: bool,
     config: FussConfig,
     rows: tuple[Row, ...],
+    partition: str,
 ) -> dict[str, Any]:
     clock = StageClock(progress)
     with clock("world"):
@@ -133,7 +141,7 @@ def _run(
         per_domain = {d: features(d, "train", False) for d in SYNTHETIC_DOMAINS}
         dev = features(SERVER_DOMAIN, "dev", True)
         tests = {d: features(d, "val", True) for d in REAL_DOMAINS}
-    clients = split_clients(per_domain, "domain", len(per_domain), config.knn, seed)
+    clients = split_clients(per_domain, partition, len(per_domain), config.knn, seed)
     models: dict[str, dict[str, ClusterHead]] = {}
     records: dict[str, dict] = {}
     for row in rows:
@@ -156,7 +164,7 @@ def _run(
         "communication": _communication(records, config, len(clients)),
         "fuss": {
             "config": dataclasses.asdict(config),
-            "partition": "domain",
+            "partition": partition,
             "clients": {c.name: len(c) for c in clients},
             "backbone": config.backbone,
         },
@@ -293,6 +301,11 @@ def _report(results: Mapping[str, Any], out: Path) -> None:
     """``report.md``: the table, the paired intervals, the communication, per-class IoU, maps."""
     fuss = results["fuss"]
     clients = ", ".join(f"{k} ({v} images)" for k, v in fuss["clients"].items())
+    split = (
+        "one synthetic domain each"
+        if fuss["partition"] == "domain"
+        else "the synthetic domains' images dealt at random (i.i.d.)"
+    )
     comm = results["communication"]
     traffic = "\n".join(
         f"- {k}: {v['megabytes']:.2f} MB over {v['rounds']} rounds"
@@ -300,8 +313,8 @@ def _report(results: Mapping[str, Any], out: Path) -> None:
         if isinstance(v, dict)
     )
     head = (
-        f"{table_intro(results)}\n\nFUSS suite: clients without labels ({clients}), one domain "
-        f"each; frozen `{fuss['backbone']}` features; K = {fuss['config']['num_clusters']} "
+        f"{table_intro(results)}\n\nFUSS suite: clients without labels ({clients}), {split}; "
+        f"frozen `{fuss['backbone']}` features; K = {fuss['config']['num_clusters']} "
         "clusters matched to the 19 classes\nby Hungarian matching fitted on the cityscapes-like "
         "dev split and applied unchanged on every test domain.\n`local-only` and `fedavg` "
         "give one model per client: their rows are the mean over the clients.\n\n"
@@ -330,9 +343,10 @@ def _report(results: Mapping[str, Any], out: Path) -> None:
 SUITE = Suite(
     NAME,
     "FUSS: unsupervised segmentation by clients without labels (local-only, fedavg, fuss, "
-    "centralized)",
+    "centralized; --partition domain|iid)",
     run_fuss,
     ROWS,
+    partitions=PARTITIONS,
 )
 """The suite's entry of :data:`feds2r.demo.suites.SUITES`."""
 
