@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from feds2r.demo import COMPARISONS
+from feds2r.demo.results import seed_interval
 
 
 def main() -> None:
@@ -59,13 +59,8 @@ def main() -> None:
         per = [r["intervals"][key] for r in results if key in r.get("intervals", {})]
         if not per:
             continue
-        diffs = np.array([p["diff"] for p in per])
-        mean = diffs.mean()
-        if len(diffs) > 1:
-            half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
-            ci = f"[{mean - half:+.2f}, {mean + half:+.2f}]"
-        else:
-            ci = "-"
+        mean, lo, hi = seed_interval(p["diff"] for p in per)
+        ci = f"[{lo:+.2f}, {hi:+.2f}]" if len(per) > 1 else "-"
         seeds = "; ".join(f"{p['diff']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}]" for p in per)
         above = sum(p["lo"] > 0 for p in per)
         print(f"| {key} | {mean:+.2f} | {ci} | {seeds} | {above} / {len(per)} |")

@@ -13,6 +13,14 @@ to report a choice already made).
         '{"kd": "pixel", "feature_fusion": false}' --no-gen
     python scripts/distill_variants.py runs/exp soft '{"class_targets": "soft"}' --client-steps 300
     python scripts/distill_variants.py runs/exp best '{}' --teachers synscapes-like --lr 1.5e-4
+    python scripts/distill_variants.py runs/demo-imagenet-seg-s0 lr-low '{"feature_fusion": true}' \
+        --profile imagenet-seg --lr-scale 0.1
+
+With ``--profile`` the student's preset, the distillation recipe (steps, batch, height, learning
+rate) and the DistillConfig defaults are that demo profile's, as its ``feds2r`` row uses them
+(``--distill-steps``, ``--lr`` and ``--lr-scale`` change the recipe; the overrides the config).
+Without it the script keeps its first setting: the default profile's preset and a plain
+DistillConfig.
 """
 
 from __future__ import annotations
@@ -46,19 +54,23 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("overrides", nargs="?", default="{}", help="DistillConfig fields, JSON")
     parser.add_argument("--no-gen", action="store_true", help="real server images only")
+    parser.add_argument("--profile", help="take the student, recipe and DistillConfig of this "
+                        "demo profile (e.g. imagenet-seg)")  # fmt: skip
+    parser.add_argument("--world", type=Path, help="the demo world (default RUN/world)")
     parser.add_argument("--client-steps", type=int, default=300)
-    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, help="default: 300, or the profile's")
     parser.add_argument("--test-images", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--teachers", help="comma-separated client domains to distil from (default: all)"
     )
     parser.add_argument("--lr", type=float, help="distillation learning rate (default: recipe's)")
+    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the rate")
     parser.add_argument("--on", choices=("dev", "test"), default="dev", help="where to score")
     args = parser.parse_args()
-    profile = PROFILES["default"]
+    profile = PROFILES[args.profile or "default"]
     sizes = dataclasses.replace(profile.world, test_images=args.test_images)
-    run, world = args.run, args.run / "world"
+    run, world = args.run, args.world or args.run / "world"
     recipe = {
         k: getattr(profile.clients, k) for k in ("batch_size", "height", "crop", "warmup_steps")
     }
@@ -91,10 +103,21 @@ def main() -> None:
         (run / "gen.json").write_text(json.dumps(gen.to_dict()))
     gen = json.loads((run / "gen.json").read_text())
     report = json.loads((run / "inconsistency.json").read_text())
-    dcfg = DistillConfig(student=profile.preset, **json.loads(args.overrides))
-    tcfg = TrainConfig(steps=args.distill_steps, checkpoint_every=1000, **recipe)
+    overrides = json.loads(args.overrides)
+    if args.profile:
+        fields = {**dataclasses.asdict(profile.server.distill), "student": profile.preset}
+        dcfg = DistillConfig(**{**fields, **overrides})
+        from feds2r.demo.suites.feds2r import recipes
+
+        tcfg = dataclasses.replace(recipes(profile, args.seed, True)[1], checkpoint_every=1000)
+    else:
+        dcfg = DistillConfig(student=profile.preset, **overrides)
+        tcfg = TrainConfig(steps=300, checkpoint_every=1000, **recipe)
+    if args.distill_steps is not None:
+        tcfg = dataclasses.replace(tcfg, steps=args.distill_steps)
     if args.lr is not None:
         tcfg = dataclasses.replace(tcfg, lr=args.lr)
+    tcfg = dataclasses.replace(tcfg, lr=tcfg.lr * args.lr_scale)
     teachers = clients
     if args.teachers:
         names = args.teachers.split(",")

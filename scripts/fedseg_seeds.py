@@ -16,26 +16,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-
+from feds2r.demo.results import mean_sd as _mean_sd
+from feds2r.demo.results import seed_interval as _t_interval
 from feds2r.demo.suites.fedseg import COMPARISONS
 
 DOMAIN = "cityscapes-like"
-
-
-def _mean_sd(values: list[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    sd = v.std(ddof=1) if len(v) > 1 else 0.0
-    return f"{v.mean():.1f} ± {sd:.1f}"
-
-
-def _t_interval(values: list[float]) -> tuple[float, float, float]:
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def _diffs(results: list[dict], a: str, b: str) -> list[float]:

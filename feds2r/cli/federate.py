@@ -32,6 +32,10 @@ FEDERATION_FLAGS = {
     "rounds": "rounds of a multi-round method (each client trains client-steps / rounds "
     "steps per round)",
     "proximal-mu": "FedProx's proximal weight",
+    "clients-per-round": "clients trained each round of a multi-round method, drawn from the "
+    "seed (0: all)",
+    "round-loss": "the clients' supervised term in a multi-round method: ce or backce "
+    "(FedSeg's; per-pixel presets); empty: the model's own",
     "route": "the server's stages: distill, distill+selftrain, distill+lite or "
     "distill+selftrain+lite",
     "lite-preset": "preset of the lightweight global model (routes with lite)",

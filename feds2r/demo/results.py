@@ -33,6 +33,25 @@ def paired_intervals(
     }
 
 
+def seed_interval(values: Iterable[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of per-seed values with its 95 % t-interval over the seeds
+    (NaN bounds for one seed)."""
+    from scipy import stats
+
+    v = np.asarray(list(values), dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def mean_sd(values: Iterable[float]) -> str:
+    """``"mean ± sd"`` over seeds, one decimal (sd 0 for one seed)."""
+    v = np.asarray(list(values), dtype=float)
+    sd = v.std(ddof=1) if len(v) > 1 else 0.0
+    return f"{v.mean():.1f} ± {sd:.1f}"
+
+
 def save_confusion(
     out: Path, confusion: Mapping[str, list[np.ndarray]], domains: list[str]
 ) -> None:

@@ -28,6 +28,11 @@ class FederationError(Feds2rError):
 ROUND_METHODS = ("fedavg", "fedprox", "fedseg")
 """The multi-round methods (``FederationConfig.method``; "feds2r" is the one-shot flow)."""
 
+ROUND_LOSSES = ("ce", "backce")
+"""The supervised term a round's ``loss`` key may name: plain CE (background ignored) or
+FedSeg's BackCE (eq. 4-5; per-pixel presets). Without the key: the model's own supervised loss
+(Mask2Former's set loss or per-pixel CE), as before the key existed."""
+
 
 @dataclass(frozen=True)
 class RoundsConfig:
@@ -41,6 +46,12 @@ class RoundsConfig:
     report mu in {0.001, 0.01, 0.1, 1}; 0.01 is not tuned here."""
     contrast_weight: float = 1.0
     """FedSeg's lambda of the pixel contrastive loss, eq. (9) (the public recipe's CON_LAMB=1)."""
+    clients_per_round: int = 0
+    """Clients trained each round, drawn reproducibly from the clients' seed among all
+    ``num_clients`` (0: every client every round; FedSeg's code draws 5 of 19)."""
+    loss: str = ""
+    """The clients' supervised term (:data:`ROUND_LOSSES`): "ce" or FedSeg's "backce"; "" leaves
+    it to each client's model."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -48,6 +59,10 @@ class RoundsConfig:
             raise ValueError("rounds must be at least 1")
         if self.proximal_mu < 0 or self.contrast_weight < 0:
             raise ValueError("proximal_mu and contrast_weight must be >= 0")
+        if self.clients_per_round < 0:
+            raise ValueError("clients_per_round must be >= 0 (0: every client)")
+        if self.loss not in ("", *ROUND_LOSSES):
+            raise ValueError(f"loss must be one of {', '.join(ROUND_LOSSES)} or empty")
 
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -201,6 +216,8 @@ RUN_CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
     "route": ("server.route",),
     "rounds": ("multiround.rounds",),
     "proximal-mu": ("multiround.proximal-mu",),
+    "clients-per-round": ("multiround.clients-per-round",),
+    "round-loss": ("multiround.loss",),
     "lite-preset": ("server.lite.student",),
 }
 """The flat run-config names of earlier versions (and the ``feds2r federate`` flags), each with

@@ -23,7 +23,7 @@ from feds2r.engine.data import ResizedCache, make_batch
 from feds2r.engine.repro import deterministic
 from feds2r.engine.train import build_optimizer, lr_factor
 from feds2r.errors import Feds2rError
-from feds2r.federation.config import ROUND_METHODS, RoundsConfig, client_recipe
+from feds2r.federation.config import ROUND_LOSSES, ROUND_METHODS, RoundsConfig, client_recipe
 from feds2r.federation.replies import load_state
 from feds2r.losses import supervised_loss
 from feds2r.losses.fedseg import (
@@ -40,12 +40,6 @@ from feds2r.models import create_model
 ROUND_KEYS = ("method", "server-round", "rounds", "proximal-mu", "contrast-weight", "loss")
 """Keys of a round's train config besides the recipe
 (:func:`~feds2r.federation.rounds.round_settings`)."""
-
-ROUND_LOSSES = ("ce", "backce")
-"""The supervised term a round's ``loss`` key may name: plain CE (background ignored) or
-FedSeg's BackCE (eq. 4-5; per-pixel presets). Without the key: the model's own supervised loss
-(Mask2Former's set loss or per-pixel CE), as before the key existed."""
-
 
 def round_steps(total: int, rounds: int, server_round: int) -> tuple[int, int]:
     """The steps ``[lo, hi)`` of round ``server_round`` (1-based) of ``rounds`` in a ``total``-step

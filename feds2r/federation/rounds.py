@@ -301,7 +301,8 @@ def run_rounds(
     ``clients_per_round``: each round trains that many of the ``config.num_clients`` clients,
     drawn reproducibly from ``config.clients.seed`` (0: every client every round). ``loss``: the
     clients' supervised term ("ce" or "backce", :func:`round_settings`; "" leaves it to each
-    client's model). ``evaluate_every``: the mIoU curve has the initial model, every
+    client's model). Either, when not given, is ``config.multiround``'s (what a deployment's run
+    config sets: ``multiround.clients-per-round``, ``multiround.loss``). ``evaluate_every``: the mIoU curve has the initial model, every
     ``evaluate_every``-th round and the last.
 
     Written into a staging folder and renamed into place at the end, as the one-shot flow."""
@@ -309,6 +310,8 @@ def run_rounds(
         raise Feds2rError(f"run_rounds runs {', '.join(ROUND_METHODS)}, not {config.method!r}")
     if evaluate_every < 1:
         raise Feds2rError(f"evaluate_every must be at least 1, got {evaluate_every}")
+    clients_per_round = clients_per_round or config.multiround.clients_per_round
+    loss = loss or config.multiround.loss
     out = Path(config.out)
     check_new_output(out)
     check_server_inputs(config)

@@ -108,3 +108,19 @@ def test_fedseg_rounds_on_the_simulation_engine(parts, tiny_world, tmp_path):
     assert {c for h in results["history"] for c in h["clients"]} <= set(parts)
     assert results["communication"]["total"]["train_steps"] == 2 * 2 * 1
     assert (tmp_path / "sim" / "global" / "model.safetensors").is_file()
+
+
+def test_a_deployments_run_config_sets_the_loss_and_the_clients_per_round(parts, tiny_world,
+                                                                           tmp_path):  # fmt: skip
+    from feds2r.federation.rounds import run_rounds_in_process
+
+    # what the ServerApp of a deployment has: the run config only, no keyword options
+    config = tiny_config(tmp_path / "dep", tiny_world, preset="segformer-cpu", method="fedavg",
+                         rounds=2, client_steps=2, min_clients=2, evaluate="",
+                         clients_per_round=2, round_loss="backce")  # fmt: skip
+    assert (config.multiround.clients_per_round, config.multiround.loss) == (2, "backce")
+    results = run_rounds_in_process(parts, config, log=lambda _t: None)
+    assert results["loss"] == "backce" and results["clients_per_round"] == 2
+    assert [len(h["clients"]) for h in results["history"]] == [2, 2]
+    with pytest.raises(Feds2rError, match="loss must be one of ce, backce"):
+        tiny_config(tmp_path / "bad", tiny_world, method="fedavg", round_loss="dice")
