@@ -69,9 +69,9 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "chosen on dev), full (larger world and budgets). Suites (--suite): "
         "feds2r, the default, described here; fuss, clients without labels (FUSS: local-only, "
         "fedavg, fuss, centralized after a cluster-to-class matching fitted on dev; "
-        "--partition domain|iid; docs/fuss.md); fedseg, FedSeg's class-heterogeneous clients (19 clients of one or two "
-        "classes: fedavg-ce, fedavg-backce, fedprox-backce, fedseg; --partition; "
-        "docs/fedseg.md).",
+        "--partition domain|iid; docs/fuss.md); fedseg, FedSeg's class-heterogeneous clients "
+        "(19 clients of one or two classes: fedavg-ce, fedavg-backce, fedprox-backce, "
+        "fedseg; --partition noniid1|noniid2|iid; docs/fedseg.md).",
         epilog=textwrap.dedent("""\
             examples:
               feds2r demo --out runs/demo

@@ -302,8 +302,8 @@ def run_rounds(
     drawn reproducibly from ``config.clients.seed`` (0: every client every round). ``loss``: the
     clients' supervised term ("ce" or "backce", :func:`round_settings`; "" leaves it to each
     client's model). Either, when not given, is ``config.multiround``'s (what a deployment's run
-    config sets: ``multiround.clients-per-round``, ``multiround.loss``). ``evaluate_every``: the mIoU curve has the initial model, every
-    ``evaluate_every``-th round and the last.
+    config sets: ``multiround.clients-per-round``, ``multiround.loss``). ``evaluate_every``:
+    the mIoU curve has the initial model, every ``evaluate_every``-th round and the last.
 
     Written into a staging folder and renamed into place at the end, as the one-shot flow."""
     if config.method not in ROUND_METHODS:
