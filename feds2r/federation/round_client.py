@@ -41,6 +41,7 @@ ROUND_KEYS = ("method", "server-round", "rounds", "proximal-mu", "contrast-weigh
 """Keys of a round's train config besides the recipe
 (:func:`~feds2r.federation.rounds.round_settings`)."""
 
+
 def round_steps(total: int, rounds: int, server_round: int) -> tuple[int, int]:
     """The steps ``[lo, hi)`` of round ``server_round`` (1-based) of ``rounds`` in a ``total``-step
     recipe; the rounds cover every step once."""
