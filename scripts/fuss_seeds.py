@@ -44,7 +44,7 @@ def report(kind: str, results: list[dict]) -> None:
         rows = [r["methods"][name] for r in results]
         print(
             f"| {name} | {mean_sd(_val(r, name) for r in results)} "
-            f"| {mean_sd(100 * m['pixel_acc'][DOMAIN] for m in rows)} "
+            f"| {mean_sd(m['pixel_acc'][DOMAIN] for m in rows)} "
             f"| {mean_sd(m['mean'] for m in rows)} | {mean_sd(m['dev'] for m in rows)} |"
         )
     print()

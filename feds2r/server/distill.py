@@ -88,6 +88,11 @@ class DistillConfig:
     teacher_cache: bool = True
     """Run the teachers once per server image (un-augmented) and reuse their targets, which
     follow each view's scale, crop and flip; False: run them on every augmented batch."""
+    finetune_lr: float = 1.0
+    """Multiplies the recipe's learning rate when the student starts from the clients' weights
+    (``init`` resolved to "fedavg" or "client"): a student that already segments is fine-tuned,
+    not trained. 1.0 keeps the recipe's rate; the ``imagenet-seg`` demo profile uses 0.1 (chosen
+    on dev: docs/results.md)."""
     targets: str = "auto"
     """Where the teachers' targets made once per server image are kept while a server stage
     trains (distillation with teacher_cache, self-training, the lightweight route): "memory" (a
@@ -117,6 +122,8 @@ class DistillConfig:
             raise ValueError(f"kd must be 'mask' or 'pixel', not {self.kd!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.finetune_lr <= 0:
+            raise ValueError("finetune_lr must be > 0")
         if self.targets not in TARGETS:
             raise ValueError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
 
@@ -414,8 +421,11 @@ def _distill(
         "student_init": init_record,
         **meta,
     }
+    lr_scale = config.finetune_lr if init_record.get("init") in ("fedavg", "client") else 1.0
+    if lr_scale != 1.0:
+        info["lr"] = run.train_config.lr * lr_scale
     hook = None if on_step is None else (lambda step: on_step(student, step))
-    return run.train(student, loss_fn, data, meta=info, on_step=hook)
+    return run.train(student, loss_fn, data, meta=info, on_step=hook, lr_scale=lr_scale)
 
 
 def _identity(meta: dict[str, Any], config: DistillConfig) -> dict[str, Any]:

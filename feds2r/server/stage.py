@@ -23,6 +23,7 @@ loss:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,14 +220,18 @@ class StageRun:
         *,
         meta: dict[str, Any],
         on_step: Callable[[int], None] | None = None,
+        lr_scale: float = 1.0,
     ) -> dict[str, Any]:
         """The one training loop (:func:`~feds2r.engine.train.train`) into OUT, with the
-        stage's recipe and identity."""
+        stage's recipe (its learning rate times ``lr_scale``) and identity."""
+        recipe = self.train_config
+        if lr_scale != 1.0:
+            recipe = dataclasses.replace(recipe, lr=recipe.lr * lr_scale)
         return train_loop(
             student,
             loss_fn,
             data,
-            self.train_config,
+            recipe,
             self.out,
             meta=meta,
             identity=self.identity,

@@ -276,3 +276,22 @@ def test_streamed_views_carry_their_own_maps_and_skip_a_bad_image(tmp_path):
             batches.close()
     assert 1.0 not in seen and seen <= {0.0, 2.0, 3.0}
     assert any(paths[1].name in str(w.message) for w in caught)
+
+
+def test_finetune_lr_scales_the_rate_only_for_a_student_started_from_the_clients(world, tmp_path):
+    import json
+
+    def rates(init: str, finetune_lr: float) -> list[float]:
+        out = tmp_path / f"{init}-{finetune_lr}"
+        config = DistillConfig(init=init, finetune_lr=finetune_lr)
+        with one_thread():
+            run_distill(world["clients"], world["data"], out, config, RECIPE, progress=False)
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        return [row["lr"] for row in log if "lr" in row]
+
+    full, tenth = rates("fedavg", 1.0), rates("fedavg", 0.1)
+    assert len(full) == len(tenth) > 0
+    assert all(t == pytest.approx(0.1 * f) for f, t in zip(full, tenth, strict=True))
+    assert rates("scratch", 0.1) == full  # a student trained from scratch keeps the recipe's rate
+    with pytest.raises(ValueError, match="finetune_lr"):
+        DistillConfig(finetune_lr=0)
