@@ -124,8 +124,9 @@ def test_profiles_and_errors():
     assert (imagenet.clients.steps, pixel.clients.steps, default.clients.steps) == (200, 250, 300)
     assert pixel.server.train.steps == 250 and pixel.lite_student == "seg-effl0-tiny"
     # only imagenet-seg distils a student started from the clients at a lower rate (dev)
-    assert {n: p.server.distill.finetune_lr for n, p in PROFILES.items()} == {
-        "quick": 1.0, "default": 1.0, "imagenet": 1.0, "imagenet-seg": 0.1, "full": 1.0}  # fmt: skip
+    rates = {n: p.server.distill.finetune_lr for n, p in PROFILES.items()}
+    assert rates == {"quick": 1.0, "default": 1.0, "imagenet": 1.0, "imagenet-seg": 0.1,
+                     "full": 1.0}  # fmt: skip
     # every profile's clients read their small worlds into memory (bit-identical figures)
     assert {p.clients.loader for p in PROFILES.values()} == {"memory"}
     with pytest.raises(Feds2rError, match="unknown profile"):
