@@ -71,3 +71,11 @@ def test_the_iid_partition_deals_the_same_images_at_random(tmp_path):
     assert "at random" in (tmp_path / "i" / "report.md").read_text()
     with pytest.raises(Feds2rError, match="unknown partition"):
         run_fuss(TINY, tmp_path / "x", progress=False, partition="noniid1")
+
+
+def test_the_over_clustering_variant_runs_with_the_majority_mapping(tmp_path):
+    results = run_fuss(TINY, tmp_path / "k", progress=False, rows=ROWS[2:3],
+                       overrides={"num_clusters": 6, "mapping": "majority"})  # fmt: skip
+    assert results["fuss"]["config"]["num_clusters"] == 6
+    assert results["fuss"]["config"]["mapping"] == "majority"
+    assert "majority mapping" in (tmp_path / "k" / "report.md").read_text()

@@ -66,18 +66,23 @@ ROUNDS = 5
 """Rounds of every row; a profile's client steps are split over them."""
 
 
-def suite_config(profile: Profile, seed: int) -> FussConfig:
+def suite_config(
+    profile: Profile, seed: int, overrides: Mapping[str, Any] | None = None
+) -> FussConfig:
     """The run's :class:`~feds2r.fuss.FussConfig`: the profile's training height, its client
-    steps over :data:`ROUNDS` rounds (fewer rounds when there are fewer steps) and batch size."""
+    steps over :data:`ROUNDS` rounds (fewer rounds when there are fewer steps) and batch size,
+    then ``overrides`` (FussConfig fields, e.g. ``num_clusters=38, mapping="majority"`` for the
+    over-clustering variant)."""
     steps = profile.clients.steps
     rounds = max(1, min(ROUNDS, steps))
-    return FussConfig(
+    config = FussConfig(
         height=profile.clients.height,
         rounds=rounds,
         local_steps=max(1, steps // rounds),
         batch_size=profile.clients.batch_size,
         seed=seed,
     )
+    return dataclasses.replace(config, **(overrides or {}))
 
 
 def run_fuss(
@@ -90,9 +95,12 @@ def run_fuss(
     pretrained: bool = True,
     rows: tuple[Row, ...] = ROWS,
     partition: str = "domain",
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the suite into ``out`` with the clients split by ``partition``
-    (:data:`~feds2r.fuss.PARTITIONS`); returns the results (also ``out/results.json``)."""
+    (:data:`~feds2r.fuss.PARTITIONS`) and the FussConfig ``overrides`` (:func:`suite_config`;
+    Python only, the command line runs the defaults); returns the results (also
+    ``out/results.json``)."""
     profile = get_profile(profile)
     if partition not in PARTITIONS:
         raise Feds2rError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)}")
@@ -104,13 +112,14 @@ def run_fuss(
     if unknown:
         raise Feds2rError(f"unknown fuss rows {unknown}; valid: {', '.join(METHODS)}")
     world = Path(world) if world else Path(out) / "world"
-    config = suite_config(profile, seed)
+    config = suite_config(profile, seed, overrides)
     inputs = {
         "profile": profile.name,
         "seed": seed,
         "world": str(world),
         "backbone": config.backbone,
         "partition": partition,
+        **({"overrides": dict(overrides)} if overrides else {}),
     }
     with demo_output(out, NAME, inputs) as out:
         return _run(profile, out, seed, world, progress, config, rows, partition)
@@ -312,10 +321,14 @@ def _report(results: Mapping[str, Any], out: Path) -> None:
         for k, v in comm.items()
         if isinstance(v, dict)
     )
+    matching = {
+        "hungarian": "Hungarian matching (one cluster per class)",
+        "majority": "majority mapping (each cluster to its most frequent class)",
+    }[fuss["config"]["mapping"]]
     head = (
         f"{table_intro(results)}\n\nFUSS suite: clients without labels ({clients}), {split}; "
         f"frozen `{fuss['backbone']}` features; K = {fuss['config']['num_clusters']} "
-        "clusters matched to the 19 classes\nby Hungarian matching fitted on the cityscapes-like "
+        f"clusters matched to the 19 classes\nby {matching} fitted on the cityscapes-like "
         "dev split and applied unchanged on every test domain.\n`local-only` and `fedavg` "
         "give one model per client: their rows are the mean over the clients.\n\n"
         f"{results_table(results)}"
