@@ -504,7 +504,7 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
         True,
         "weight teachers per class by their agreement",
     )
-    add_config_flags(p, "distill", DistillConfig, ("temperature",))
+    add_config_flags(p, "distill", DistillConfig, ("temperature", "finetune_lr"))
     _targets_flag(p)
     add_skip_bad(p, "leave unreadable images out")
     add_config_file(
