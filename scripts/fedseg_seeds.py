@@ -13,10 +13,10 @@ interval above 0; then issue 23's targets for that partition, met or not; then e
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from feds2r.demo.results import mean_sd as _mean_sd
+from feds2r.demo.results import runs_by_partition
 from feds2r.demo.results import seed_interval as _t_interval
 from feds2r.demo.suites.fedseg import COMPARISONS
 
@@ -98,15 +98,10 @@ def main() -> None:
     )
     parser.add_argument("runs", nargs="+", type=Path, help="fedseg suite output folders")
     args = parser.parse_args()
-    by_kind: dict[str, list[dict]] = {}
-    for run in args.runs:
-        results = json.loads((run / "results.json").read_text())
-        if "fedseg" not in results:
-            raise SystemExit(f"{run} is not a run of the fedseg suite")
-        by_kind.setdefault(results["fedseg"]["partition"], []).append(results)
+    by_kind = runs_by_partition(args.runs, "fedseg")
     for kind in ("noniid1", "noniid2", "iid"):
         if kind in by_kind:
-            report(kind, sorted(by_kind[kind], key=lambda r: r["seed"]))
+            report(kind, by_kind[kind])
 
 
 if __name__ == "__main__":

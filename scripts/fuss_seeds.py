@@ -14,12 +14,11 @@ set against the best client model of each seed, chosen on dev), each with its me
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from feds2r.demo.results import mean_sd, seed_interval
+from feds2r.demo.results import mean_sd, runs_by_partition, seed_interval
 
 DOMAIN = "cityscapes-like"
 
@@ -86,15 +85,10 @@ def main() -> None:
     )
     parser.add_argument("runs", nargs="+", type=Path, help="fuss suite output folders")
     args = parser.parse_args()
-    by_kind: dict[str, list[dict]] = {}
-    for run in args.runs:
-        results = json.loads((run / "results.json").read_text())
-        if "fuss" not in results:
-            raise SystemExit(f"{run} is not a run of the fuss suite")
-        by_kind.setdefault(results["fuss"]["partition"], []).append(results)
+    by_kind = runs_by_partition(args.runs, "fuss")
     for kind in ("domain", "iid"):
         if kind in by_kind:
-            report(kind, sorted(by_kind[kind], key=lambda r: r["seed"]))
+            report(kind, by_kind[kind])
 
 
 if __name__ == "__main__":

@@ -45,6 +45,21 @@ def seed_interval(values: Iterable[float]) -> tuple[float, float, float]:
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
+def runs_by_partition(runs: Iterable[Path], suite: str) -> dict[str, list[dict[str, Any]]]:
+    """The ``results.json`` of each of ``runs`` (output folders of the suite ``suite``, whose
+    section ``results[suite]["partition"]`` names the partition), grouped by partition, each
+    group in seed order; a folder of another suite is an error naming it."""
+    from feds2r.errors import Feds2rError
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        results = json.loads((Path(run) / "results.json").read_text())
+        if suite not in results:
+            raise Feds2rError(f"{run} is not a run of the {suite} suite")
+        groups.setdefault(results[suite]["partition"], []).append(results)
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
+
+
 def mean_sd(values: Iterable[float]) -> str:
     """``"mean ± sd"`` over seeds, one decimal (sd 0 for one seed)."""
     v = np.asarray(list(values), dtype=float)
