@@ -388,6 +388,19 @@ def run_rounds(
 
 
 @contextmanager
+def flower_log_held_back():
+    """Flower's own log at WARNING inside the block (its per-round INFO lines held back; feds2r's
+    ``log`` says what each round did), restored after."""
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        flwr_log.setLevel(level)
+
+
+@contextmanager
 def _task_identity():
     """Flower's task identity, which its messages read, for a run inside this process."""
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
@@ -466,14 +479,8 @@ def run_rounds_in_process(
 ) -> dict[str, Any]:
     """:func:`run_rounds` with every client trained in this process (:class:`InProcessGrid`);
     Flower's own per-round INFO log is held back (``log`` says what each round did)."""
-    flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
-    flwr_log.setLevel(logging.WARNING)
-    try:
-        with _task_identity():
-            return run_rounds(InProcessGrid(clients), config, **options)
-    finally:
-        flwr_log.setLevel(level)
+    with flower_log_held_back(), _task_identity():
+        return run_rounds(InProcessGrid(clients), config, **options)
 
 
 __all__ = [
@@ -484,6 +491,7 @@ __all__ = [
     "RoundsConfig",
     "client_update",
     "content_bytes",
+    "flower_log_held_back",
     "make_strategy",
     "round_steps",
     "run_rounds",

@@ -25,7 +25,6 @@ works there too, in ``client-data``. Needs Ray: ``pip install 'feds2r[flower]'``
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from feds2r.errors import Feds2rError
 from feds2r.federation.config import FederationConfig, check_client_name
-from feds2r.federation.rounds import run_rounds
+from feds2r.federation.rounds import flower_log_held_back, run_rounds
 
 DEFAULT_BACKEND: dict[str, Any] = {
     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -53,15 +52,13 @@ def simulation_client_app(
     """A ClientApp whose virtual node ``partition-id`` = i trains as the i-th of ``clients``
     (name -> data spec), through ``client_train`` (default feds2r's ClientApp train function;
     FUSS passes :func:`feds2r.federation.fuss_app.client_train`)."""
+    if client_train is None:
+        from feds2r.federation.client_app import train as client_train
     items = [(check_client_name(name), spec) for name, spec in clients.items()]
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        if client_train is None:
-            from feds2r.federation.client_app import train as feds2r_train
-        else:
-            feds2r_train = client_train
         k = int(context.node_config["partition-id"])
         if not 0 <= k < len(items):
             raise Feds2rError(f"virtual node {k} has no client: {len(items)} were given")
@@ -73,7 +70,7 @@ def simulation_client_app(
             state=context.state,
             run_config=context.run_config,
         )
-        return feds2r_train(msg, node)
+        return client_train(msg, node)
 
     return app
 
@@ -105,18 +102,13 @@ def _simulate(
             f"Flower's Simulation Engine needs Ray ({exc}); install it with: "
             "pip install 'feds2r[flower]'"
         ) from None
-    flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
-    flwr_log.setLevel(logging.WARNING)
-    try:
+    with flower_log_held_back():
         run_simulation(
             server_app=server,
             client_app=client,
             num_supernodes=nodes,
             backend_config=dict(backend_config or DEFAULT_BACKEND),
         )
-    finally:
-        flwr_log.setLevel(level)
 
 
 def run_rounds_simulation(
