@@ -28,8 +28,9 @@ class ClientSettings:
 
     data: str = ""
     """Labelled dataset spec ``FORMAT:PATH`` (``--data``)."""
-    preset: str = "m2f-cpu"
-    """Model preset (``--preset``; see ``feds2r models``)."""
+    preset: str = "seg-effl0"
+    """Model preset (``--preset``; see ``feds2r models``). The default, ``seg-effl0``, starts from
+    real ImageNet weights (chosen on dev over ``m2f-cpu``'s public stand-in: docs/results.md)."""
     backbone_weights: str = "pretrained"
     """Where the backbone starts: "pretrained" (the preset's own pretrained start: "public" for
     m2f-cpu and segformer-cpu, "imagenet" for the ``*-effl0`` presets), "public" (the backbone

@@ -15,6 +15,8 @@ to report a choice already made).
     python scripts/distill_variants.py runs/exp best '{}' --teachers synscapes-like --lr 1.5e-4
     python scripts/distill_variants.py runs/demo-imagenet-seg-s0 lr-low '{"feature_fusion": true}' \
         --profile imagenet-seg --lr-scale 0.1
+    python scripts/distill_variants.py runs/demo-imagenet-seg-s0 gen300 --profile imagenet-seg \
+        --gen-images 300
 
 With ``--profile`` the student's preset, the distillation recipe (steps, batch, height, learning
 rate) and the DistillConfig defaults are that demo profile's, as its ``feds2r`` row uses them
@@ -54,6 +56,9 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("overrides", nargs="?", default="{}", help="DistillConfig fields, JSON")
     parser.add_argument("--no-gen", action="store_true", help="real server images only")
+    parser.add_argument("--gen-images", type=int, help="generate this many images (the profile's "
+                        "generation settings and the run's inconsistency report) into "
+                        "RUN/generated-N once and distil with them")  # fmt: skip
     parser.add_argument("--profile", help="take the student, recipe and DistillConfig of this "
                         "demo profile (e.g. imagenet-seg)")  # fmt: skip
     parser.add_argument("--world", type=Path, help="the demo world (default RUN/world)")
@@ -103,6 +108,14 @@ def main() -> None:
         (run / "gen.json").write_text(json.dumps(gen.to_dict()))
     gen = json.loads((run / "gen.json").read_text())
     report = json.loads((run / "inconsistency.json").read_text())
+    if args.gen_images is not None:
+        folder = run / f"generated-{args.gen_images}"
+        if not (folder / "generated.json").is_file():
+            generation = dataclasses.replace(
+                profile.server.generation, images=args.gen_images, seed=args.seed
+            )
+            generate_images(report["scores"], report["unstable_classes"], folder, generation)
+        gen = json.loads((folder / "generated.json").read_text())
     overrides = json.loads(args.overrides)
     if args.profile:
         fields = {**dataclasses.asdict(profile.server.distill), "student": profile.preset}
@@ -152,7 +165,9 @@ def main() -> None:
     print(
         f"{args.name:28s} mean {np.mean(list(scores.values())):5.1f}  "
         + " ".join(f"{d} {v:5.1f}" for d, v in scores.items())
-        + f"  ({seconds:.0f} s; generated images: {not args.no_gen})"
+        + f"  ({seconds:.0f} s; generated images: "
+        + ("none" if args.no_gen else str(gen["num_images"]))
+        + ")"
     )
 
 

@@ -63,10 +63,11 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "per-class IoU, inconsistency chart, sample predictions), every checkpoint and "
         "OUT/config.toml. Running again into the same OUT reuses every finished training (same "
         "config and inputs) and trains only what is new, e.g. rows added with --self-train or "
-        "--lite. Profiles: quick (a smoke test, about 2 minutes), default (about 15 minutes on "
-        "2 CPU cores), imagenet (the default from real ImageNet weights: m2f-effl0, steps cut "
-        "to the default's wall time), imagenet-seg (the same start under the per-pixel seg-effl0, "
-        "chosen on dev), full (larger world and budgets). Suites (--suite): "
+        "--lite. Profiles: default (seg-effl0 from real ImageNet weights, chosen on dev; about "
+        "15 minutes on 2 CPU cores), public (m2f-cpu from the public stand-in backbone feds2r "
+        "ships, at the same wall time), imagenet (m2f-effl0: Mask2Former on the ImageNet "
+        "backbone), quick (a smoke test on m2f-cpu, about 2 minutes), full (the public start "
+        "with a larger world and budgets). Suites (--suite): "
         "feds2r, the default, described here; fuss, clients without labels (FUSS: local-only, "
         "fedavg, fuss, centralized after a cluster-to-class matching fitted on dev; "
         "--partition domain|iid; docs/fuss.md); fedseg, FedSeg's class-heterogeneous clients "
@@ -76,7 +77,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
             examples:
               feds2r demo --out runs/demo
               feds2r demo --profile quick --out /tmp/demo-quick
-              feds2r demo --profile imagenet --out runs/demo-imagenet --world runs/demo/world
+              feds2r demo --profile public --out runs/demo-public --world runs/demo/world
               feds2r demo --profile default --seed 1 --out runs/demo-s1 --world runs/demo/world
               feds2r demo --self-train --out runs/demo-st
               feds2r demo --self-train --lite --out runs/demo   # run again: adds only the new rows
@@ -95,7 +96,8 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--profile",
         default="default",
-        choices=("quick", "default", "imagenet", "imagenet-seg", "full"),
+        choices=("default", "public", "imagenet", "quick", "full"),
+        help="sizes, budgets and the models' start (default: seg-effl0 from ImageNet weights)",
     )
     p.add_argument(
         "--partition",
@@ -126,9 +128,10 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         "--lite",
         action="store_true",
         help="(feds2r suite) "
-        "add the rows feds2r-lite (a segformer-cpu global model distilled through FedS2R's "
-        "model as a large student, DUDA) and direct-lite (the same preset distilled straight from "
-        "the clients); about 2 more minutes with the default profile",
+        "add the rows feds2r-lite (the profile's small preset, seg-effl0-tiny by default, "
+        "distilled through FedS2R's model as a large student, DUDA) and direct-lite (the same "
+        "preset distilled straight from the clients); about 4 more minutes with the default "
+        "profile",
     )
     p.add_argument(
         "--multi-round",

@@ -354,7 +354,7 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
         flags=_lite_flags,
         help="distil a lightweight global model through the large one (DUDA)",
         description="The lightweight route (DUDA's ideas): a small preset (--student-preset, "
-        "default segformer-cpu) learns first the large global model's predictions alone "
+        "default seg-effl0-tiny) learns first the large global model's predictions alone "
         "(--bridge; pre-adaptation), then a mix of them and the clients' combined targets, "
         "each pixel weighted by how much the two models disagree on its class. Settings: a "
         "TOML with [server], [lite], [distill] and [train] tables (--config), overridden by "

@@ -55,6 +55,9 @@ class Row:
     after: str = ""
     lite: Mapping[str, Any] = field(default_factory=dict)
     rounds: Mapping[str, Any] = field(default_factory=dict)
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    """TrainConfig fields that replace the distillation recipe's for this row ("distill",
+    "selftrain" and "lite" rows), e.g. the lite rows' own steps (``Profile.lite_recipe``)."""
 
 
 @dataclass
@@ -87,6 +90,10 @@ class DemoRun:
             fields["init"] = "scratch"
         return DistillConfig(**fields)
 
+    def recipe(self, row: Row) -> TrainConfig:
+        """The distillation recipe with the row's own fields (:attr:`Row.recipe`)."""
+        return dataclasses.replace(self.distill_recipe, **row.recipe)
+
     def pooled(self) -> ResizedCache:
         """All clients' labelled data together (the upper bounds'), loaded once."""
         if self._pooled is None:
@@ -114,7 +121,7 @@ def _distill_row(row: Row, run: DemoRun) -> None:
         run.server_spec,
         run.out / row.name,
         run.distill_config(row),
-        run.distill_recipe,
+        run.recipe(row),
         generated=run.generated_spec if row.generated else None,
         inconsistency=run.inconsistency,
         progress=run.progress,
@@ -124,7 +131,8 @@ def _distill_row(row: Row, run: DemoRun) -> None:
 
 def _after_row(stage: Callable[..., Any], config: Any, row: Row, run: DemoRun) -> None:
     """A stage that starts from the model of the row ``row.after`` (self-training, lite) with
-    its own ``config``, the clients as teachers and the distillation's recipe."""
+    its own ``config``, the clients as teachers and the distillation's recipe (with the row's
+    own fields)."""
     stage(
         run.out / row.after,
         list(run.clients.values()),
@@ -132,7 +140,7 @@ def _after_row(stage: Callable[..., Any], config: Any, row: Row, run: DemoRun) -
         run.out / row.name,
         config,
         run.distill_config(row),
-        run.distill_recipe,
+        run.recipe(row),
         generated=run.generated_spec if row.generated else None,
         progress=run.progress,
         on_step=run.curves.hook(row.name),
@@ -241,7 +249,7 @@ def build_rows(rows: tuple[Row, ...], run: DemoRun, clock: StageClock) -> None:
 def row_steps(row: Row, clients: TrainConfig, distill: TrainConfig) -> int | None:
     """The training steps of a row's learning curve (None: the row trains nothing)."""
     if row.kind in ("distill", "selftrain", "lite"):
-        return distill.steps
+        return row.recipe.get("steps", distill.steps)
     if row.kind == "supervised":
         return clients.steps * row.budget
     return None

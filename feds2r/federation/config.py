@@ -120,7 +120,7 @@ class FederationConfig:
     """Absolute folder for the global model, the client models and ``results.json``."""
     server_data: str
     """The server's unlabelled images (dataset spec)."""
-    preset: str = "m2f-cpu"
+    preset: str = "seg-effl0"
     """Model preset of the common initial model, the clients and the global model (the server's
     ``distill.student`` follows it)."""
     min_clients: int = 2

@@ -43,7 +43,7 @@ from feds2r.models import PRESETS, SegModel
 class LiteConfig:
     """How the server distils the federation into a lightweight global model (DUDA route)."""
 
-    student: str = "segformer-cpu"
+    student: str = "seg-effl0-tiny"
     """Preset of the lightweight model (``feds2r models``); it starts from the preset's shipped
     pretrained backbone and a random decoder."""
     pre_fraction: float = 0.5

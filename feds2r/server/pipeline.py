@@ -66,9 +66,13 @@ ROUTES = ("distill", "distill+selftrain", "distill+lite", "distill+selftrain+lit
 class GenerationConfig:
     """How the server generates images of the unstable classes (stage 2)."""
 
-    images: int = 150
+    images: int = 0
     """Images in total, shared among the unstable classes in proportion to their inconsistency;
-    0 skips the stage."""
+    0 (the default) skips the stage. Off by default, chosen on dev: with the default ImageNet
+    start, distilling without generated images scored above 50, 150 and 300 of them beside the
+    400 real server images (five seeds' mean; 4 of 5 seeds above 150), and with the public start
+    150 of them cost dev mIoU in every seed (docs/results.md). The demo's FedS2R rows generate
+    150 (the method as published; ``feds2r-no-aug`` is the ablation)."""
     prompts: str = "builtin"
     """Where the prompts come from: "builtin" (varied templates, offline) or "llm" (an
     OpenAI-compatible chat endpoint: ``llm_url``, ``llm_model``)."""

@@ -115,17 +115,17 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_profiles_and_errors():
-    assert set(PROFILES) == {"quick", "default", "imagenet", "imagenet-seg", "full"}
-    # the imagenet profiles are the default's world and recipe on an ImageNet preset, with the
-    # steps cut to the default's wall time
-    default, imagenet, pixel = PROFILES["default"], PROFILES["imagenet"], PROFILES["imagenet-seg"]
-    assert imagenet.world == default.world == pixel.world
-    assert (imagenet.preset, pixel.preset) == ("m2f-effl0", "seg-effl0")
-    assert (imagenet.clients.steps, pixel.clients.steps, default.clients.steps) == (200, 250, 300)
-    assert pixel.server.train.steps == 250 and pixel.lite_student == "seg-effl0-tiny"
-    # only imagenet-seg distils a student started from the clients at a lower rate (dev)
+    assert set(PROFILES) == {"quick", "default", "public", "imagenet", "full"}
+    # the default (ImageNet, per-pixel) and the imagenet profile are the public profile's world
+    # and recipe on an ImageNet preset, with the steps cut to the public profile's wall time
+    default, imagenet, public = PROFILES["default"], PROFILES["imagenet"], PROFILES["public"]
+    assert imagenet.world == default.world == public.world
+    assert (default.preset, imagenet.preset, public.preset) == ("seg-effl0", "m2f-effl0", "m2f-cpu")
+    assert (imagenet.clients.steps, default.clients.steps, public.clients.steps) == (200, 250, 300)
+    assert default.server.train.steps == 250 and default.lite_student == "seg-effl0-tiny"
+    # only the default distils a student started from the clients at a lower rate (dev)
     rates = {n: p.server.distill.finetune_lr for n, p in PROFILES.items()}
-    assert rates == {"quick": 1.0, "default": 1.0, "imagenet": 1.0, "imagenet-seg": 0.1,
+    assert rates == {"quick": 1.0, "default": 0.1, "public": 1.0, "imagenet": 1.0,
                      "full": 1.0}  # fmt: skip
     # every profile's clients read their small worlds into memory (bit-identical figures)
     assert {p.clients.loader for p in PROFILES.values()} == {"memory"}

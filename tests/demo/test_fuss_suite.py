@@ -7,9 +7,9 @@ import json
 import pytest
 
 from feds2r.demo import SUITES
-from feds2r.demo.profiles import make_profile
+from feds2r.demo.profiles import PROFILES, make_profile
 from feds2r.demo.results import SHARED_KEYS
-from feds2r.demo.suites.fuss import ROWS, run_fuss
+from feds2r.demo.suites.fuss import ROWS, run_fuss, suite_config
 from feds2r.errors import Feds2rError
 from feds2r.fuss import METHODS
 
@@ -21,6 +21,13 @@ TINY = make_profile("tiny", (32, 64), 3, 1, 4, 1, 4, 4, batch_size=2, height=32,
 def test_the_fuss_suite_is_registered_with_its_four_rows():
     assert SUITES["fuss"].run is run_fuss
     assert [r.name for r in SUITES["fuss"].rows] == list(METHODS)
+
+
+def test_the_default_profile_keeps_the_suites_budget_of_300_client_steps():
+    # the default profile trains seg-effl0 for 250 steps; FUSS's heads keep 5 rounds of 60
+    config = suite_config(PROFILES["default"], seed=0)
+    assert (config.rounds, config.local_steps, config.height, config.batch_size) == (5, 60, 96, 8)
+    assert suite_config(PROFILES["public"], seed=0).local_steps == 60
 
 
 def test_the_suite_writes_results_a_report_and_cluster_maps(tmp_path):

@@ -96,16 +96,18 @@ SELFTRAIN_ROWS: tuple[Row, ...] = (
 )  # fmt: skip
 
 
-def lite_rows(student: str) -> tuple[Row, ...]:
+def lite_rows(student: str, recipe: Mapping[str, Any] | None = None) -> tuple[Row, ...]:
     """The rows of ``--lite`` for the small preset ``student``: a lightweight global model
     through FedS2R's model as the large student (DUDA), and distilled straight from the teachers
     as the reference; same steps, same teachers' targets, both from ``student``'s pretrained
-    start."""
+    start, both with the recipe fields ``recipe`` (a profile's ``lite_recipe``)."""
+    recipe = dict(recipe or {})
     return (
         Row("feds2r-lite", "lite", {"feature_fusion": True}, lite={"student": student},
-            after="feds2r"),
+            after="feds2r", recipe=recipe),
         Row("direct-lite", "distill",
-            {"feature_fusion": True, "student": student, "init": "pretrained", "kd": "pixel"}),
+            {"feature_fusion": True, "student": student, "init": "pretrained", "kd": "pixel"},
+            recipe=recipe),
     )  # fmt: skip
 
 
@@ -164,10 +166,13 @@ ENSEMBLE_NOTE = (
 )
 
 
-def with_lite_student(rows: tuple[Row, ...], student: str) -> tuple[Row, ...]:
+def with_lite_student(
+    rows: tuple[Row, ...], student: str, recipe: Mapping[str, Any] | None = None
+) -> tuple[Row, ...]:
     """``rows`` with the suite's own lite rows (:data:`LITE_ROWS`) distilling into ``student``
-    (a profile's ``lite_student``); every other row, and lite rows of one's own, unchanged."""
-    profile_rows = lite_rows(student)
+    with the recipe fields ``recipe`` (a profile's ``lite_student`` and ``lite_recipe``); every
+    other row, and lite rows of one's own, unchanged."""
+    profile_rows = lite_rows(student, recipe)
     return tuple(profile_rows[LITE_ROWS.index(r)] if r in LITE_ROWS else r for r in rows)
 
 
@@ -189,7 +194,7 @@ def run_demo(
     rows distil into the profile's small student (``Profile.lite_student``).
     """
     profile = get_profile(profile)
-    rows = with_lite_student(rows, profile.lite_student)
+    rows = with_lite_student(rows, profile.lite_student, profile.lite_recipe)
     check_rows(rows)
     world = Path(world) if world else Path(out) / "world"
     inputs = {
@@ -304,6 +309,11 @@ def _write_config(
             "generation": generation,
             "distill_train": distill_recipe,
             "distill": dataclasses.replace(profile.server.distill, student=profile.preset),
+            **(
+                {"lite_train": dataclasses.replace(distill_recipe, **profile.lite_recipe)}
+                if profile.lite_recipe
+                else {}
+            ),
         },
     )
 
