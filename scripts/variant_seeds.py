@@ -1,16 +1,18 @@
 """A distillation variant over several seeds, on the test domains, beside the demo's own rows.
 
     python scripts/variant_seeds.py runs/demo-s0 runs/demo-s1 runs/demo-s2 runs/demo-s3 \
-        runs/demo-s4 --variant nf-gen0 --world runs/demo/world
+        runs/demo-s4 --variant variants/nf-gen0 --world runs/demo/world
 
-Each RUN is a `feds2r demo` output folder in which `scripts/distill_variants.py` distilled the
-variant (RUN/variants/NAME), once a choice was made on dev. This script scores the variant on
-the five real-like test domains as the demo scores its rows (per image, at the profile's
-height), then prints its test and dev mIoU (mean ± std over seeds) and its difference to each
-row of ``--against`` (default: the best client (oracle), the label-free pick, feds2r, feddf,
-fedavg-oneshot and the upper bound): the mean over seeds with a 95 % t-interval over seeds,
-each seed's paired bootstrap interval over test images (the rows' per-image confusion matrices
-from RUN/confusion.npz) and how many seeds have that interval above 0.
+Each RUN is a `feds2r demo` output folder in which a variant was trained once a choice was made
+on dev: RUN/VARIANT, a checkpoint folder (`scripts/distill_variants.py` writes
+RUN/variants/NAME; a `feds2r server lite` run into RUN/lite-variants/NAME works as well). This
+script scores the variant on the five real-like test domains as the demo scores its rows (per
+image, at the profile's height), then prints its test and dev mIoU (mean ± std over seeds) and
+its difference to each row of ``--against`` (default: the best client (oracle), the label-free
+pick, feds2r, feddf, fedavg-oneshot and the upper bound): the mean over seeds with a 95 %
+t-interval over seeds, each seed's paired bootstrap interval over test images (the rows'
+per-image confusion matrices from RUN/confusion.npz) and how many seeds have that interval
+above 0.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", type=Path, help="demo output folders (one per seed)")
-    parser.add_argument("--variant", required=True, help="RUN/variants/NAME")
+    parser.add_argument("--variant", required=True, help="checkpoint folder under each RUN")
     parser.add_argument("--world", type=Path, required=True, help="the runs' demo world")
     parser.add_argument("--against", nargs="+", default=list(AGAINST), help="rows to compare")
     args = parser.parse_args()
@@ -55,7 +57,7 @@ def main() -> None:
         # runs made before the ImageNet profile became the default recorded it as imagenet-seg
         profile = {"imagenet-seg": "default"}.get(results["profile"], results["profile"])
         height = PROFILES[profile].clients.height
-        model, _ = load_checkpoint(run / "variants" / args.variant)
+        model, _ = load_checkpoint(run / args.variant)
         mine = [
             evaluate(model, tests[d], height=height, progress=False, per_image=True)[
                 "per_image_confusion"

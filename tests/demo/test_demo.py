@@ -123,6 +123,7 @@ def test_profiles_and_errors():
     assert (default.preset, imagenet.preset, public.preset) == ("seg-effl0", "m2f-effl0", "m2f-cpu")
     assert (imagenet.clients.steps, default.clients.steps, public.clients.steps) == (200, 250, 300)
     assert default.server.train.steps == 250 and default.lite_student == "seg-effl0-tiny"
+    assert default.lite_recipe == {"steps": 500, "backbone_lr_mult": 1.0}  # chosen on dev
     # only the default distils a student started from the clients at a lower rate (dev)
     rates = {n: p.server.distill.finetune_lr for n, p in PROFILES.items()}
     assert rates == {"quick": 1.0, "default": 0.1, "public": 1.0, "imagenet": 1.0,
