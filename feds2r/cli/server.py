@@ -147,7 +147,8 @@ def server_distill(
         progress=progress,
     )
     print(
-        f"distilled {len(server.clients)} clients into a {distill.student} in "
+        f"distilled {len(server.clients)} clients into a "
+        f"{distill.student or 'model of their preset'} in "
         f"{summary['seconds']:.0f} s; global model: {out}"
     )
     return 0

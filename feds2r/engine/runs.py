@@ -62,20 +62,29 @@ def claim_run(
     preset_flag: str | None = "--preset",
     source: str = "the same inputs",
     flag: str = "--out",
+    alternatives: tuple[TrainConfig, ...] = (),
 ) -> Output | distributed.Unclaimed:
     """Claim ``out`` for a training run of the command ``kind`` (``"client train"``, ...).
 
     Refused, with ``out`` untouched: a file, a read-only place, a folder locked by a live run,
     a folder holding anything but a run of ``kind``, or a run of ``kind`` with another config,
     preset (named with ``preset_flag``, or ``source`` for a command whose preset comes from an
-    input) or ``identity``. Returns the claimed :class:`~feds2r.io.Output`; the caller writes
-    the run and calls ``finish()``, or ``close()`` on failure. Under torchrun rank 0 claims and
+    input) or ``identity``; a run of ``config`` or of one of ``alternatives`` (the configs the
+    command may train with once its inputs are resolved) is this one. Returns the claimed
+    :class:`~feds2r.io.Output`; the caller writes the run and calls ``finish()``, or ``close()``
+    on failure. Under torchrun rank 0 claims and
     the other processes get a :class:`~feds2r.engine.distributed.Unclaimed` once it has.
     """
     tables = RUN_TABLES[kind]
 
     def same(path: Path) -> None:
         _check_preset(path, preset, preset_flag, source)
+        for other in alternatives:
+            try:
+                check_resume(path, other, preset=preset, identity=identity)
+                return
+            except Feds2rError:
+                pass  # the error that counts is the main config's
         check_resume(path, config, preset=preset, identity=identity)
 
     return distributed.claim_on_main(

@@ -42,8 +42,8 @@ COMBINES = ("mean", "majority")
 class DistillConfig:
     """How the server distils the clients into the global model."""
 
-    student: str = "seg-effl0"
-    """Preset of the global model."""
+    student: str = ""
+    """Preset of the global model; "" (the default): the clients' preset."""
     init: str = "auto"
     """Student initialisation: "fedavg" (parameter mean of the clients), "client" (the client
     whose predictions agree most with the combined teachers on the server images), "auto"
@@ -103,7 +103,7 @@ class DistillConfig:
     hold the same values: the trained model does not depend on this choice (docs/api.md)."""
 
     def __post_init__(self) -> None:
-        if self.student not in PRESETS:
+        if self.student and self.student not in PRESETS:
             raise ValueError(
                 f"unknown student preset {self.student!r}; valid: {', '.join(PRESETS)}"
             )
@@ -260,6 +260,19 @@ def make_cached_distill_loss(config: DistillConfig, num_classes: int, feature_ch
     return loss_fn
 
 
+def with_student(config: DistillConfig, teachers: list[SegModel]) -> DistillConfig:
+    """``config`` with its student named: the teachers' preset when it names none."""
+    if config.student:
+        return config
+    presets = sorted({t.preset.name for t in teachers})
+    if len(presets) != 1:
+        raise Feds2rError(
+            f"the clients have different presets ({', '.join(presets)}): name the global "
+            "model's preset (--student-preset)"
+        )
+    return dataclasses.replace(config, student=presets[0])
+
+
 def build_student(
     teachers: list[SegModel],
     config: DistillConfig,
@@ -268,6 +281,7 @@ def build_student(
 ) -> tuple[SegModel, int | None, dict[str, Any]]:
     """The student before distillation, the index of the teacher it starts from (None unless
     init chose a client) and a record of the choice (agreements measured on ``batches``)."""
+    config = with_student(config, teachers)
     torch.manual_seed(seed)
     if config.init == "scratch":
         return create_model(config.student), None, {"init": "scratch"}
@@ -346,6 +360,7 @@ def run_distill(
     if not client_paths:
         raise Feds2rError("distillation needs at least one client model")
     teachers = load_teachers(client_paths)
+    config = with_student(config, teachers)
     images = ServerImages.open(data, generated, on_error)
     report, report_path = inconsistency, ""
     if isinstance(inconsistency, str | Path):
@@ -373,6 +388,7 @@ def run_distill(
         {"server": inputs, "distill": config, "train": train_config},
         preset=config.student,
         targets=config.targets,
+        lr_scales=(config.finetune_lr,) if config.finetune_lr != 1.0 else (),
     )
 
     def body(run: StageRun) -> dict[str, Any]:

@@ -147,6 +147,10 @@ class Stage:
     source: str = "the same inputs"
     targets: str = "memory"
     """Where the teachers' targets live (``DistillConfig.targets``)."""
+    lr_scales: tuple[float, ...] = ()
+    """Other factors the stage may apply to its recipe's learning rate once its inputs are
+    resolved (:attr:`~feds2r.server.distill.DistillConfig.finetune_lr` for a student started
+    from the clients): a finished or stopped run in OUT trained at one of them is this run's."""
 
 
 @dataclass
@@ -268,6 +272,9 @@ def run_stage(
         identity=stage.identity,
         preset_flag=stage.preset_flag,
         source=stage.source,
+        alternatives=tuple(
+            dataclasses.replace(train_config, lr=train_config.lr * k) for k in stage.lr_scales
+        ),
     ) as dest:
         write_run_config(out, stage.tables)
         device = resolve_device(train_config.device)

@@ -45,7 +45,7 @@ REFUSED = [
     (("--route", "distill+lite", "--lite-preset", "nope"), "--lite-preset 'nope' is not a model"),
     (("--preset", "nope"), "--preset 'nope' is not a model preset"),
     (("--lite-preset", "m2f-cpu"), "--lite-preset m2f-cpu applies only to a route with lite"),
-    (("--route", "distill+lite", "--lite-preset", "m2f-cpu"), "would be no lighter"),
+    (("--route", "distill+lite", "--lite-preset", "seg-effl0"), "would be no lighter"),
 ]  # fmt: skip
 """Federation settings refused by `federate local` and `federate app` alike, and why."""
 

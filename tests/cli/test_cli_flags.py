@@ -82,7 +82,7 @@ def test_help_states_the_defaults_the_commands_run_with(capsys):
     assert shown["--lr"] == f"{pre.lr:g}" and shown["--steps"] == str(pre.steps)
     shown = _defaults_in_help(["federate", "app"], capsys)
     assert shown["--client-steps"] == "300" and shown["--warmup-steps"] == "50"
-    assert shown["--crop"] == "128x256" and shown["--generated-images"] == "150"
+    assert shown["--crop"] == "128x256" and shown["--generated-images"] == "0"
     shown = _defaults_in_help(["server", "augment"], capsys)
     assert shown["--num"] == "200" and shown["--size"] == "256x512"
 

@@ -86,7 +86,7 @@ def test_lite_route_end_to_end(tmp_path):
         clients,
         f"cityscapes:{tmp_path / 'cs'}?split=train",
         tmp_path / "lite",
-        LiteConfig(),
+        LiteConfig(student="segformer-cpu"),
         DistillConfig(feature_fusion=True),
         recipe,
         progress=False,
@@ -110,5 +110,6 @@ def test_lite_route_end_to_end(tmp_path):
     with pytest.raises(Feds2rError, match="other inputs"):
         distill_lite(
             clients[0], clients, f"cityscapes:{tmp_path / 'cs'}?split=train", tmp_path / "lite",
-            LiteConfig(), DistillConfig(feature_fusion=True), recipe, progress=False,
+            LiteConfig(student="segformer-cpu"), DistillConfig(feature_fusion=True), recipe,
+            progress=False,
         )  # fmt: skip

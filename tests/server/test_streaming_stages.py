@@ -19,7 +19,7 @@ from feds2r.data import open_dataset
 from feds2r.engine.checkpoint import load_checkpoint, save_checkpoint
 from feds2r.engine.loader import StreamBatches, StreamedImages, one_thread
 from feds2r.engine.train import TrainConfig
-from feds2r.errors import DataError
+from feds2r.errors import DataError, Feds2rError
 from feds2r.models import create_model
 from feds2r.server.distill import DistillConfig, run_distill
 from feds2r.server.stage import ServerImages
@@ -292,6 +292,18 @@ def test_finetune_lr_scales_the_rate_only_for_a_student_started_from_the_clients
     full, tenth = rates("fedavg", 1.0), rates("fedavg", 0.1)
     assert len(full) == len(tenth) > 0
     assert all(t == pytest.approx(0.1 * f) for f, t in zip(full, tenth, strict=True))
+    # run again into the same OUT (the demo's rerun with more rows): found finished, not refused
+    # for its scaled rate, and left as it was
+    out = tmp_path / "fedavg-0.1"
+    before = (out / "model.safetensors").read_bytes()
+    with one_thread():
+        run_distill(world["clients"], world["data"], out, DistillConfig(init="fedavg",
+                    finetune_lr=0.1), RECIPE, progress=False)  # fmt: skip
+    assert (out / "model.safetensors").read_bytes() == before
+    # a run at another rate is still another run
+    with pytest.raises(Feds2rError, match="different config"), one_thread():
+        run_distill(world["clients"], world["data"], out, DistillConfig(init="fedavg",
+                    finetune_lr=0.5), RECIPE, progress=False)  # fmt: skip
     assert rates("scratch", 0.1) == full  # a student trained from scratch keeps the recipe's rate
     with pytest.raises(ValueError, match="finetune_lr"):
         DistillConfig(finetune_lr=0)
