@@ -139,7 +139,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         help="(feds2r suite) "
         "add the rows fedavg-5, fedprox-5 and fedseg-5: multi-round federations on "
         "Flower's strategies at the clients' total steps (5 rounds of a fifth each), with what "
-        "every method communicated; needs Flower (pip install 'feds2r[flower]'); about 12 more "
-        "minutes with the default profile",
+        "every method communicated; needs Flower (pip install 'feds2r[flower]'); about 12-15 "
+        "more minutes (measured with the public profile)",
     )
     add_quiet(p, None)
