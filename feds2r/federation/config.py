@@ -17,7 +17,6 @@ from feds2r.config import check_types, flatten, unflatten
 from feds2r.data import open_dataset
 from feds2r.engine.train import TrainConfig
 from feds2r.errors import DataError, Feds2rError
-from feds2r.server.distill import DistillConfig
 from feds2r.server.pipeline import ServerConfig
 
 
@@ -173,15 +172,11 @@ class FederationConfig:
                     f"leave it at {getattr(CLIENT_RECIPE, name)!r}"
                 )
         student = self.server.distill.student
-        if student != self.preset:
-            if student != DistillConfig().student:
-                raise FederationError(
-                    f"server.distill.student ({student!r}) differs from preset "
-                    f"({self.preset!r}): the global model has the federation's preset"
-                )
-            distill = dataclasses.replace(self.server.distill, student=self.preset)
-            server = dataclasses.replace(self.server, distill=distill)
-            object.__setattr__(self, "server", server)
+        if student and student != self.preset:  # "": the clients' preset, the federation's
+            raise FederationError(
+                f"server.distill.student ({student!r}) differs from preset "
+                f"({self.preset!r}): the global model has the federation's preset"
+            )
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:

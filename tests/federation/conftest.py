@@ -57,6 +57,6 @@ def tiny_config(out: Path, world: dict, **overrides):
 
 
 TINY_FLAGS = (
-    "--client-steps 2 --distill-steps 2 --batch-size 2 --height 32 --crop 32x64 "
+    "--preset m2f-cpu --client-steps 2 --distill-steps 2 --batch-size 2 --height 32 --crop 32x64 "
     "--warmup-steps 1 --generated-images 3 --connect-timeout 60 --client-timeout 600"
 ).split()

@@ -245,7 +245,10 @@ def test_the_flat_run_config_of_earlier_versions_gives_the_same_federation():
         assert (recipe.lr, recipe.warmup_steps, recipe.seed) == (0.001, 20, 3)
         assert recipe.checkpoint_every == 100  # the federation's recipe, not TrainConfig's
     assert config.server.generation.images == 10 and config.server.generation.seed == 3
-    assert config.server.distill.student == "segformer-cpu"
+    # the global model's preset: "" (the clients', the federation's); another one is refused
+    assert config.server.distill.student == ""
+    with pytest.raises(Feds2rError, match="differs from preset"):
+        FederationConfig.from_run_config({**old, "server.distill.student": "m2f-cpu"})
     with pytest.raises(Feds2rError, match="clients.seed is given twice"):
         FederationConfig.from_run_config({**old, "clients.seed": 4})
     with pytest.raises(Feds2rError, match="did you mean 'clients.steps'"):
