@@ -14,15 +14,15 @@ to report a choice already made).
     python scripts/distill_variants.py runs/exp soft '{"class_targets": "soft"}' --client-steps 300
     python scripts/distill_variants.py runs/exp best '{}' --teachers synscapes-like --lr 1.5e-4
     python scripts/distill_variants.py runs/demo-imagenet-seg-s0 lr-low '{"feature_fusion": true}' \
-        --profile imagenet-seg --lr-scale 0.1
-    python scripts/distill_variants.py runs/demo-imagenet-seg-s0 gen300 --profile imagenet-seg \
+        --profile default --lr-scale 0.1
+    python scripts/distill_variants.py runs/demo-imagenet-seg-s0 gen300 --profile default \
         --gen-images 300
 
 With ``--profile`` the student's preset, the distillation recipe (steps, batch, height, learning
 rate) and the DistillConfig defaults are that demo profile's, as its ``feds2r`` row uses them
 (``--distill-steps``, ``--lr`` and ``--lr-scale`` change the recipe; the overrides the config).
-Without it the script keeps its first setting: the default profile's preset and a plain
-DistillConfig.
+Without it the script keeps its first setting: the `public` profile's preset (m2f-cpu, the
+default profile before the ImageNet start) and a DistillConfig of that time (rate × 1).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
                         "generation settings and the run's inconsistency report) into "
                         "RUN/generated-N once and distil with them")  # fmt: skip
     parser.add_argument("--profile", help="take the student, recipe and DistillConfig of this "
-                        "demo profile (e.g. imagenet-seg)")  # fmt: skip
+                        "demo profile (e.g. default)")  # fmt: skip
     parser.add_argument("--world", type=Path, help="the demo world (default RUN/world)")
     parser.add_argument("--client-steps", type=int, default=300)
     parser.add_argument("--distill-steps", type=int, help="default: 300, or the profile's")
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the rate")
     parser.add_argument("--on", choices=("dev", "test"), default="dev", help="where to score")
     args = parser.parse_args()
-    profile = PROFILES[args.profile or "default"]
+    profile = PROFILES[args.profile or "public"]
     sizes = dataclasses.replace(profile.world, test_images=args.test_images)
     run, world = args.run, args.world or args.run / "world"
     recipe = {
@@ -124,7 +124,7 @@ def main() -> None:
 
         tcfg = dataclasses.replace(recipes(profile, args.seed, True)[1], checkpoint_every=1000)
     else:
-        dcfg = DistillConfig(student=profile.preset, **overrides)
+        dcfg = DistillConfig(**{"student": profile.preset, "finetune_lr": 1.0, **overrides})
         tcfg = TrainConfig(steps=300, checkpoint_every=1000, **recipe)
     if args.distill_steps is not None:
         tcfg = dataclasses.replace(tcfg, steps=args.distill_steps)
