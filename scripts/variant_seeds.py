@@ -25,11 +25,11 @@ import numpy as np
 
 from feds2r.data.world import REAL_DOMAINS
 from feds2r.demo import PROFILES
+from feds2r.demo.evaluation import evaluate_methods
 from feds2r.demo.results import mean_sd, seed_interval
 from feds2r.demo.world import open_dev, open_tests
 from feds2r.engine.checkpoint import load_checkpoint
-from feds2r.engine.evaluate import evaluate
-from feds2r.metrics.bootstrap import miou_from_confusion, paired_bootstrap
+from feds2r.metrics.bootstrap import paired_bootstrap
 
 AGAINST = (
     "best-client (oracle)",
@@ -58,12 +58,13 @@ def main() -> None:
         profile = {"imagenet-seg": "default"}.get(results["profile"], results["profile"])
         height = PROFILES[profile].clients.height
         model, _ = load_checkpoint(run / args.variant)
-        mine = [
-            evaluate(model, tests[d], height=height, progress=False, per_image=True)[
-                "per_image_confusion"
-            ]
-            for d in REAL_DOMAINS
-        ]
+        # the demo's own scoring of a row: per image on each test domain, and on dev
+        (row,), (mine,) = (
+            d.values()
+            for d in evaluate_methods(
+                {args.variant: model}, tests, dev, height, {args.variant: None}, progress=False
+            )
+        )
         with np.load(run / "confusion.npz") as z:
             confusion = dict(z)
         rows = {}
@@ -73,8 +74,8 @@ def main() -> None:
         per_seed.append(
             {
                 "seed": results["seed"],
-                "test": float(np.mean([miou_from_confusion(c.sum(0)) for c in mine])),
-                "dev": evaluate(model, dev, height=height, progress=False)["miou"],
+                "test": row["mean"],
+                "dev": row["dev"],
                 "diffs": {
                     n: paired_bootstrap(mine, c, seed=results["seed"]) for n, c in rows.items()
                 },
